@@ -1,0 +1,122 @@
+// The one ServerConfig: every setting of the proxy, validated once, then shared read-only.
+#include "config/server_config.h"
+
+#include <libpq-fe.h>
+
+#include <charconv>
+#include <limits>
+#include <memory>
+
+namespace pgwire_proxy::config {
+namespace {
+
+struct NumberAndUnit {
+  std::uint64_t number = 0;
+  std::string_view unit;
+};
+
+NumberAndUnit splitNumber(std::string_view text, std::string_view setting) {
+  std::uint64_t number = 0;
+  const auto* first = text.data();
+  const auto* last = text.data() + text.size();
+  const auto [end, ec] = std::from_chars(first, last, number);
+  if (ec == std::errc::result_out_of_range) {
+    throw ConfigError(std::string(setting) + ": value \"" + std::string(text) + "\" is out of range");
+  }
+  if (ec != std::errc() || end == first) {
+    throw ConfigError(std::string(setting) + ": invalid value \"" + std::string(text) + "\"");
+  }
+  std::string_view unit(end, static_cast<std::size_t>(last - end));
+  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+  return {number, unit};
+}
+
+std::uint64_t checkedMultiply(std::uint64_t value, std::uint64_t factor, std::string_view text,
+                              std::string_view setting) {
+  if (factor != 0 && value > std::numeric_limits<std::uint64_t>::max() / factor) {
+    throw ConfigError(std::string(setting) + ": value \"" + std::string(text) + "\" is out of range");
+  }
+  return value * factor;
+}
+
+}  // namespace
+
+Milliseconds parseDuration(std::string_view text, std::string_view setting) {
+  const auto [number, unit] = splitNumber(text, setting);
+  std::uint64_t factor = 0;
+  if (unit == "ms") factor = 1;
+  else if (unit.empty() || unit == "s") factor = 1000;
+  else if (unit == "min") factor = 60'000;
+  else if (unit == "h") factor = 3'600'000;
+  else {
+    throw ConfigError(std::string(setting) + ": invalid duration \"" + std::string(text) +
+                      "\" (use a number with ms, s, min or h, e.g. 500ms, 30s, 2min; 0 turns it off)");
+  }
+  const auto ms = checkedMultiply(number, factor, text, setting);
+  // statement_timeout is an int of milliseconds on the server.
+  if (ms > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max())) {
+    throw ConfigError(std::string(setting) + ": duration \"" + std::string(text) + "\" is too long");
+  }
+  return Milliseconds(static_cast<std::int64_t>(ms));
+}
+
+std::uint64_t parseSize(std::string_view text, std::string_view setting) {
+  const auto [number, unit] = splitNumber(text, setting);
+  std::uint64_t factor = 0;
+  if (unit.empty() || unit == "B") factor = 1;
+  else if (unit == "kB") factor = 1024;
+  else if (unit == "MB") factor = 1024ULL * 1024;
+  else if (unit == "GB") factor = 1024ULL * 1024 * 1024;
+  else if (unit == "TB") factor = 1024ULL * 1024 * 1024 * 1024;
+  else {
+    throw ConfigError(std::string(setting) + ": invalid size \"" + std::string(text) +
+                      "\" (use a number with B, kB, MB, GB or TB, e.g. 100MB)");
+  }
+  return checkedMultiply(number, factor, text, setting);
+}
+
+std::int64_t parseInteger(std::string_view text, std::string_view setting, std::int64_t min, std::int64_t max) {
+  std::int64_t value = 0;
+  const auto* last = text.data() + text.size();
+  const auto [end, ec] = std::from_chars(text.data(), last, value);
+  if (ec != std::errc() || end != last || text.empty()) {
+    throw ConfigError(std::string(setting) + ": invalid integer \"" + std::string(text) + "\"");
+  }
+  if (value < min || value > max) {
+    throw ConfigError(std::string(setting) + ": " + std::string(text) + " is outside the valid range " +
+                      std::to_string(min) + ".." + std::to_string(max));
+  }
+  return value;
+}
+
+std::string formatDuration(Milliseconds value) {
+  const auto ms = value.count();
+  if (ms == 0) return "0";
+  if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "min";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+void ServerConfig::validate() const {
+  if (listenAddress.empty()) throw ConfigError("listen-address: must not be empty");
+  if (upstreamDsn.empty()) {
+    throw ConfigError(
+        "upstream-dsn: no upstream given (use --upstream-dsn or the environment variable PGWIRE_PROXY_UPSTREAM_DSN)");
+  }
+  char* error = nullptr;
+  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> options(PQconninfoParse(upstreamDsn.c_str(), &error),
+                                                                       &PQconninfoFree);
+  if (!options) {
+    std::string message = error != nullptr ? error : "out of memory";
+    PQfreemem(error);
+    while (!message.empty() && message.back() == '\n') message.pop_back();
+    throw ConfigError("upstream-dsn: " + message);
+  }
+  if (maxConnections < 1) throw ConfigError("max-connections: must be at least 1");
+  if (startupTimeout.count() <= 0) throw ConfigError("startup-timeout: must be greater than 0");
+  if (connectTimeout.count() <= 0) throw ConfigError("connect-timeout: must be greater than 0");
+  if (maxMessageSize < 1024) throw ConfigError("max-message-size: must be at least 1kB");
+  if (maxMessageSize > 1024U * 1024 * 1024) throw ConfigError("max-message-size: must be at most 1GB");
+}
+
+}  // namespace pgwire_proxy::config

@@ -1,0 +1,46 @@
+// The one ServerConfig: every setting of the proxy, validated once, then shared read-only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace pgwire_proxy::config {
+
+using Milliseconds = std::chrono::milliseconds;
+
+// A setting that cannot be used; the message names the setting and what was wrong with it.
+class ConfigError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+struct ServerConfig {
+  std::string listenAddress = "127.0.0.1";
+  std::uint16_t port = 5433;            // 0 picks a free port
+  std::string upstreamDsn;              // libpq connection string or URI
+  int maxConnections = 100;             // concurrent client sessions
+  Milliseconds queryTimeout{30'000};    // upstream statement_timeout; 0 = off
+  Milliseconds idleInTransactionTimeout{0};  // upstream idle_in_transaction_session_timeout; 0 = off
+  Milliseconds startupTimeout{10'000};  // SSL negotiation + startup packet
+  Milliseconds connectTimeout{10'000};  // upstream connection and authentication
+  std::uint32_t maxMessageSize = 16U * 1024 * 1024;  // largest client message (a Query) accepted
+
+  // Throws ConfigError naming the first invalid setting; checks the DSN with libpq's parser.
+  void validate() const;
+};
+
+// "500ms", "30s", "2min", "1h", a bare number of seconds, "0" = off. Throws ConfigError.
+[[nodiscard]] Milliseconds parseDuration(std::string_view text, std::string_view setting);
+// "1024", "64kB", "100MB", "1GB" (PostgreSQL's units, powers of 1024). Throws ConfigError.
+[[nodiscard]] std::uint64_t parseSize(std::string_view text, std::string_view setting);
+// A decimal integer within [min, max]. Throws ConfigError.
+[[nodiscard]] std::int64_t parseInteger(std::string_view text, std::string_view setting, std::int64_t min,
+                                        std::int64_t max);
+
+// The inverse of parseDuration, for --help and logs: "30s", "500ms", "0".
+[[nodiscard]] std::string formatDuration(Milliseconds value);
+
+}  // namespace pgwire_proxy::config

@@ -1,0 +1,161 @@
+// The messages the proxy parses (startup packets, error fields, queries) and builds itself.
+#include "protocol/messages.h"
+
+#include "protocol/constants.h"
+#include "protocol/reader.h"
+
+namespace pgwire_proxy::protocol {
+
+const std::string* StartupPacket::parameter(std::string_view name) const {
+  for (const auto& [key, value] : parameters) {
+    if (key == name) return &value;
+  }
+  return nullptr;
+}
+
+StartupPacket parseStartupPacket(std::span<const char> body) {
+  MessageReader reader(body);
+  StartupPacket packet;
+  packet.protocolVersion = reader.readInt32();
+  switch (packet.protocolVersion) {
+    case kSslRequestCode:
+      packet.kind = StartupKind::kSslRequest;
+      reader.expectEnd();
+      return packet;
+    case kGssEncRequestCode:
+      packet.kind = StartupKind::kGssEncRequest;
+      reader.expectEnd();
+      return packet;
+    case kCancelRequestCode:
+      packet.kind = StartupKind::kCancelRequest;
+      packet.cancelProcessId = reader.readInt32();
+      packet.cancelSecretKey = reader.readInt32();
+      reader.expectEnd();
+      return packet;
+    default:
+      break;
+  }
+  const auto major = static_cast<std::uint32_t>(packet.protocolVersion) >> 16;
+  const auto minor = static_cast<std::uint32_t>(packet.protocolVersion) & 0xffff;
+  if (major != 3) {
+    throw ProxyError(Severity::kFatal, sqlstate::kFeatureNotSupported,
+                     "unsupported frontend protocol " + std::to_string(major) + "." + std::to_string(minor) +
+                         ": server supports 3.0 to 3.0");
+  }
+  // Name/value pairs, terminated by an empty name.
+  for (;;) {
+    const std::string_view name = reader.readCString();
+    if (name.empty()) break;
+    const std::string_view value = reader.readCString();
+    packet.parameters.emplace_back(std::string(name), std::string(value));
+  }
+  reader.expectEnd();
+  return packet;
+}
+
+std::string_view parseQuery(std::span<const char> body) {
+  MessageReader reader(body);
+  const std::string_view sql = reader.readCString();
+  reader.expectEnd();
+  return sql;
+}
+
+std::string_view ErrorFields::get(char code) const {
+  for (const auto& [key, value] : fields) {
+    if (key == code) return value;
+  }
+  return {};
+}
+
+std::string_view ErrorFields::severity() const {
+  const auto nonLocalized = get('V');
+  return nonLocalized.empty() ? get('S') : nonLocalized;
+}
+
+bool ErrorFields::isFatal() const {
+  const auto s = severity();
+  return s == "FATAL" || s == "PANIC";
+}
+
+ErrorFields parseErrorFields(std::span<const char> body) {
+  MessageReader reader(body);
+  ErrorFields result;
+  for (;;) {
+    const auto code = static_cast<char>(reader.readByte());
+    if (code == '\0') break;
+    result.fields.emplace_back(code, std::string(reader.readCString()));
+  }
+  reader.expectEnd();
+  return result;
+}
+
+void writeAuthenticationOk(MessageWriter& writer) {
+  writer.beginMessage(backend::kAuthentication);
+  writer.writeInt32(0);
+  writer.endMessage();
+}
+
+void writeParameterStatus(MessageWriter& writer, std::string_view name, std::string_view value) {
+  writer.beginMessage(backend::kParameterStatus);
+  writer.writeCString(name);
+  writer.writeCString(value);
+  writer.endMessage();
+}
+
+void writeBackendKeyData(MessageWriter& writer, std::int32_t processId, std::int32_t secretKey) {
+  writer.beginMessage(backend::kBackendKeyData);
+  writer.writeInt32(processId);
+  writer.writeInt32(secretKey);
+  writer.endMessage();
+}
+
+void writeReadyForQuery(MessageWriter& writer, char transactionStatus) {
+  writer.beginMessage(backend::kReadyForQuery);
+  writer.writeByte(static_cast<std::uint8_t>(transactionStatus));
+  writer.endMessage();
+}
+
+void writeErrorResponse(MessageWriter& writer, const ProxyError& error) {
+  const std::string_view severity = error.severity() == Severity::kFatal ? "FATAL" : "ERROR";
+  writer.beginMessage(backend::kErrorResponse);
+  writer.writeByte('S');
+  writer.writeCString(severity);
+  writer.writeByte('V');
+  writer.writeCString(severity);
+  writer.writeByte('C');
+  writer.writeCString(error.sqlstate());
+  writer.writeByte('M');
+  writer.writeCString(error.message());
+  if (!error.detail().empty()) {
+    writer.writeByte('D');
+    writer.writeCString(error.detail());
+  }
+  if (!error.hint().empty()) {
+    writer.writeByte('H');
+    writer.writeCString(error.hint());
+  }
+  writer.writeByte(0);
+  writer.endMessage();
+}
+
+void writeNegotiateProtocolVersion(MessageWriter& writer, std::int32_t newestMinor,
+                                   const std::vector<std::string>& unrecognizedOptions) {
+  writer.beginMessage(backend::kNegotiateProtocolVersion);
+  writer.writeInt32((3 << 16) | newestMinor);
+  writer.writeInt32(static_cast<std::int32_t>(unrecognizedOptions.size()));
+  for (const auto& option : unrecognizedOptions) writer.writeCString(option);
+  writer.endMessage();
+}
+
+void writeCopyFail(MessageWriter& writer, std::string_view reason) {
+  writer.beginMessage(frontend::kCopyFail);
+  writer.writeCString(reason);
+  writer.endMessage();
+}
+
+void writeTerminate(MessageWriter& writer) {
+  writer.beginMessage(frontend::kTerminate);
+  writer.endMessage();
+}
+
+}  // namespace pgwire_proxy::protocol

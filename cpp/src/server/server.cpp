@@ -1,0 +1,148 @@
+// The listening server: Poco's TCPServer with its own thread pool, one Session per connection.
+#include "server/server.h"
+
+#include <Poco/Net/NetException.h>
+#include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/TCPServer.h>
+#include <Poco/Net/TCPServerConnection.h>
+#include <Poco/Net/TCPServerConnectionFactory.h>
+#include <Poco/Net/TCPServerParams.h>
+#include <Poco/ThreadPool.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <system_error>
+
+#include "observability/log.h"
+
+namespace pgwire_proxy::server {
+namespace {
+
+// Threads beyond --max-connections: a client past the limit still gets its 53300, and a
+// CancelRequest is never queued behind busy sessions.
+constexpr int kSpareThreads = 16;
+// How long stop() lets sessions end on their own before it shuts their sockets down.
+constexpr auto kStopGrace = std::chrono::seconds(5);
+
+class SessionConnection final : public Poco::Net::TCPServerConnection {
+ public:
+  SessionConnection(const Poco::Net::StreamSocket& socket, Server& server)
+      : TCPServerConnection(socket), server_(server) {}
+
+  void run() override {
+    const int fd = socket().impl()->sockfd();
+    std::string address;
+    try {
+      address = socket().peerAddress().host().toString();
+    } catch (const Poco::Exception&) {
+      address = "unknown";
+    }
+    const int one = 1;
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    server_.connectionStarted(fd);
+    {
+      session::Session session(server_.sessionContext(), server_.nextSessionId(), fd, std::move(address));
+      session.run();
+    }
+    server_.connectionFinished(fd);
+  }
+
+ private:
+  Server& server_;
+};
+
+class SessionConnectionFactory final : public Poco::Net::TCPServerConnectionFactory {
+ public:
+  explicit SessionConnectionFactory(Server& server) : server_(server) {}
+  Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
+    return new SessionConnection(socket, server_);
+  }
+
+ private:
+  Server& server_;
+};
+
+config::ServerConfig validated(config::ServerConfig config) {
+  config.validate();
+  return config;
+}
+
+}  // namespace
+
+Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> observer)
+    : config_(validated(std::move(config))),
+      observer_(observer ? std::move(observer) : std::make_shared<observability::LoggingObserver>()),
+      registry_(config_.maxConnections),
+      wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      context_{config_, registry_, *observer_, wakeFd_} {
+  if (wakeFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+}
+
+Server::~Server() {
+  stop();
+  ::close(wakeFd_);
+}
+
+void Server::start() {
+  Poco::Net::ServerSocket socket;
+  try {
+    socket.bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true);
+    socket.listen(256);
+  } catch (const Poco::Exception& error) {
+    throw std::runtime_error("cannot listen on " + config_.listenAddress + ":" + std::to_string(config_.port) + ": " +
+                             error.displayText());
+  }
+  port_ = socket.address().port();
+
+  const int threads = config_.maxConnections + kSpareThreads;
+  threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", 2, threads, 60);
+  auto* params = new Poco::Net::TCPServerParams;
+  params->setMaxThreads(threads);
+  params->setMaxQueued(threads);
+  params->setThreadIdleTime(Poco::Timespan(60, 0));
+  tcpServer_ = std::make_unique<Poco::Net::TCPServer>(new SessionConnectionFactory(*this), *threadPool_, socket,
+                                                      params);
+  tcpServer_->start();
+  observability::logInfo("event=listening address=" + config_.listenAddress + ":" + std::to_string(port_) +
+                         " max_connections=" + std::to_string(config_.maxConnections));
+}
+
+void Server::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopped_ || !tcpServer_) return;
+    stopped_ = true;
+  }
+  tcpServer_->stop();  // no new connections
+  const std::uint64_t one = 1;
+  (void)::write(wakeFd_, &one, sizeof one);  // every session's wait returns
+  std::unique_lock lock(mutex_);
+  if (!connectionsDone_.wait_for(lock, kStopGrace, [this] { return connections_.empty(); })) {
+    // Sessions blocked writing to clients that do not read: cut their sockets.
+    for (const int fd : connections_) (void)::shutdown(fd, SHUT_RDWR);
+    connectionsDone_.wait(lock, [this] { return connections_.empty(); });
+  }
+  lock.unlock();
+  tcpServer_.reset();
+  threadPool_->joinAll();
+  observability::logInfo("event=stopped");
+}
+
+void Server::connectionStarted(int fd) {
+  std::lock_guard lock(mutex_);
+  connections_.insert(fd);
+}
+
+void Server::connectionFinished(int fd) {
+  std::lock_guard lock(mutex_);
+  connections_.erase(fd);
+  if (connections_.empty()) connectionsDone_.notify_all();
+}
+
+}  // namespace pgwire_proxy::server

@@ -1,0 +1,70 @@
+// The listening server: Poco's TCPServer with its own thread pool, one Session per connection.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "config/server_config.h"
+#include "observability/session_observer.h"
+#include "session/registry.h"
+#include "session/session.h"
+
+namespace Poco {
+class ThreadPool;
+namespace Net {
+class TCPServer;
+}
+}  // namespace Poco
+
+namespace pgwire_proxy::server {
+
+class Server {
+ public:
+  // `config` is validated here (ConfigError); `observer` defaults to logging.
+  explicit Server(config::ServerConfig config,
+                  std::shared_ptr<observability::SessionObserver> observer = nullptr);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds and starts accepting; returns once the socket listens. Throws on bind failure.
+  void start();
+  // Stops accepting, ends every session (idle ones get FATAL 57P01, running queries are cancelled),
+  // and returns when all are gone. Idempotent.
+  void stop();
+
+  [[nodiscard]] const config::ServerConfig& config() const noexcept { return config_; }
+  [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
+  [[nodiscard]] const std::string& host() const noexcept { return config_.listenAddress; }
+  [[nodiscard]] int activeSessions() const noexcept { return registry_.activeSessions(); }
+
+  // Used by the connection objects: tracks live connections so stop() can wait for them.
+  void connectionStarted(int fd);
+  void connectionFinished(int fd);
+  [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
+  [[nodiscard]] session::SessionContext& sessionContext() noexcept { return context_; }
+
+ private:
+  const config::ServerConfig config_;
+  std::shared_ptr<observability::SessionObserver> observer_;
+  session::SessionRegistry registry_;
+  int wakeFd_ = -1;
+  session::SessionContext context_;
+  std::atomic<std::uint64_t> lastSessionId_{0};
+  std::uint16_t port_ = 0;
+
+  std::mutex mutex_;
+  std::condition_variable connectionsDone_;
+  std::set<int> connections_;
+  bool stopped_ = false;
+
+  std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
+  std::unique_ptr<Poco::Net::TCPServer> tcpServer_;
+};
+
+}  // namespace pgwire_proxy::server

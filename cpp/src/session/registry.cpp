@@ -1,0 +1,73 @@
+// The live sessions: admission against the connection limit, and cancel keys mapped to sessions.
+#include "session/registry.h"
+
+#include <sys/random.h>
+
+#include <cerrno>
+#include <system_error>
+
+namespace pgwire_proxy::session {
+
+void secureRandomBytes(void* data, std::size_t size) {
+  auto* p = static_cast<unsigned char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::getrandom(p, size, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::system_error(errno, std::generic_category(), "getrandom");
+    }
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+bool SessionRegistry::tryAdmit() noexcept {
+  int current = active_.load();
+  while (current < maxSessions_) {
+    if (active_.compare_exchange_weak(current, current + 1)) return true;
+  }
+  return false;
+}
+
+void SessionRegistry::release() noexcept { active_.fetch_sub(1); }
+
+CancelKey SessionRegistry::add(std::shared_ptr<CancelTarget> target) {
+  CancelKey key;
+  secureRandomBytes(&key.secretKey, sizeof key.secretKey);
+  std::lock_guard lock(mutex_);
+  if (nextProcessId_ == 0) {
+    // Start somewhere random so ids from two proxy runs (or instances) rarely coincide.
+    std::uint32_t seed = 0;
+    secureRandomBytes(&seed, sizeof seed);
+    nextProcessId_ = static_cast<std::int32_t>(seed % 0x3fffffffU) + 1;
+  }
+  do {
+    key.processId = nextProcessId_;
+    nextProcessId_ = nextProcessId_ == 0x7fffffff ? 1 : nextProcessId_ + 1;
+  } while (entries_.contains(key.processId));
+  entries_.emplace(key.processId, Entry{key.secretKey, std::move(target)});
+  return key;
+}
+
+void SessionRegistry::remove(std::int32_t processId) {
+  std::lock_guard lock(mutex_);
+  entries_.erase(processId);
+}
+
+bool SessionRegistry::cancel(CancelKey key) {
+  std::shared_ptr<CancelTarget> target;
+  {
+    std::lock_guard lock(mutex_);
+    const auto it = entries_.find(key.processId);
+    if (it == entries_.end()) return false;
+    // XOR then compare once: no early exit that would time how many bits matched.
+    const volatile std::uint32_t difference =
+        static_cast<std::uint32_t>(it->second.secretKey) ^ static_cast<std::uint32_t>(key.secretKey);
+    if (difference != 0) return false;
+    target = it->second.target;
+  }
+  target->cancelRunningQuery();  // outside the lock: it waits on the upstream server
+  return true;
+}
+
+}  // namespace pgwire_proxy::session

@@ -1,0 +1,58 @@
+// The live sessions: admission against the connection limit, and cancel keys mapped to sessions.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+namespace pgwire_proxy::session {
+
+// What a CancelRequest reaches: the session's running query, if any.
+class CancelTarget {
+ public:
+  virtual ~CancelTarget() = default;
+  // Called on the cancelling connection's thread; must not touch the session's sockets.
+  virtual void cancelRunningQuery() = 0;
+};
+
+struct CancelKey {
+  std::int32_t processId = 0;
+  std::int32_t secretKey = 0;
+};
+
+class SessionRegistry {
+ public:
+  explicit SessionRegistry(int maxSessions) : maxSessions_(maxSessions) {}
+
+  // Takes one of the --max-connections slots; false when all are taken.
+  [[nodiscard]] bool tryAdmit() noexcept;
+  void release() noexcept;
+  [[nodiscard]] int activeSessions() const noexcept { return active_.load(); }
+  [[nodiscard]] int maxSessions() const noexcept { return maxSessions_; }
+
+  // Issues a process-unique id and a secret from the kernel's CSPRNG for a session.
+  [[nodiscard]] CancelKey add(std::shared_ptr<CancelTarget> target);
+  void remove(std::int32_t processId);
+  // Matches the key (the secret in constant time); on a match asks the session to cancel.
+  // Returns whether a session matched. Unknown keys are ignored, as PostgreSQL does.
+  bool cancel(CancelKey key);
+
+ private:
+  struct Entry {
+    std::int32_t secretKey;
+    std::shared_ptr<CancelTarget> target;
+  };
+
+  const int maxSessions_;
+  std::atomic<int> active_{0};
+  std::mutex mutex_;
+  std::int32_t nextProcessId_ = 0;
+  std::unordered_map<std::int32_t, Entry> entries_;
+};
+
+// Fills `data` from getrandom(2); throws std::system_error if the kernel cannot.
+void secureRandomBytes(void* data, std::size_t size);
+
+}  // namespace pgwire_proxy::session

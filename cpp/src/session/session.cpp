@@ -1,0 +1,558 @@
+// One client's life: SSL negotiation, startup, the query loop and the end, as an explicit state machine.
+#include "session/session.h"
+
+#include <poll.h>
+
+#include <mutex>
+
+#include "observability/log.h"
+#include "protocol/constants.h"
+#include "protocol/reader.h"
+#include "protocol/writer.h"
+#include "upstream/upstream_connection.h"
+
+namespace pgwire_proxy::session {
+namespace {
+
+namespace fe = protocol::frontend;
+namespace be = protocol::backend;
+
+constexpr std::size_t kClientReadChunk = 16 * 1024;
+constexpr std::size_t kUpstreamReadChunk = 64 * 1024;
+constexpr std::size_t kIdleBufferCapacity = 64 * 1024;
+// Frames the proxy must hold whole (ErrorResponse ...) are small; anything past this is not PostgreSQL.
+constexpr std::uint32_t kMaxInspectedUpstreamMessage = 64U * 1024 * 1024;
+// Upper bound for any upstream frame length (PostgreSQL's MaxAllocSize-scale values), passed through.
+constexpr std::uint32_t kMaxUpstreamMessage = 0x7fffffffU;
+// How long a best-effort error may wait for a client that does not read.
+constexpr auto kBestEffortWriteTimeout = std::chrono::seconds(1);
+
+// The session ends quietly (the reason is logged, nothing more is sent to the client).
+struct SessionEnded {
+  std::string reason;
+};
+
+// The backend messages the relay must see whole; all others stream through untouched.
+bool needsInspection(char type) {
+  return type == be::kReadyForQuery || type == be::kErrorResponse || type == be::kCopyInResponse ||
+         type == be::kCopyOutResponse || type == be::kCopyBothResponse;
+}
+
+const char* frontendMessageName(char type) {
+  switch (type) {
+    case fe::kParse: return "Parse";
+    case fe::kBind: return "Bind";
+    case fe::kDescribe: return "Describe";
+    case fe::kExecute: return "Execute";
+    case fe::kClose: return "Close";
+    default: return "extended-protocol";
+  }
+}
+
+bool isFalse(const std::string& value) {
+  return value == "false" || value == "0" || value == "off" || value == "no";
+}
+
+}  // namespace
+
+// Lets a CancelRequest (another thread) reach this session's running query, and only that query:
+// the session marks query start and end under the same mutex the cancel holds while it is in flight,
+// so the next query is never sent upstream before a cancel meant for the previous one has landed.
+class Session::QueryCanceller final : public CancelTarget {
+ public:
+  QueryCanceller(upstream::UpstreamConnection& upstream, std::uint64_t sessionId)
+      : upstream_(&upstream), sessionId_(sessionId) {}
+
+  void cancelRunningQuery() override {
+    std::lock_guard lock(mutex_);
+    if (upstream_ == nullptr || !inQuery_) return;  // idle: nothing to cancel, as in PostgreSQL
+    std::string error;
+    if (upstream_->cancel(error)) {
+      observability::logInfo("event=cancel_forwarded session=" + std::to_string(sessionId_));
+    } else {
+      observability::logWarning("event=cancel_failed session=" + std::to_string(sessionId_) + " error=\"" + error +
+                                "\"");
+    }
+  }
+
+  void setInQuery(bool inQuery) {
+    std::lock_guard lock(mutex_);
+    inQuery_ = inQuery;
+  }
+
+  void detach() {
+    std::lock_guard lock(mutex_);
+    upstream_ = nullptr;
+  }
+
+ private:
+  std::mutex mutex_;
+  upstream::UpstreamConnection* upstream_;
+  const std::uint64_t sessionId_;
+  bool inQuery_ = false;
+};
+
+Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::string clientAddress)
+    : context_(context),
+      id_(id),
+      clientFd_(clientFd),
+      clientAddress_(std::move(clientAddress)),
+      clientIn_(kClientReadChunk),
+      upstreamIn_(kUpstreamReadChunk) {}
+
+Session::~Session() = default;
+
+void Session::run() noexcept {
+  bool opened = false;
+  try {
+    setNonBlocking(clientFd_);
+    if (negotiate()) {
+      startSession();
+      opened = true;
+      context_.observer.sessionOpened(id_, clientAddress_, clientApplicationName_);
+      relay();
+    }
+  } catch (const SessionEnded& ended) {
+    closeReason_ = ended.reason;
+  } catch (const ProxyError& error) {
+    closeReason_ = error.what();
+    context_.observer.proxyError(id_, error);
+    sendErrorBestEffort(error);
+  } catch (const IoError& error) {
+    closeReason_ = std::string("client connection failed: ") + error.what();
+  } catch (const std::exception& error) {
+    closeReason_ = std::string("internal error: ") + error.what();
+    observability::logError("event=session_failed session=" + std::to_string(id_) + " error=\"" + error.what() + "\"");
+    sendErrorBestEffort(ProxyError(Severity::kFatal, sqlstate::kInternalError, "internal error in pgwire-proxy"));
+  } catch (...) {
+    closeReason_ = "internal error";
+    observability::logError("event=session_failed session=" + std::to_string(id_) + " error=unknown");
+  }
+
+  // A client gone mid-query must not leave its query running upstream.
+  if (state_ == State::kInQuery) cancelUpstream();
+  if (cancelKey_) context_.registry.remove(cancelKey_->processId);
+  if (canceller_) canceller_->detach();  // waits for a cancel in flight
+  upstream_.reset();                     // Terminate, then close
+  if (admitted_) context_.registry.release();
+  if (opened) context_.observer.sessionClosed(id_, closeReason_);
+}
+
+// ---- startup ---------------------------------------------------------------------------------
+
+bool Session::negotiate() {
+  const auto deadline = Clock::now() + context_.config.startupTimeout;
+  for (;;) {
+    std::optional<std::span<const char>> body;
+    while (!(body = protocol::decodeStartupPacket(clientIn_.readable()))) {
+      if (!readClient(deadline)) {
+        closeReason_ = clientIn_.empty() ? "client left before startup" : "incomplete startup packet";
+        return false;
+      }
+    }
+    const std::size_t packetSize = protocol::kUntypedHeaderSize + body->size();
+    protocol::StartupPacket packet = protocol::parseStartupPacket(*body);
+    clientIn_.consume(packetSize);
+    switch (packet.kind) {
+      case protocol::StartupKind::kSslRequest:
+      case protocol::StartupKind::kGssEncRequest:
+        // Bytes after the request would be read as if encrypted: refuse them (PgBouncer does too).
+        if (!clientIn_.empty()) throw ProtocolError("received unencrypted data after SSL request");
+        sendToClient("N");
+        continue;
+      case protocol::StartupKind::kCancelRequest:
+        closeReason_ = "cancel request";
+        observability::logDebug("event=cancel_request session=" + std::to_string(id_) + " matched=" +
+                                (context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey})
+                                     ? "true"
+                                     : "false"));
+        return false;
+      case protocol::StartupKind::kStartup:
+        startup_ = std::move(packet);
+        return true;
+    }
+  }
+}
+
+void Session::startSession() {
+  const std::string* user = startup_.parameter("user");
+  if (user == nullptr || user->empty()) {
+    throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
+                     "no PostgreSQL user name specified in startup packet");
+  }
+  if (const std::string* replication = startup_.parameter("replication");
+      replication != nullptr && !isFalse(*replication)) {
+    throw ProxyError(Severity::kFatal, sqlstate::kFeatureNotSupported,
+                     "replication connections are not supported by pgwire-proxy");
+  }
+  if (const std::string* app = startup_.parameter("application_name")) clientApplicationName_ = *app;
+
+  std::string out;
+  protocol::MessageWriter writer(out);
+  // Protocol 3.x with x > 0, or _pq_. options: say what is supported, as PostgreSQL does.
+  std::vector<std::string> unrecognizedOptions;
+  upstream::ConnectRequest request;
+  for (const auto& [name, value] : startup_.parameters) {
+    if (name.starts_with("_pq_.")) {
+      unrecognizedOptions.push_back(name);
+    } else if (name != "user" && name != "database" && name != "application_name" && name != "replication") {
+      request.clientParameters.emplace_back(name, value);
+    }
+  }
+  const auto minor = static_cast<std::uint32_t>(startup_.protocolVersion) & 0xffffU;
+  if (minor > 0 || !unrecognizedOptions.empty()) protocol::writeNegotiateProtocolVersion(writer, 0, unrecognizedOptions);
+
+  if (!context_.registry.tryAdmit()) {
+    throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections",
+                     "pgwire-proxy admits at most " + std::to_string(context_.registry.maxSessions()) +
+                         " clients at once (--max-connections).");
+  }
+  admitted_ = true;
+
+  request.auditApplicationName = upstream::auditApplicationName(clientApplicationName_, clientAddress_);
+  request.deadline = Clock::now() + context_.config.connectTimeout;
+  upstream_ = std::make_unique<upstream::UpstreamConnection>(context_.config, request);
+  canceller_ = std::make_shared<QueryCanceller>(*upstream_, id_);
+  cancelKey_ = context_.registry.add(canceller_);
+
+  protocol::writeAuthenticationOk(writer);
+  for (const auto& [name, value] : upstream_->reportedParameters()) {
+    // The client sees its own application_name; the upstream's audit name stays upstream.
+    protocol::writeParameterStatus(writer, name, name == "application_name" ? clientApplicationName_ : value);
+  }
+  protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
+  protocol::writeReadyForQuery(writer, transactionStatus_);
+  sendToClient(out);
+  state_ = State::kReady;
+}
+
+// ---- the query loop --------------------------------------------------------------------------
+
+void Session::relay() {
+  const int upstreamFd = upstream_->socket();
+  while (state_ != State::kClosing) {
+    if (state_ != State::kInQuery) {
+      if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
+        handleClientFrame(*frame);
+        clientIn_.consume(frame->bytes.size());
+        continue;
+      }
+    }
+    // While a query runs the client is only watched for hanging up; its next messages wait in the kernel.
+    const bool inQuery = state_ == State::kInQuery;
+    Wait waits[2] = {{upstreamFd, POLLIN, 0},
+                     {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : POLLIN), 0}};
+    bool woken = false;
+    (void)waitAny(waits, context_.wakeFd, std::nullopt, &woken);
+    if (woken) {
+      throw ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
+                       "terminating connection because pgwire-proxy is shutting down");
+    }
+    if (waits[0].revents != 0) pumpUpstream();
+    if (waits[1].revents == 0) continue;
+    if (inQuery) {
+      if (state_ == State::kInQuery) throw SessionEnded{"client disconnected during a query"};
+    } else if (!readClient(std::nullopt)) {
+      state_ = State::kClosing;
+    }
+  }
+}
+
+void Session::handleClientFrame(const protocol::Frame& frame) {
+  if (state_ == State::kDiscardingUntilSync) {
+    if (frame.type() == fe::kSync) {
+      std::string out;
+      protocol::MessageWriter writer(out);
+      protocol::writeReadyForQuery(writer, transactionStatus_);
+      sendToClient(out);
+      state_ = State::kReady;
+    } else if (frame.type() == fe::kTerminate) {
+      closeReason_ = "client terminated";
+      state_ = State::kClosing;
+    }
+    return;
+  }
+  switch (frame.type()) {
+    case fe::kQuery:
+      startQuery(frame);
+      return;
+    case fe::kTerminate:
+      closeReason_ = "client terminated";
+      state_ = State::kClosing;
+      return;
+    case fe::kSync: {  // a Sync with nothing before it still gets its ReadyForQuery
+      std::string out;
+      protocol::MessageWriter writer(out);
+      protocol::writeReadyForQuery(writer, transactionStatus_);
+      sendToClient(out);
+      return;
+    }
+    case fe::kFlush:
+    case fe::kCopyData:
+    case fe::kCopyDone:
+    case fe::kCopyFail:
+      return;  // PostgreSQL ignores these outside the extended protocol and COPY
+    case fe::kParse:
+    case fe::kBind:
+    case fe::kDescribe:
+    case fe::kExecute:
+    case fe::kClose:
+      rejectExtendedProtocol(frame.type());
+      return;
+    case fe::kFunctionCall:
+      sendError(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
+                           "the function call protocol is not supported by pgwire-proxy"),
+                true);
+      return;
+    default:
+      throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(frame.type())));
+  }
+}
+
+void Session::rejectExtendedProtocol(char type) {
+  sendError(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
+                       "the extended query protocol is not supported by pgwire-proxy",
+                       std::string("The client sent a ") + frontendMessageName(type) + " message.",
+                       "Use the simple query protocol (for example psycopg's ClientCursor, or psql)."),
+            false);
+  state_ = State::kDiscardingUntilSync;
+}
+
+void Session::startQuery(const protocol::Frame& frame) {
+  (void)protocol::parseQuery(frame.body());  // a malformed Query never reaches the upstream
+  canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
+  queryStart_ = Clock::now();
+  queryRows_ = 0;
+  queryBytes_ = 0;
+  querySqlstate_.clear();
+  upstreamCancelled_ = false;
+  state_ = State::kInQuery;
+  try {
+    writeAll(upstream_->socket(), frame.bytes);
+  } catch (const IoError& error) {
+    upstreamLost(error.what());
+  }
+}
+
+void Session::finishQuery() {
+  canceller_->setInQuery(false);
+  state_ = State::kReady;
+  const std::chrono::duration<double> elapsed = Clock::now() - queryStart_;
+  context_.observer.queryFinished(id_, querySqlstate_, queryRows_, queryBytes_, elapsed.count());
+  clientIn_.shrinkTo(kIdleBufferCapacity);
+  upstreamIn_.shrinkTo(kIdleBufferCapacity);
+}
+
+// ---- upstream to client ----------------------------------------------------------------------
+
+void Session::pumpUpstream() {
+  std::optional<std::size_t> count;
+  try {
+    count = readSome(upstream_->socket(), upstreamIn_.prepareWrite(kUpstreamReadChunk));
+  } catch (const IoError& error) {
+    upstreamLost(error.what());
+  }
+  if (!count) return;
+  if (*count == 0) upstreamLost("the upstream server closed the connection");
+  upstreamIn_.commitWrite(*count);
+  processUpstreamBytes();
+}
+
+void Session::processUpstreamBytes() {
+  const auto data = upstreamIn_.readable();
+  std::size_t pos = 0;
+  // The rest of a frame whose start was already forwarded streams on without buffering.
+  if (passThroughRemaining_ > 0) {
+    pos = std::min(passThroughRemaining_, data.size());
+    passThroughRemaining_ -= pos;
+  }
+  std::size_t forwardFrom = 0;
+  while (pos < data.size()) {
+    std::optional<protocol::FrameHeader> header;
+    try {
+      header = protocol::decodeHeader(data.subspan(pos), kMaxUpstreamMessage);
+    } catch (const ProtocolError& error) {
+      upstreamLost(std::string("invalid data from the upstream server: ") + error.what());
+    }
+    if (!header) break;
+    const std::size_t available = data.size() - pos;
+    if (!needsInspection(header->type)) {
+      if (header->type == be::kDataRow) ++queryRows_;
+      queryBytes_ += header->frameSize();
+      if (header->frameSize() <= available) {
+        pos += header->frameSize();
+      } else {
+        passThroughRemaining_ = header->frameSize() - available;
+        pos = data.size();
+      }
+      continue;
+    }
+    if (header->frameSize() > kMaxInspectedUpstreamMessage) {
+      upstreamLost("the upstream server sent an oversized message of type '" + std::string(1, header->type) + "'");
+    }
+    if (header->frameSize() > available) break;  // wait for the whole frame
+    forwardToClient(data.subspan(forwardFrom, pos - forwardFrom));
+    const protocol::Frame frame{*header, data.subspan(pos, header->frameSize())};
+    pos += header->frameSize();
+    forwardFrom = pos;
+    try {
+      handleUpstreamFrame(frame);
+    } catch (const ProtocolError& error) {
+      upstreamLost(std::string("invalid message from the upstream server: ") + error.what());
+    }
+  }
+  forwardToClient(data.subspan(forwardFrom, pos - forwardFrom));
+  upstreamIn_.consume(pos);
+}
+
+void Session::handleUpstreamFrame(const protocol::Frame& frame) {
+  switch (frame.type()) {
+    case be::kReadyForQuery: {
+      protocol::MessageReader reader(frame.body());
+      transactionStatus_ = static_cast<char>(reader.readByte());
+      reader.expectEnd();
+      if (pendingError_) {
+        const ProxyError error = std::move(*pendingError_);
+        pendingError_.reset();
+        sendError(error, true);
+      } else {
+        forwardToClient(frame.bytes);
+      }
+      if (state_ == State::kInQuery) finishQuery();
+      return;
+    }
+    case be::kErrorResponse: {
+      const auto fields = protocol::parseErrorFields(frame.body());
+      if (fields.isFatal()) upstreamSentFatal_ = true;
+      if (querySqlstate_.empty()) querySqlstate_ = fields.get('C');
+      // While draining, the upstream's errors are consequences of the proxy's own action; a FATAL
+      // one still reaches the client, which is about to lose the session.
+      if (fields.isFatal()) pendingError_.reset();
+      forwardToClient(frame.bytes);
+      return;
+    }
+    case be::kCopyInResponse: {
+      // Get the upstream out of COPY FROM STDIN; its answer is an error that ends the query.
+      std::string out;
+      protocol::MessageWriter writer(out);
+      protocol::writeCopyFail(writer, "COPY FROM STDIN is not supported by pgwire-proxy");
+      try {
+        writeAll(upstream_->socket(), out);
+      } catch (const IoError& error) {
+        upstreamLost(error.what());
+      }
+      if (!pendingError_) {
+        beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
+                                 "COPY FROM STDIN is not supported by pgwire-proxy",
+                                 "The COPY was aborted on the upstream server; nothing was copied.",
+                                 "Use INSERT statements, or connect to PostgreSQL directly for bulk loads."),
+                      false);
+      }
+      return;
+    }
+    case be::kCopyOutResponse:
+    case be::kCopyBothResponse:
+      if (!pendingError_) {
+        beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
+                                 "COPY TO STDOUT is not supported by pgwire-proxy",
+                                 "The COPY was cancelled on the upstream server.",
+                                 "Use SELECT, or connect to PostgreSQL directly for bulk exports."),
+                      true);
+      }
+      return;
+    default:
+      forwardToClient(frame.bytes);
+      return;
+  }
+}
+
+void Session::forwardToClient(std::span<const char> bytes) {
+  if (bytes.empty() || pendingError_) return;  // while draining, results are discarded
+  writeAll(clientFd_, bytes);
+}
+
+void Session::beginDraining(ProxyError error, bool cancel) {
+  querySqlstate_ = error.sqlstate();
+  pendingError_ = std::move(error);
+  if (cancel && !upstreamCancelled_) cancelUpstream();
+}
+
+void Session::cancelUpstream() noexcept {
+  if (!upstream_ || upstreamCancelled_) return;
+  upstreamCancelled_ = true;
+  std::string error;
+  if (!upstream_->cancel(error)) {
+    observability::logWarning("event=cancel_failed session=" + std::to_string(id_) + " error=\"" + error + "\"");
+  }
+}
+
+void Session::upstreamLost(const std::string& why) {
+  observability::logWarning("event=upstream_lost session=" + std::to_string(id_) + " reason=\"" + why + "\"");
+  upstream_->abandon();
+  upstreamCancelled_ = true;  // nothing left to cancel
+  state_ = State::kClosing;
+  // The client already has the upstream's own FATAL error (admin shutdown, idle timeout ...).
+  if (upstreamSentFatal_) throw SessionEnded{"upstream ended the session"};
+  throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure, "lost the connection to the upstream server",
+                   why);
+}
+
+// ---- client I/O --------------------------------------------------------------------------------
+
+bool Session::readClient(std::optional<Clock::time_point> deadline) {
+  for (;;) {
+    const auto count = readSome(clientFd_, clientIn_.prepareWrite(kClientReadChunk));
+    if (count) {
+      clientIn_.commitWrite(*count);
+      return *count > 0;
+    }
+    Wait wait{clientFd_, POLLIN, 0};
+    bool woken = false;
+    if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
+      throw ProtocolError("timeout expired while waiting for the startup packet (startup-timeout " +
+                          config::formatDuration(context_.config.startupTimeout) + ")");
+    }
+    if (woken) throw SessionEnded{"server stopping"};
+  }
+}
+
+void Session::writeAll(int fd, std::span<const char> data) {
+  while (!data.empty()) {
+    const std::size_t written = writeSome(fd, data);
+    data = data.subspan(written);
+    if (data.empty()) return;
+    if (written == 0) {
+      Wait wait{fd, POLLOUT, 0};
+      (void)waitAny({&wait, 1}, -1, std::nullopt, nullptr);
+    }
+  }
+}
+
+void Session::sendError(const ProxyError& error, bool withReadyForQuery) {
+  context_.observer.proxyError(id_, error);
+  std::string out;
+  protocol::MessageWriter writer(out);
+  protocol::writeErrorResponse(writer, error);
+  if (withReadyForQuery) protocol::writeReadyForQuery(writer, transactionStatus_);
+  sendToClient(out);
+}
+
+void Session::sendErrorBestEffort(const ProxyError& error) noexcept {
+  try {
+    std::string out;
+    protocol::MessageWriter writer(out);
+    protocol::writeErrorResponse(writer, error);
+    std::span<const char> data(out);
+    const auto deadline = Clock::now() + kBestEffortWriteTimeout;
+    while (!data.empty()) {
+      data = data.subspan(writeSome(clientFd_, data));
+      if (data.empty()) break;
+      Wait wait{clientFd_, POLLOUT, 0};
+      if (!waitAny({&wait, 1}, -1, deadline, nullptr)) break;
+    }
+  } catch (...) {
+    // The client is gone; there is nobody left to tell.
+  }
+}
+
+}  // namespace pgwire_proxy::session

@@ -1,0 +1,109 @@
+// One client's life: SSL negotiation, startup, the query loop and the end, as an explicit state machine.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "config/server_config.h"
+#include "observability/session_observer.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+#include "session/byte_buffer.h"
+#include "session/registry.h"
+#include "session/socket_io.h"
+
+namespace pgwire_proxy::upstream {
+class UpstreamConnection;
+}
+
+namespace pgwire_proxy::session {
+
+// What every session shares; owned by the server, outlives all sessions.
+struct SessionContext {
+  const config::ServerConfig& config;
+  SessionRegistry& registry;
+  observability::SessionObserver& observer;
+  int wakeFd = -1;  // becomes readable when the server stops
+};
+
+class Session {
+ public:
+  Session(SessionContext& context, std::uint64_t id, int clientFd, std::string clientAddress);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Serves the client until it leaves, the upstream goes, or the server stops. Never throws: a
+  // failure ends this session only, logged with its id.
+  void run() noexcept;
+
+ private:
+  enum class State {
+    kAwaitingStartup,     // SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
+    kReady,               // ReadyForQuery sent; reading the client's next message
+    kInQuery,             // a Query is upstream; relaying its results
+    kDiscardingUntilSync, // an extended-protocol message was refused; skipping to Sync
+    kClosing,
+  };
+  class QueryCanceller;
+
+  // Startup: returns false when the connection ends there (a CancelRequest, or the client left).
+  [[nodiscard]] bool negotiate();
+  void startSession();
+  void relay();
+
+  void handleClientFrame(const protocol::Frame& frame);
+  void startQuery(const protocol::Frame& frame);
+  void rejectExtendedProtocol(char type);
+
+  // Upstream bytes: read what is there, forward what needs no inspection, act on what does.
+  void pumpUpstream();
+  void processUpstreamBytes();
+  void handleUpstreamFrame(const protocol::Frame& frame);
+  void forwardToClient(std::span<const char> bytes);
+  void beginDraining(ProxyError error, bool cancelUpstream);
+  void finishQuery();
+
+  [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
+  void writeAll(int fd, std::span<const char> data);
+  void sendToClient(const std::string& bytes) { writeAll(clientFd_, bytes); }
+  void sendError(const ProxyError& error, bool withReadyForQuery);
+  void sendErrorBestEffort(const ProxyError& error) noexcept;
+  void cancelUpstream() noexcept;
+  [[noreturn]] void upstreamLost(const std::string& why);
+
+  SessionContext& context_;
+  const std::uint64_t id_;
+  const int clientFd_;
+  const std::string clientAddress_;
+
+  State state_ = State::kAwaitingStartup;
+  std::string closeReason_ = "client disconnected";
+  bool admitted_ = false;
+  protocol::StartupPacket startup_;
+  std::string clientApplicationName_;
+
+  std::unique_ptr<upstream::UpstreamConnection> upstream_;
+  std::shared_ptr<QueryCanceller> canceller_;
+  std::optional<CancelKey> cancelKey_;
+  char transactionStatus_ = 'I';
+  bool upstreamSentFatal_ = false;
+
+  ByteBuffer clientIn_;
+  ByteBuffer upstreamIn_;
+  std::size_t passThroughRemaining_ = 0;  // bytes of a large frame still streaming through
+
+  // The running query.
+  Clock::time_point queryStart_{};
+  std::uint64_t queryRows_ = 0;
+  std::uint64_t queryBytes_ = 0;
+  std::string querySqlstate_;
+  std::optional<ProxyError> pendingError_;  // set while draining: sent before ReadyForQuery
+  bool upstreamCancelled_ = false;
+};
+
+}  // namespace pgwire_proxy::session

@@ -1,0 +1,231 @@
+// The PostgreSQL side of a session: libpq connects and authenticates, then the relay owns the socket.
+#include "upstream/upstream_connection.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+#include <regex>
+
+#include "protocol/errors.h"
+
+namespace pgwire_proxy::upstream {
+namespace {
+
+// The parameters PostgreSQL reports with ParameterStatus (GUC_REPORT), in the order PostgreSQL 15 sends
+// them; newer servers' additions are asked for too and skipped when absent.
+constexpr std::array kReportedParameters = {
+    "application_name", "client_encoding",     "DateStyle",
+    "default_transaction_read_only", "in_hot_standby", "integer_datetimes",
+    "IntervalStyle",    "is_superuser",        "scram_iterations",
+    "search_path",      "server_encoding",     "server_version",
+    "session_authorization", "standard_conforming_strings", "TimeZone",
+};
+
+// Startup parameters that libpq takes as connection keywords rather than as `-c` options.
+bool isLibpqKeyword(std::string_view name) {
+  return name == "application_name" || name == "client_encoding" || name == "options" ||
+         name == "replication";
+}
+
+std::string trimTrailingNewlines(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+// libpq builds its connection error text from the server's ErrorResponse; with PQERRORS_VERBOSE the
+// primary line reads "FATAL:  28P01: password authentication failed ...". Recover the fields from it.
+ProxyError connectionError(const std::string& libpqMessage) {
+  static const std::regex primary(R"((FATAL|ERROR|PANIC):  ([0-9A-Z]{5}): ([^\n]*))");
+  static const std::regex detail(R"(\nDETAIL:  ([^\n]*))");
+  static const std::regex hint(R"(\nHINT:  ([^\n]*))");
+  std::smatch last;
+  bool found = false;
+  for (auto it = std::sregex_iterator(libpqMessage.begin(), libpqMessage.end(), primary);
+       it != std::sregex_iterator(); ++it) {
+    last = *it;
+    found = true;
+  }
+  if (found) {
+    const std::string rest = libpqMessage.substr(static_cast<std::size_t>(last.position(0) + last.length(0)));
+    std::smatch d;
+    std::smatch h;
+    std::string detailText = std::regex_search(rest, d, detail) ? d[1].str() : std::string();
+    std::string hintText = std::regex_search(rest, h, hint) ? h[1].str() : std::string();
+    return ProxyError(Severity::kFatal, last[2].str(), last[3].str(), std::move(detailText), std::move(hintText));
+  }
+  return ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
+                    "could not connect to the upstream server: " + trimTrailingNewlines(libpqMessage));
+}
+
+using ConninfoPtr = std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)>;
+
+}  // namespace
+
+std::string auditApplicationName(std::string_view clientApplication, std::string_view clientAddress) {
+  constexpr std::size_t kMaxLength = 63;  // NAMEDATALEN - 1
+  const std::string prefix = "pgwire-proxy/";
+  const std::string suffix = "@" + std::string(clientAddress);
+  std::string app(clientApplication);
+  const std::size_t room = kMaxLength > prefix.size() + suffix.size() ? kMaxLength - prefix.size() - suffix.size() : 0;
+  if (app.size() > room) app.resize(room);
+  // PostgreSQL replaces non-printable-ASCII bytes with '?'; do it first so truncation cannot split a character.
+  for (char& c : app) {
+    if (c < 32 || c > 126) c = '?';
+  }
+  std::string name = prefix + app + suffix;
+  if (name.size() > kMaxLength) name.resize(kMaxLength);
+  return name;
+}
+
+std::string escapeOptionValue(std::string_view value) {
+  std::string escaped;
+  escaped.reserve(value.size());
+  for (char c : value) {
+    if (c == ' ' || c == '\\' || c == '\t' || c == '\n' || c == '\r') escaped.push_back('\\');
+    escaped.push_back(c);
+  }
+  return escaped;
+}
+
+UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request) {
+  char* parseError = nullptr;
+  ConninfoPtr dsn(PQconninfoParse(config.upstreamDsn.c_str(), &parseError), &PQconninfoFree);
+  if (!dsn) {
+    std::string message = parseError != nullptr ? parseError : "out of memory";
+    PQfreemem(parseError);
+    throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
+                     "invalid upstream connection string: " + trimTrailingNewlines(message));
+  }
+
+  // Start from the DSN's own settings; then add what the client asked for and what the proxy enforces.
+  Parameters params;
+  std::string options;
+  for (PQconninfoOption* o = dsn.get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || *o->val == '\0') continue;
+    if (std::strcmp(o->keyword, "options") == 0) {
+      options = o->val;
+    } else {
+      params.emplace_back(o->keyword, o->val);
+    }
+  }
+  auto set = [&params](const std::string& key, const std::string& value) {
+    for (auto& [k, v] : params) {
+      if (k == key) {
+        v = value;
+        return;
+      }
+    }
+    params.emplace_back(key, value);
+  };
+  auto appendOption = [&options](const std::string& item) {
+    if (!options.empty()) options += ' ';
+    options += item;
+  };
+  for (const auto& [name, value] : request.clientParameters) {
+    if (name == "options") {
+      appendOption(value);
+    } else if (name == "client_encoding") {
+      set("client_encoding", value);
+    } else if (!isLibpqKeyword(name)) {
+      appendOption("-c " + escapeOptionValue(name) + "=" + escapeOptionValue(value));
+    }
+  }
+  // The proxy's guardrails come last so a client's startup options cannot override them.
+  if (config.queryTimeout.count() > 0) {
+    appendOption("-c statement_timeout=" + std::to_string(config.queryTimeout.count()));
+  }
+  if (config.idleInTransactionTimeout.count() > 0) {
+    appendOption("-c idle_in_transaction_session_timeout=" +
+                 std::to_string(config.idleInTransactionTimeout.count()));
+  }
+  if (!options.empty()) set("options", options);
+  set("application_name", request.auditApplicationName);
+
+  std::vector<const char*> keywords;
+  std::vector<const char*> values;
+  for (const auto& [k, v] : params) {
+    keywords.push_back(k.c_str());
+    values.push_back(v.c_str());
+  }
+  keywords.push_back(nullptr);
+  values.push_back(nullptr);
+
+  conn_ = PQconnectStartParams(keywords.data(), values.data(), 0);
+  if (conn_ == nullptr) throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure, "out of memory");
+  // Verbose errors carry the SQLSTATE in the message text, the only place libpq exposes it at connect.
+  PQsetErrorVerbosity(conn_, PQERRORS_VERBOSE);
+
+  auto fail = [this](ProxyError error) {
+    PQfinish(conn_);
+    conn_ = nullptr;
+    throw error;
+  };
+  if (PQstatus(conn_) == CONNECTION_BAD) fail(connectionError(PQerrorMessage(conn_)));
+
+  PostgresPollingStatusType status = PGRES_POLLING_WRITING;
+  while (status != PGRES_POLLING_OK) {
+    if (status == PGRES_POLLING_FAILED) fail(connectionError(PQerrorMessage(conn_)));
+    const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(
+        request.deadline - std::chrono::steady_clock::now());
+    if (remaining.count() <= 0) {
+      fail(ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
+                      "could not connect to the upstream server: timeout expired after " +
+                          config::formatDuration(config.connectTimeout)));
+    }
+    pollfd pfd{PQsocket(conn_), static_cast<short>(status == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+    const int ready = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(remaining.count(), 1000)));
+    if (ready < 0 && errno != EINTR) {
+      fail(ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
+                      std::string("could not connect to the upstream server: poll: ") + std::strerror(errno)));
+    }
+    if (ready > 0) status = PQconnectPoll(conn_);
+  }
+  cancel_ = PQgetCancel(conn_);
+}
+
+UpstreamConnection::~UpstreamConnection() {
+  {
+    std::lock_guard lock(cancelMutex_);
+    if (cancel_ != nullptr) PQfreeCancel(cancel_);
+    cancel_ = nullptr;
+  }
+  if (conn_ != nullptr) PQfinish(conn_);  // sends Terminate when the socket is still open
+}
+
+int UpstreamConnection::socket() const { return PQsocket(conn_); }
+
+int UpstreamConnection::backendPid() const { return PQbackendPID(conn_); }
+
+Parameters UpstreamConnection::reportedParameters() const {
+  Parameters result;
+  for (const char* name : kReportedParameters) {
+    if (const char* value = PQparameterStatus(conn_, name)) result.emplace_back(name, value);
+  }
+  return result;
+}
+
+bool UpstreamConnection::cancel(std::string& error) const {
+  std::lock_guard lock(cancelMutex_);
+  if (cancel_ == nullptr) {
+    error = "no cancel key";
+    return false;
+  }
+  char buffer[256] = {};
+  if (PQcancel(cancel_, buffer, sizeof buffer) == 0) {
+    error = trimTrailingNewlines(buffer);
+    return false;
+  }
+  return true;
+}
+
+void UpstreamConnection::abandon() {
+  // Shut the socket down so PQfinish's Terminate goes nowhere and the server sees the close at once.
+  if (conn_ != nullptr && PQsocket(conn_) >= 0) ::shutdown(PQsocket(conn_), SHUT_RDWR);
+}
+
+}  // namespace pgwire_proxy::upstream

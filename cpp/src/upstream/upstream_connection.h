@@ -1,0 +1,62 @@
+// The PostgreSQL side of a session: libpq connects and authenticates, then the relay owns the socket.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config/server_config.h"
+
+struct pg_conn;
+struct pg_cancel;
+
+namespace pgwire_proxy::upstream {
+
+using Parameters = std::vector<std::pair<std::string, std::string>>;
+
+// What a session asks of the upstream connection, beyond the DSN.
+struct ConnectRequest {
+  Parameters clientParameters;    // the client's startup parameters (user/database already removed)
+  std::string auditApplicationName;  // becomes the upstream's application_name
+  std::chrono::steady_clock::time_point deadline;
+};
+
+// Builds the upstream's application_name, `pgwire-proxy/<app>@<address>`, within PostgreSQL's 63 bytes.
+[[nodiscard]] std::string auditApplicationName(std::string_view clientApplication, std::string_view clientAddress);
+
+// Escapes a value for a `-c name=value` item of the libpq `options` parameter (spaces and backslashes).
+[[nodiscard]] std::string escapeOptionValue(std::string_view value);
+
+class UpstreamConnection {
+ public:
+  // Connects and authenticates through libpq. Throws ProxyError (FATAL) carrying the upstream's own
+  // SQLSTATE when it sent one (28P01, 3D000 ...), else 08006.
+  UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request);
+  ~UpstreamConnection();
+  UpstreamConnection(const UpstreamConnection&) = delete;
+  UpstreamConnection& operator=(const UpstreamConnection&) = delete;
+
+  // The socket the relay reads and writes (non-blocking: libpq leaves it so).
+  [[nodiscard]] int socket() const;
+  [[nodiscard]] int backendPid() const;
+  // The ParameterStatus values the upstream reported during startup, in a stable order.
+  [[nodiscard]] Parameters reportedParameters() const;
+
+  // Asks the server to cancel whatever this connection is running, over a separate connection.
+  // Thread-safe; may be called from any thread while the connection object lives. Returns false
+  // with a message in `error` when the cancel request could not be delivered.
+  [[nodiscard]] bool cancel(std::string& error) const;
+
+  // Closes the socket without sending Terminate (for an upstream already lost).
+  void abandon();
+
+ private:
+  pg_conn* conn_ = nullptr;
+  pg_cancel* cancel_ = nullptr;
+  mutable std::mutex cancelMutex_;
+};
+
+}  // namespace pgwire_proxy::upstream

@@ -1,0 +1,247 @@
+"""The pgwire-proxy binary as a subprocess: start it, wait until it listens, stop it."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .cluster import make_dsn, parse_dsn
+
+__all__ = ["ProxyProcess", "find_binary", "build_argv"]
+
+BINARY_ENV = "PGWIRE_PROXY_BINARY"
+UPSTREAM_DSN_ENV = "PGWIRE_PROXY_UPSTREAM_DSN"
+_LISTENING = re.compile(r"^listening on (?P<host>.+):(?P<port>\d+)\s*$")
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def find_binary() -> Path:
+    """$PGWIRE_PROXY_BINARY, else <repo>/build/pgwire-proxy."""
+    explicit = os.environ.get(BINARY_ENV)
+    path = Path(explicit) if explicit else repo_root() / "build" / "pgwire-proxy"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise FileNotFoundError(
+            f"pgwire-proxy binary not found at {path}; build it with "
+            f"`cmake -S . -B build && cmake --build build -j2` or set {BINARY_ENV}")
+    return path
+
+
+def build_argv(options: Mapping[str, object]) -> List[str]:
+    """snake_case options to --kebab-case flags: True is a bare flag, False/None are left out,
+    a list or tuple repeats the flag."""
+    argv: List[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv.extend(f"{flag}={item}" for item in value)
+        else:
+            argv.append(f"{flag}={value}")
+    return argv
+
+
+class ProxyProcess:
+    """A running `pgwire-proxy`; `.host`, `.port` and `.dsn` are valid once start() returns.
+
+    ProxyProcess(upstream_dsn, port=0, max_connections=2, query_timeout="5s") runs
+    `pgwire-proxy --upstream-dsn=... --listen-address=127.0.0.1 --port=0 --max-connections=2 ...`.
+    With upstream_dsn None the binary reads PGWIRE_PROXY_UPSTREAM_DSN (pass it in `env`).
+    """
+
+    def __init__(self, upstream_dsn: Optional[str] = None, *, binary: Optional[os.PathLike] = None,
+                 env: Optional[Mapping[str, str]] = None, ready_timeout: float = 30.0,
+                 extra_args: Sequence[str] = (), **options: object):
+        self.upstream_dsn = upstream_dsn
+        self.options: Dict[str, object] = {"listen_address": "127.0.0.1", "port": 0}
+        self.options.update(options)
+        self._binary = Path(binary) if binary else None
+        self._env = dict(env) if env is not None else None
+        self._ready_timeout = ready_timeout
+        self._extra_args = list(extra_args)  # verbatim flags after the generated ones
+        self.host: Optional[str] = None
+        self.port: Optional[int] = None
+        self.process: Optional[subprocess.Popen] = None
+        self.stderr_path: Optional[Path] = None
+        self._stdout_lines: List[str] = []
+        self._drain: Optional[threading.Thread] = None
+
+        dsn_for_names = upstream_dsn or (self._env or os.environ).get(UPSTREAM_DSN_ENV) or ""
+        try:
+            names = parse_dsn(dsn_for_names) if dsn_for_names else {}
+        except Exception:
+            names = {}
+        # The proxy ignores the client's user/database; these only keep clients' defaults tidy.
+        self.user = names.get("user", "postgres")
+        self.dbname = names.get("dbname", self.user)
+
+    # --- the interface shared with the in-process Proxy ----------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """A libpq keyword DSN for clients of this proxy."""
+        if self.port is None:
+            raise RuntimeError("proxy not started")
+        return make_dsn(host=self.host, port=self.port, user=self.user, dbname=self.dbname)
+
+    def dsn_with(self, **overrides: object) -> str:
+        params: Dict[str, object] = {"host": self.host, "port": self.port, "user": self.user,
+                                     "dbname": self.dbname}
+        params.update(overrides)
+        return make_dsn(**params)
+
+    @property
+    def argv(self) -> List[str]:
+        binary = self._binary or find_binary()
+        upstream = [f"--upstream-dsn={self.upstream_dsn}"] if self.upstream_dsn is not None else []
+        return [str(binary), *upstream, *build_argv(self.options), *self._extra_args]
+
+    def start(self) -> "ProxyProcess":
+        if self.process is not None:
+            raise RuntimeError("already started")
+        argv = self.argv
+        fd, name = tempfile.mkstemp(prefix="pgwire-proxy-", suffix=".stderr")
+        os.close(fd)
+        self.stderr_path = Path(name)
+        env = dict(os.environ if self._env is None else self._env)
+        with open(self.stderr_path, "ab") as stderr:
+            # Own session: a terminal's Ctrl+C goes to our process, which stops the proxy in order.
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=stderr, env=env, start_new_session=True)
+        try:
+            self._wait_until_listening()
+        except BaseException:
+            self._terminate(timeout=5)
+            raise
+        self._drain = threading.Thread(target=self._drain_stdout, name="pgwire-proxy-stdout",
+                                       daemon=True)
+        self._drain.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code (None if never started)."""
+        if self.process is None:
+            return None
+        code = self._terminate(timeout)
+        if self.stderr_path is not None and not os.environ.get("PGWIRE_PROXY_KEEP_LOGS"):
+            # Keep the text for post-mortems through stderr_text() before the file goes.
+            self._stderr_cache = self._read_stderr()
+            try:
+                self.stderr_path.unlink()
+            except OSError:
+                pass
+            self.stderr_path = None
+        return code
+
+    def __enter__(self) -> "ProxyProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- diagnostics ---------------------------------------------------------------------------
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stderr_text(self) -> str:
+        """Everything the proxy logged so far."""
+        if self.stderr_path is not None:
+            return self._read_stderr()
+        return getattr(self, "_stderr_cache", "")
+
+    def stdout_text(self) -> str:
+        return "".join(self._stdout_lines)
+
+    def __repr__(self) -> str:
+        return f"<ProxyProcess {self.host}:{self.port} pid={self.process.pid if self.process else None}>"
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _read_stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")  # type: ignore[union-attr]
+        except OSError:
+            return ""
+
+    def _wait_until_listening(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + self._ready_timeout
+        buffer = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.process.stdout, selectors.EVENT_READ)
+            while True:
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    text = line.decode(errors="replace")
+                    self._stdout_lines.append(text + "\n")
+                    match = _LISTENING.match(text)
+                    if match:
+                        self.host = match.group("host").strip("[]")
+                        self.port = int(match.group("port"))
+                        if buffer:
+                            self._stdout_lines.append(buffer.decode(errors="replace"))
+                        return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"pgwire-proxy did not print 'listening on' within "
+                                       f"{self._ready_timeout}s; argv={self.argv}\n"
+                                       f"stdout:\n{self.stdout_text()}{buffer.decode(errors='replace')}\n"
+                                       f"stderr:\n{self._read_stderr()}")
+                if sel.select(timeout=min(left, 0.5)):
+                    chunk = os.read(self.process.stdout.fileno(), 65536)
+                    if chunk:
+                        buffer += chunk
+                        continue
+                    self.process.wait(timeout=max(deadline - time.monotonic(), 1))
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"pgwire-proxy exited with code {self.process.returncode} before "
+                                       f"listening; argv={self.argv}\nstdout:\n{self.stdout_text()}"
+                                       f"{buffer.decode(errors='replace')}\nstderr:\n{self._read_stderr()}")
+
+    def _drain_stdout(self) -> None:
+        stream = self.process.stdout if self.process else None
+        if stream is None:
+            return
+        try:
+            for line in iter(lambda: os.read(stream.fileno(), 65536), b""):
+                self._stdout_lines.append(line.decode(errors="replace"))
+        except (OSError, ValueError):
+            pass
+
+    def _terminate(self, timeout: float) -> Optional[int]:
+        proc = self.process
+        assert proc is not None
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._drain is not None:
+            self._drain.join(timeout=2)
+        if proc.stdout is not None:
+            try:
+                proc.stdout.close()
+            except OSError:
+                pass
+        return proc.returncode

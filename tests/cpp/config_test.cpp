@@ -1,0 +1,86 @@
+// Parsing and validation of the settings: durations, sizes, integers, the DSN.
+#include <boost/test/unit_test.hpp>
+
+#include "config/server_config.h"
+#include "upstream/upstream_connection.h"
+
+using namespace pgwire_proxy::config;
+using std::chrono::milliseconds;
+
+BOOST_AUTO_TEST_SUITE(config_parsing)
+
+BOOST_AUTO_TEST_CASE(durations) {
+  BOOST_TEST(parseDuration("500ms", "t").count() == 500);
+  BOOST_TEST(parseDuration("30s", "t").count() == 30000);
+  BOOST_TEST(parseDuration("30", "t").count() == 30000);
+  BOOST_TEST(parseDuration("2min", "t").count() == 120000);
+  BOOST_TEST(parseDuration("1h", "t").count() == 3600000);
+  BOOST_TEST(parseDuration("0", "t").count() == 0);
+  for (const char* bad : {"", "abc", "-1s", "5 parsecs", "1.5s", "30sec", "99999999999999999999", "1000h"}) {
+    BOOST_CHECK_THROW((void)parseDuration(bad, "query-timeout"), ConfigError);
+  }
+  try {
+    (void)parseDuration("soon", "query-timeout");
+  } catch (const ConfigError& error) {
+    BOOST_TEST(std::string(error.what()).find("query-timeout") != std::string::npos);
+  }
+  BOOST_TEST(formatDuration(milliseconds(30000)) == "30s");
+  BOOST_TEST(formatDuration(milliseconds(500)) == "500ms");
+  BOOST_TEST(formatDuration(milliseconds(120000)) == "2min");
+  BOOST_TEST(formatDuration(milliseconds(0)) == "0");
+}
+
+BOOST_AUTO_TEST_CASE(sizes) {
+  BOOST_TEST(parseSize("1024", "s") == 1024U);
+  BOOST_TEST(parseSize("64kB", "s") == 65536U);
+  BOOST_TEST(parseSize("100MB", "s") == 100ULL * 1024 * 1024);
+  BOOST_TEST(parseSize("1GB", "s") == 1ULL << 30);
+  for (const char* bad : {"", "MB", "10mb", "1.5MB", "-1", "99999999999TB"}) {
+    BOOST_CHECK_THROW((void)parseSize(bad, "max-bytes"), ConfigError);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(integers) {
+  BOOST_TEST(parseInteger("100", "n", 1, 1000) == 100);
+  BOOST_CHECK_THROW((void)parseInteger("0", "n", 1, 1000), ConfigError);
+  BOOST_CHECK_THROW((void)parseInteger("10x", "n", 1, 1000), ConfigError);
+  BOOST_CHECK_THROW((void)parseInteger("", "n", 1, 1000), ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(validation) {
+  ServerConfig config;
+  BOOST_CHECK_THROW(config.validate(), ConfigError);  // no DSN
+  config.upstreamDsn = "host=127.0.0.1 port=5432 dbname=postgres";
+  config.validate();
+  config.upstreamDsn = "postgresql://u@localhost:5432/db?sslmode=disable";
+  config.validate();
+  config.upstreamDsn = "host=x nonsense_keyword=1";
+  BOOST_CHECK_THROW(config.validate(), ConfigError);
+  config.upstreamDsn = "host='unterminated";
+  BOOST_CHECK_THROW(config.validate(), ConfigError);
+  config.upstreamDsn = "host=x";
+  config.maxConnections = 0;
+  BOOST_CHECK_THROW(config.validate(), ConfigError);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(upstream_parameters)
+
+BOOST_AUTO_TEST_CASE(audit_application_name_fits_namedatalen) {
+  using pgwire_proxy::upstream::auditApplicationName;
+  BOOST_TEST(auditApplicationName("psql", "127.0.0.1") == "pgwire-proxy/psql@127.0.0.1");
+  BOOST_TEST(auditApplicationName("", "10.1.2.3") == "pgwire-proxy/@10.1.2.3");
+  const std::string longName = auditApplicationName(std::string(200, 'a'), "192.168.100.200");
+  BOOST_TEST(longName.size() == 63U);
+  BOOST_TEST(longName.ends_with("@192.168.100.200"));
+  BOOST_TEST(auditApplicationName("caf\xc3\xa9", "::1") == "pgwire-proxy/caf??@::1");
+}
+
+BOOST_AUTO_TEST_CASE(option_values_are_escaped) {
+  using pgwire_proxy::upstream::escapeOptionValue;
+  BOOST_TEST(escapeOptionValue("public") == "public");
+  BOOST_TEST(escapeOptionValue("a b\\c") == "a\\ b\\\\c");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

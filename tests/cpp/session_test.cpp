@@ -1,0 +1,299 @@
+// The session against scripted byte streams: a real Server on port 0, a raw client socket, and a
+// scripted upstream that speaks just enough of the backend protocol.
+#include <boost/test/unit_test.hpp>
+
+#include <atomic>
+
+#include "config/server_config.h"
+#include "observability/log.h"
+#include "server/server.h"
+#include "test_support.h"
+
+using namespace test_support;
+using pgwire_proxy::server::Server;
+
+namespace {
+
+struct QuietLogs {
+  QuietLogs() { pgwire_proxy::observability::Logger::instance().setLevel(pgwire_proxy::observability::LogLevel::kOff); }
+};
+
+pgwire_proxy::config::ServerConfig configFor(const std::string& dsn) {
+  pgwire_proxy::config::ServerConfig config;
+  config.port = 0;
+  config.upstreamDsn = dsn;
+  config.startupTimeout = std::chrono::milliseconds(300);
+  config.connectTimeout = std::chrono::seconds(5);
+  return config;
+}
+
+// Reads messages until ReadyForQuery; returns them in order (ReadyForQuery included).
+std::vector<std::pair<char, std::string>> untilReady(const Socket& client) {
+  std::vector<std::pair<char, std::string>> messages;
+  for (;;) {
+    auto m = client.receiveMessage();
+    BOOST_REQUIRE_MESSAGE(m, "EOF before ReadyForQuery");
+    messages.push_back(*m);
+    if (m->first == 'Z') return messages;
+  }
+}
+
+Socket startSession(const Server& server, const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+  Socket client = Socket::connectTo(server.port());
+  std::vector<std::pair<std::string, std::string>> params = {{"user", "alice"}, {"database", "ignored"},
+                                                             {"application_name", "unit"}};
+  params.insert(params.end(), extra.begin(), extra.end());
+  client.send(startupMessage(params));
+  return client;
+}
+
+// The first message a rejected startup gets, and that the connection then closes.
+std::string fatalSqlstate(const Socket& client) {
+  const auto m = client.receiveMessage();
+  BOOST_REQUIRE(m);
+  BOOST_REQUIRE_EQUAL(m->first, 'E');
+  BOOST_TEST(errorField(m->second, 'S') == "FATAL");
+  BOOST_TEST(client.waitForEof());
+  return errorField(m->second, 'C');
+}
+
+// A query's frame as the upstream reads it.
+std::string expectQuery(Socket& upstream) {
+  const auto m = upstream.receiveMessage();
+  BOOST_REQUIRE(m);
+  BOOST_REQUIRE_EQUAL(m->first, 'Q');
+  return m->second.substr(0, m->second.size() - 1);
+}
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(session, QuietLogs)
+
+BOOST_AUTO_TEST_CASE(startup_relays_parameters_and_issues_its_own_key) {
+  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  Server server(configFor(upstream.dsn()));
+  server.start();
+  {
+    Socket client = startSession(server, {{"DateStyle", "German"}, {"search_path", "a b"}, {"client_encoding", "LATIN1"}});
+    const auto messages = untilReady(client);
+    BOOST_TEST(messages.front().first == 'R');
+    bool sawApplicationName = false;
+    for (const auto& [type, body] : messages) {
+      if (type == 'S' && body.starts_with(cstring("application_name"))) {
+        BOOST_TEST(body == cstring("application_name") + cstring("unit"));
+        sawApplicationName = true;
+      }
+      if (type == 'K') BOOST_TEST(body != int32(4242) + int32(99), "the upstream's key must not reach the client");
+    }
+    BOOST_TEST(sawApplicationName);
+    BOOST_TEST(messages.back().second == "I");
+    client.send(message('X', ""));
+    BOOST_TEST(client.waitForEof());
+  }
+  upstream.join();
+  BOOST_TEST(upstream.parameter("application_name") == "pgwire-proxy/unit@127.0.0.1");
+  BOOST_TEST(upstream.parameter("user") == "tester");
+  BOOST_TEST(upstream.parameter("database") == "testdb");
+  BOOST_TEST(upstream.parameter("client_encoding") == "LATIN1");
+  const std::string options = upstream.parameter("options");
+  BOOST_TEST(options.find("-c DateStyle=German") != std::string::npos, options);
+  BOOST_TEST(options.find("-c search_path=a\\ b") != std::string::npos, options);
+  BOOST_TEST(options.ends_with("-c statement_timeout=30000"), options);
+}
+
+BOOST_AUTO_TEST_CASE(large_rows_stream_through_split_deliveries) {
+  const std::string bigValue(3 * 1024 * 1024 + 7, 'x');
+  const std::string row = message('D', int16(1) + int32(static_cast<std::int32_t>(bigValue.size())) + bigValue);
+  ScriptedUpstream upstream([&](Socket& s) {
+    BOOST_TEST(expectQuery(s) == "select big");
+    std::string reply = message('T', int16(0)) + row + message('D', int16(0)) + message('C', cstring("SELECT 2")) +
+                        message('Z', "I");
+    // Deliver in uneven pieces, some splitting headers.
+    for (std::size_t pos = 0, step = 1; pos < reply.size(); pos += step, step = step * 3 % 65521 + 1) {
+      s.send(reply.substr(pos, step));
+    }
+    BOOST_TEST((s.receiveMessage()->first == 'X'));
+  });
+  Server server(configFor(upstream.dsn()));
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('Q', cstring("select big")));
+  const auto messages = untilReady(client);
+  BOOST_REQUIRE_EQUAL(messages.size(), 5U);
+  BOOST_TEST(messages[1].first == 'D');
+  BOOST_TEST((messages[1].second == row.substr(5)));
+  BOOST_TEST(messages[3].second == cstring("SELECT 2"));
+  client.send(message('X', ""));
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(extended_protocol_is_refused_until_sync_and_the_session_stays_usable) {
+  ScriptedUpstream upstream([](Socket& s) {
+    // Nothing of the extended sequence reaches the upstream: the first message is the simple query.
+    BOOST_TEST(expectQuery(s) == "select 1");
+    s.send(message('C', cstring("SELECT 0")) + message('Z', "I"));
+    BOOST_TEST((s.receiveMessage()->first == 'X'));
+  });
+  Server server(configFor(upstream.dsn()));
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('P', cstring("") + cstring("select 1") + int16(0)) + message('B', std::string(6, '\0')) +
+              message('E', cstring("") + int32(0)) + message('H', "") + message('S', ""));
+  const auto refused = untilReady(client);
+  BOOST_REQUIRE_EQUAL(refused.size(), 2U);
+  BOOST_TEST(refused[0].first == 'E');
+  BOOST_TEST(errorField(refused[0].second, 'C') == "0A000");
+  BOOST_TEST(errorField(refused[0].second, 'S') == "ERROR");
+  client.send(message('Q', cstring("select 1")));
+  const auto after = untilReady(client);
+  BOOST_TEST(after[0].first == 'C');
+  client.send(message('X', ""));
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(upstream_lost_mid_query_is_fatal_08006) {
+  ScriptedUpstream upstream([](Socket& s) {
+    (void)expectQuery(s);
+    s.send(message('T', int16(0)));
+    s.close();
+  });
+  Server server(configFor(upstream.dsn()));
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('Q', cstring("select 1")));
+  BOOST_TEST(client.receiveMessage()->first == 'T');
+  BOOST_TEST(fatalSqlstate(client) == "08006");
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(copy_from_stdin_is_failed_upstream_and_refused) {
+  ScriptedUpstream upstream([](Socket& s) {
+    (void)expectQuery(s);
+    s.send(message('G', std::string(1, '\0') + int16(0)));
+    const auto copyFail = s.receiveMessage();
+    BOOST_REQUIRE(copyFail);
+    BOOST_TEST(copyFail->first == 'f');
+    s.send(message('E', "SERROR" + std::string(1, '\0') + "C57014" + std::string(2, '\0')) + message('Z', "T"));
+    BOOST_TEST((s.receiveMessage()->first == 'X'));
+  });
+  Server server(configFor(upstream.dsn()));
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('Q', cstring("copy t from stdin")));
+  const auto messages = untilReady(client);
+  BOOST_REQUIRE_EQUAL(messages.size(), 2U);
+  BOOST_TEST(errorField(messages[0].second, 'C') == "0A000");
+  BOOST_TEST(messages[1].second == "T");  // the upstream's real transaction status
+  client.send(message('X', ""));
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(ssl_and_gssenc_requests_are_declined) {
+  Server server(configFor("host=127.0.0.1 port=1"));
+  server.start();
+  Socket client = Socket::connectTo(server.port());
+  client.send(untypedPacket({80877104}));
+  BOOST_TEST(client.receiveExactly(1) == "N");
+  client.send(untypedPacket({80877103}));
+  BOOST_TEST(client.receiveExactly(1) == "N");
+  // Bytes pipelined behind an SSLRequest would be read as plaintext: refused.
+  Socket eager = Socket::connectTo(server.port());
+  eager.send(untypedPacket({80877103}) + startupMessage({{"user", "u"}}));
+  BOOST_TEST(fatalSqlstate(eager) == "08P01");
+}
+
+BOOST_AUTO_TEST_CASE(malformed_startups_are_rejected_and_the_server_goes_on) {
+  Server server(configFor("host=127.0.0.1 port=1"));
+  server.start();
+  {
+    Socket client = Socket::connectTo(server.port());
+    client.send(int32(10001) + std::string(10000, 'a'));
+    BOOST_TEST(fatalSqlstate(client) == "08P01");
+  }
+  {
+    Socket client = Socket::connectTo(server.port());
+    client.send(int32(3));
+    BOOST_TEST(fatalSqlstate(client) == "08P01");
+  }
+  {
+    Socket client = Socket::connectTo(server.port());
+    client.send(untypedPacket({2 << 16}));
+    BOOST_TEST(fatalSqlstate(client) == "0A000");
+  }
+  {
+    Socket client = Socket::connectTo(server.port());
+    client.send(int32(12) + int32(196608) + "user");  // no terminators
+    BOOST_TEST(fatalSqlstate(client) == "08P01");
+  }
+  {
+    Socket client = Socket::connectTo(server.port());  // says nothing: the startup timeout ends it
+    BOOST_TEST(fatalSqlstate(client) == "08P01");
+  }
+  {
+    Socket client = Socket::connectTo(server.port());
+    client.send(startupMessage({{"database", "x"}}));  // no user
+    BOOST_TEST(fatalSqlstate(client) == "28000");
+  }
+  {
+    // Still serving: an unreachable upstream is reported as 08006.
+    Socket client = Socket::connectTo(server.port());
+    client.send(startupMessage({{"user", "u"}}));
+    BOOST_TEST(fatalSqlstate(client) == "08006");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(connection_limit_refuses_with_53300_and_readmits) {
+  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  auto config = configFor(upstream.dsn());
+  config.maxConnections = 1;
+  Server server(config);
+  server.start();
+  Socket first = startSession(server);
+  (void)untilReady(first);
+  {
+    Socket second = startSession(server);
+    BOOST_TEST(fatalSqlstate(second) == "53300");
+  }
+  // A cancel request is not a session: it is never refused for the limit (and here matches nothing).
+  {
+    Socket cancel = Socket::connectTo(server.port());
+    cancel.send(untypedPacket({80877102, 1, 2}));
+    BOOST_TEST(cancel.waitForEof());
+  }
+  first.send(message('X', ""));
+  BOOST_TEST(first.waitForEof());
+  upstream.join();
+  // The slot is free again: the next client passes admission (and then fails upstream, which is gone).
+  Socket third = startSession(server);
+  BOOST_TEST(fatalSqlstate(third) == "08006");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_message_type_is_a_protocol_violation) {
+  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  Server server(configFor(upstream.dsn()));
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('?', "junk"));
+  BOOST_TEST(fatalSqlstate(client) == "08P01");
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(oversized_query_is_refused_before_it_is_buffered) {
+  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  auto config = configFor(upstream.dsn());
+  config.maxMessageSize = 4096;
+  Server server(config);
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(std::string(1, 'Q') + int32(1 << 30));  // announces 1GB, sends nothing more
+  BOOST_TEST(fatalSqlstate(client) == "08P01");
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_SUITE_END()

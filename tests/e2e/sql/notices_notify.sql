@@ -1,0 +1,33 @@
+-- NoticeResponse with every field, and NotificationResponse (LISTEN/NOTIFY).
+SET search_path = pgwp_t, public;
+DO $$ BEGIN
+  RAISE NOTICE 'notice % here', 1 USING DETAIL = 'some detail', HINT = 'a hint';
+  RAISE WARNING 'careful' USING ERRCODE = '01000';
+  RAISE INFO 'info message';
+  RAISE LOG 'to the log only';
+END $$;
+DROP TABLE IF EXISTS no_such_table;
+CREATE TABLE exists_already (x int);
+CREATE TABLE IF NOT EXISTS exists_already (x int);
+SET client_min_messages = warning;
+DO $$ BEGIN RAISE NOTICE 'hidden'; RAISE WARNING 'shown'; END $$;
+RESET client_min_messages;
+SELECT 1 AS a \; DO $$ BEGIN RAISE NOTICE 'between results'; END $$ \; SELECT 2 AS b;
+LISTEN chan;
+NOTIFY chan, 'payload ü';
+SELECT pg_notify('chan', 'second');
+NOTIFY chan;
+BEGIN;
+NOTIFY chan, 'in transaction';
+SELECT 'not yet delivered';
+COMMIT;
+BEGIN;
+NOTIFY chan, 'rolled back';
+ROLLBACK;
+LISTEN other;
+NOTIFY other, 'x' \; NOTIFY chan, 'y' \; SELECT 'both in one query';
+UNLISTEN chan;
+NOTIFY chan, 'unheard';
+NOTIFY other, 'heard';
+UNLISTEN *;
+NOTIFY other, 'unheard';

@@ -1,0 +1,92 @@
+"""A TCP relay between the proxy and PostgreSQL: counts upstream connections and can cut them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import List, Tuple
+
+
+class TcpRelay:
+    """Listens on 127.0.0.1:<free port> and pipes every connection to (target_host, target_port)."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.host, self.port = self.listener.getsockname()[:2]
+        self.accepted = 0
+        self._pairs: List[Tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept_loop, name="tcp-relay", daemon=True)
+        self._thread.start()
+
+    def dsn(self, upstream) -> str:
+        """pg_upstream's DSN, pointed at this relay."""
+        return upstream.dsn_with(host=self.host, port=self.port)
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=10)
+                server.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    server.close()
+                    return
+                self.accepted += 1
+                self._pairs.append((client, server))
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut_all(self) -> None:
+        """Drop every relayed connection at once, as a dead network or a crashed server would."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
+        except OSError:
+            pass
+        self.listener.close()
+        self.cut_all()
+
+    def __enter__(self) -> "TcpRelay":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

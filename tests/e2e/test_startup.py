@@ -1,0 +1,106 @@
+"""The handshake: SSL/GSS encryption refused with 'N', the startup answer as PostgreSQL would give it,
+with the proxy's own BackendKeyData."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+import wire
+from psql import run_psql
+
+PARAMS = {"user": "postgres", "database": "postgres", "application_name": "startup-probe",
+          "client_encoding": "UTF8", "DateStyle": "ISO, DMY", "TimeZone": "Europe/Lisbon",
+          "IntervalStyle": "sql_standard", "extra_float_digits": "2"}
+
+
+def handshake(host, port, params=PARAMS):
+    """(messages up to ReadyForQuery, the connection, still open)."""
+    conn = wire.RawConnection(host, port, timeout=20)
+    return conn.startup(params), conn
+
+
+@pytest.mark.parametrize("requests", [[wire.ssl_request()], [wire.gssenc_request()],
+                                      [wire.gssenc_request(), wire.ssl_request()]],
+                         ids=["ssl", "gssenc", "gssenc-then-ssl"])
+def test_encryption_requests_answered_n(pgwire_proxy, requests):
+    with wire.RawConnection(pgwire_proxy.host, pgwire_proxy.port, timeout=20) as conn:
+        # libpq sends GSSENCRequest, then after 'N' an SSLRequest: one 'N' for each, in order.
+        for request in requests:
+            conn.send(request)
+            assert conn.read_byte() == b"N"
+        msgs = conn.startup(PARAMS)
+        assert msgs and msgs[0].kind == "R" and msgs[0].body == b"\0\0\0\0", msgs  # AuthenticationOk
+        assert msgs[-1].kind == "Z" and msgs[-1].body == b"I", msgs
+        assert wire.rows(conn.simple_query("SELECT 'encrypted? no'")) == [["encrypted? no"]]
+
+
+@pytest.mark.parametrize("sslmode,gssencmode", [("prefer", "disable"), ("disable", "prefer"),
+                                                ("allow", "disable")])
+def test_libpq_negotiation_modes(pgwire_proxy, sslmode, gssencmode):
+    dsn = pgwire_proxy.dsn_with(sslmode=sslmode, gssencmode=gssencmode)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_sslmode_require_fails_cleanly(pgwire_proxy):
+    # Until client TLS exists, a client that insists on it must be told so, not hang.
+    with pytest.raises(psycopg.OperationalError, match="(?i)ssl"):
+        psycopg.connect(pgwire_proxy.dsn_with(sslmode="require", connect_timeout=10))
+
+
+def test_parameter_status_matches_a_direct_connection(pg_upstream, pgwire_proxy):
+    def statuses(host, port):
+        msgs, conn = handshake(host, port)
+        with conn:
+            assert msgs[-1].kind == "Z", msgs
+            assert not wire.errors_in(msgs), msgs
+            keys = [m for m in msgs if m.kind == "K"]
+            assert len(keys) == 1, msgs
+            return dict(m.parameter_status() for m in msgs if m.kind == "S")
+
+    direct = statuses(pg_upstream.host, pg_upstream.port)
+    proxied = statuses(pgwire_proxy.host, pgwire_proxy.port)
+    assert proxied == direct
+    # the client's own startup parameters are what it is told
+    assert proxied["application_name"] == "startup-probe"
+    assert proxied["DateStyle"] == "ISO, DMY" and proxied["TimeZone"] == "Europe/Lisbon"
+    assert proxied["IntervalStyle"] == "sql_standard"
+
+
+def test_startup_parameters_apply_to_the_upstream_session(pgwire_proxy):
+    msgs, conn = handshake(pgwire_proxy.host, pgwire_proxy.port)
+    with conn:
+        rows = wire.rows(conn.simple_query(
+            "SELECT current_setting('DateStyle'), current_setting('TimeZone'), "
+            "current_setting('IntervalStyle'), current_setting('extra_float_digits'), "
+            "current_user, current_database()"))
+    assert rows == [["ISO, DMY", "Europe/Lisbon", "sql_standard", "2", "postgres", "postgres"]]
+
+
+def test_client_user_and_database_are_ignored(pg_upstream, pgwire_proxy):
+    # The upstream identity comes from the DSN, whatever the client asks for.
+    params = {"user": "someone_else", "database": "some_other_db"}
+    msgs, conn = handshake(pgwire_proxy.host, pgwire_proxy.port, params=params)
+    with conn:
+        assert msgs[-1].kind == "Z", msgs
+        rows = wire.rows(conn.simple_query("SELECT current_user, current_database()"))
+    assert rows == [[pg_upstream.user, pg_upstream.dbname]]
+
+
+def test_backend_key_is_the_proxys_own(pgwire_proxy):
+    keys = []
+    for _ in range(3):
+        msgs, conn = handshake(pgwire_proxy.host, pgwire_proxy.port)
+        with conn:
+            (key,) = [m.backend_key() for m in msgs if m.kind == "K"]
+            upstream_pid = int(wire.rows(conn.simple_query("SELECT pg_backend_pid()"))[0][0])
+            assert key[0] != upstream_pid, "the upstream's backend pid reached the client"
+            keys.append(key)
+    assert len(set(keys)) == 3, keys
+
+
+def test_psql_connects_with_default_settings(pgwire_proxy):
+    # psql's defaults include sslmode=prefer and gssencmode=prefer (when built with GSSAPI).
+    result = run_psql(pgwire_proxy.dsn, extra_args=["-A", "-t"], commands=["SELECT 'hello from psql'"])
+    assert result.stdout == b"hello from psql\n", result.stdout
