@@ -5,6 +5,7 @@
 #include <Poco/Util/ServerApplication.h>
 #include <signal.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "config/server_config.h"
+#include "guardrails/query_filter.h"
 #include "observability/log.h"
 #include "server/server.h"
 
@@ -23,8 +25,9 @@ using pgwire_proxy::config::ServerConfig;
 // Every option of the binary: name, argument name, help text (with its default).
 struct OptionSpec {
   const char* name;
-  const char* argument;
+  const char* argument;  // nullptr: a flag without a value
   const char* help;
+  bool repeatable = false;
 };
 
 const std::vector<OptionSpec>& optionSpecs() {
@@ -42,6 +45,14 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"startup-timeout", "duration", "Time a client has for SSL negotiation and its startup packet. Default: 10s."},
       {"connect-timeout", "duration", "Time allowed to connect and authenticate upstream. Default: 10s."},
       {"max-message-size", "size", "Largest client message (a Query) accepted (kB, MB). Default: 16MB."},
+      {"max-rows", "n", "Most rows per statement sent to a client; past it the statement is cancelled "
+       "with 54000 (0 = off). Default: 10000."},
+      {"max-bytes", "size", "Most result bytes per statement sent to a client (kB, MB, GB; 0 = off). Default: 100MB."},
+      {"deny", "regex", "Refuse queries matching this POSIX extended regex with 42501 (repeatable).", true},
+      {"allow", "regex", "When given, only queries matching one of these run (repeatable).", true},
+      {"deny-file", "path", "Deny patterns from a file, one a line, # comments (repeatable).", true},
+      {"allow-file", "path", "Allow patterns from a file, one a line, # comments (repeatable).", true},
+      {"patterns-ignore-case", nullptr, "Match --deny/--allow patterns case-insensitively. Default: off."},
       {"log-level", "level", "debug, info, warning, error or off. Default: info."},
   };
   return specs;
@@ -53,10 +64,10 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
     ServerApplication::defineOptions(options);
     options.addOption(Poco::Util::Option("help", "h", "Show this help and exit.").required(false).repeatable(false));
     for (const auto& spec : optionSpecs()) {
-      options.addOption(Poco::Util::Option(spec.name, "", spec.help)
-                            .required(false)
-                            .repeatable(false)
-                            .argument(spec.argument, true));
+      Poco::Util::Option option(spec.name, "", spec.help);
+      option.required(false).repeatable(spec.repeatable);
+      if (spec.argument != nullptr) option.argument(spec.argument, true);
+      options.addOption(option);
     }
   }
 
@@ -66,7 +77,7 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       helpRequested_ = true;
       stopOptionsProcessing();
     } else {
-      values_[name] = value;
+      values_[name].push_back(value);
     }
   }
 
@@ -115,7 +126,11 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
     ServerConfig config;
     auto value = [this](const char* name) -> const std::string* {
       const auto it = values_.find(name);
-      return it == values_.end() ? nullptr : &it->second;
+      return it == values_.end() ? nullptr : &it->second.back();
+    };
+    auto all = [this](const char* name) {
+      const auto it = values_.find(name);
+      return it == values_.end() ? std::vector<std::string>{} : it->second;
     };
     if (auto* v = value("listen-address")) config.listenAddress = *v;
     if (auto* v = value("port")) config.port = static_cast<std::uint16_t>(parseInteger(*v, "port", 0, 65535));
@@ -138,6 +153,19 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       if (size > 1024ULL * 1024 * 1024) throw ConfigError("max-message-size: must be at most 1GB");
       config.maxMessageSize = static_cast<std::uint32_t>(size);
     }
+    if (auto* v = value("max-rows")) {
+      config.maxRows = static_cast<std::uint64_t>(parseInteger(*v, "max-rows", 0, INT64_MAX));
+    }
+    if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");
+    config.denyPatterns = all("deny");
+    config.allowPatterns = all("allow");
+    for (const auto& path : all("deny-file")) {
+      for (auto& pattern : pgwire_proxy::guardrails::readPatternFile(path)) config.denyPatterns.push_back(pattern);
+    }
+    for (const auto& path : all("allow-file")) {
+      for (auto& pattern : pgwire_proxy::guardrails::readPatternFile(path)) config.allowPatterns.push_back(pattern);
+    }
+    config.patternsIgnoreCase = value("patterns-ignore-case") != nullptr;
     if (auto* v = value("log-level")) {
       pgwire_proxy::observability::LogLevel level{};
       if (!pgwire_proxy::observability::parseLogLevel(*v, level)) {
@@ -150,7 +178,7 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
   }
 
   bool helpRequested_ = false;
-  std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> values_;
 };
 
 }  // namespace

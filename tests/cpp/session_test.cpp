@@ -176,7 +176,7 @@ BOOST_AUTO_TEST_CASE(copy_from_stdin_is_failed_upstream_and_refused) {
     const auto copyFail = s.receiveMessage();
     BOOST_REQUIRE(copyFail);
     BOOST_TEST(copyFail->first == 'f');
-    s.send(message('E', "SERROR" + std::string(1, '\0') + "C57014" + std::string(2, '\0')) + message('Z', "T"));
+    s.send(message('E', "SERROR" + std::string(1, '\0') + "C57014" + std::string(2, '\0')) + message('Z', "E"));
     BOOST_TEST((s.receiveMessage()->first == 'X'));
   });
   Server server(configFor(upstream.dsn()));
@@ -187,7 +187,7 @@ BOOST_AUTO_TEST_CASE(copy_from_stdin_is_failed_upstream_and_refused) {
   const auto messages = untilReady(client);
   BOOST_REQUIRE_EQUAL(messages.size(), 2U);
   BOOST_TEST(errorField(messages[0].second, 'C') == "0A000");
-  BOOST_TEST(messages[1].second == "T");  // the upstream's real transaction status
+  BOOST_TEST(messages[1].second == "E");  // the upstream's real transaction status
   client.send(message('X', ""));
   upstream.join();
 }
@@ -293,6 +293,93 @@ BOOST_AUTO_TEST_CASE(oversized_query_is_refused_before_it_is_buffered) {
   (void)untilReady(client);
   client.send(std::string(1, 'Q') + int32(1 << 30));  // announces 1GB, sends nothing more
   BOOST_TEST(fatalSqlstate(client) == "08P01");
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(row_limit_breach_stops_rows_cancels_and_reports_54000) {
+  ScriptedUpstream* self = nullptr;
+  ScriptedUpstream upstream([&](Socket& s) {
+    (void)expectQuery(s);
+    std::string reply = message('T', int16(0));
+    for (int i = 0; i < 5; ++i) reply += message('D', int16(1) + int32(1) + std::to_string(i));
+    s.send(reply);
+    // The proxy cancels; the server answers the cancelled statement with 57014, then ReadyForQuery.
+    while (self->cancelRequests() == 0) std::this_thread::yield();
+    s.send(message('E', "SERROR" + std::string(1, '\0') + "C57014" + std::string(2, '\0')) + message('Z', "I"));
+    BOOST_TEST(expectQuery(s) == "select 1");
+    s.send(message('C', cstring("SELECT 1")) + message('Z', "I"));
+    BOOST_TEST((s.receiveMessage()->first == 'X'));
+  });
+  self = &upstream;
+  auto config = configFor(upstream.dsn());
+  config.maxRows = 3;
+  Server server(config);
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('Q', cstring("select * from big")));
+  const auto messages = untilReady(client);
+  BOOST_REQUIRE_EQUAL(messages.size(), 6U);  // T, D, D, D, E, Z
+  BOOST_TEST(messages[3].first == 'D');
+  BOOST_TEST(messages[3].second.back() == '2');
+  BOOST_TEST(messages[4].first == 'E');
+  BOOST_TEST(errorField(messages[4].second, 'C') == "54000");
+  BOOST_TEST(errorField(messages[4].second, 'M').find("3 rows") != std::string::npos);
+  BOOST_TEST(!errorField(messages[4].second, 'H').empty());
+  BOOST_TEST(messages[5].second == "I");
+  client.send(message('Q', cstring("select 1")));  // the same session goes on
+  BOOST_TEST(untilReady(client).size() == 2U);
+  client.send(message('X', ""));
+  upstream.join();
+  BOOST_TEST(upstream.cancelRequests() == 1);
+}
+
+BOOST_AUTO_TEST_CASE(breach_after_the_statement_finished_still_fails_the_transaction) {
+  ScriptedUpstream upstream([](Socket& s) {
+    (void)expectQuery(s);
+    // The whole result and ReadyForQuery(T) are already on the wire when the cancel is sent.
+    s.send(message('T', int16(0)) + message('D', int16(0)) + message('D', int16(0)) +
+           message('C', cstring("SELECT 2")) + message('Z', "T"));
+    const std::string abort = expectQuery(s);
+    BOOST_TEST(abort.find("RAISE EXCEPTION") != std::string::npos);
+    s.send(message('E', "SERROR" + std::string(1, '\0') + "C54000" + std::string(2, '\0')) + message('Z', "E"));
+    BOOST_TEST((s.receiveMessage()->first == 'X'));
+  });
+  auto config = configFor(upstream.dsn());
+  config.maxRows = 1;
+  Server server(config);
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('Q', cstring("select 1 union all select 2")));
+  const auto messages = untilReady(client);
+  BOOST_REQUIRE_EQUAL(messages.size(), 4U);  // T, D, E, Z
+  BOOST_TEST(errorField(messages[2].second, 'C') == "54000");
+  BOOST_TEST(messages[3].second == "E");
+  client.send(message('X', ""));
+  upstream.join();
+}
+
+BOOST_AUTO_TEST_CASE(denied_queries_never_reach_the_upstream) {
+  ScriptedUpstream upstream([](Socket& s) {
+    BOOST_TEST(expectQuery(s) == "select 1");
+    s.send(message('C', cstring("SELECT 1")) + message('Z', "I"));
+    BOOST_TEST((s.receiveMessage()->first == 'X'));
+  });
+  auto config = configFor(upstream.dsn());
+  config.denyPatterns = {"^drop"};
+  Server server(config);
+  server.start();
+  Socket client = startSession(server);
+  (void)untilReady(client);
+  client.send(message('Q', cstring("drop table t")));
+  const auto refused = untilReady(client);
+  BOOST_REQUIRE_EQUAL(refused.size(), 2U);
+  BOOST_TEST(errorField(refused[0].second, 'C') == "42501");
+  BOOST_TEST(errorField(refused[0].second, 'M').find("^drop") != std::string::npos);
+  client.send(message('Q', cstring("select 1")));
+  BOOST_TEST(untilReady(client).size() == 2U);
+  client.send(message('X', ""));
   upstream.join();
 }
 

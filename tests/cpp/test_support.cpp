@@ -146,6 +146,19 @@ ScriptedUpstream::ScriptedUpstream(Script script) : script_(std::move(script)) {
       if (fd < 0) return;
       Socket socket(fd);
       setTimeout(fd, 10);
+      // Further connections are cancel requests: count them, close them (as the postmaster does).
+      cancelThread_ = std::thread([this] {
+        for (;;) {
+          const int cancelFd = ::accept(listenFd_, nullptr, nullptr);
+          if (cancelFd < 0) return;
+          Socket cancel(cancelFd);
+          setTimeout(cancelFd, 5);
+          try {
+            if (cancel.receiveExactly(16).substr(4, 4) == int32(80877102)) ++cancels_;
+          } catch (...) {
+          }
+        }
+      });
       const std::uint32_t packetLength = be32(socket.receiveExactly(4).data());
       const std::string body = socket.receiveExactly(packetLength - 4);
       std::size_t pos = 4;
@@ -174,6 +187,7 @@ ScriptedUpstream::ScriptedUpstream(Script script) : script_(std::move(script)) {
 ScriptedUpstream::~ScriptedUpstream() {
   ::shutdown(listenFd_, SHUT_RDWR);
   if (thread_.joinable()) thread_.join();
+  if (cancelThread_.joinable()) cancelThread_.join();
   ::close(listenFd_);
 }
 

@@ -2,6 +2,7 @@
 // server that speaks just enough of the backend protocol for libpq to connect.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -57,8 +58,12 @@ class ScriptedUpstream {
   // Startup parameters libpq sent (valid after the handshake).
   [[nodiscard]] std::string parameter(const std::string& name);
   void join();
+  // CancelRequests received on further connections (the proxy's PQcancel).
+  [[nodiscard]] int cancelRequests() const { return cancels_.load(); }
 
  private:
+  std::atomic<int> cancels_{0};
+  std::thread cancelThread_;
   int listenFd_ = -1;
   std::uint16_t port_ = 0;
   Script script_;

@@ -3,6 +3,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <charconv>
 #include <limits>
 #include <memory>
@@ -87,6 +88,10 @@ std::int64_t parseInteger(std::string_view text, std::string_view setting, std::
                       std::to_string(min) + ".." + std::to_string(max));
   }
   return value;
+}
+
+Milliseconds backstopDelay(Milliseconds queryTimeout) {
+  return queryTimeout + std::max(Milliseconds(1000), queryTimeout / 10);
 }
 
 std::string formatDuration(Milliseconds value) {

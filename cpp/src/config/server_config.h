@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pgwire_proxy::config {
 
@@ -28,6 +29,13 @@ struct ServerConfig {
   Milliseconds connectTimeout{10'000};  // upstream connection and authentication
   std::uint32_t maxMessageSize = 16U * 1024 * 1024;  // largest client message (a Query) accepted
 
+  // Guardrails (0 turns a limit off).
+  std::uint64_t maxRows = 10'000;                 // rows per statement sent to the client
+  std::uint64_t maxBytes = 100ULL * 1024 * 1024;  // DataRow bytes per statement sent to the client
+  std::vector<std::string> denyPatterns;          // POSIX extended regexes; a match refuses the query
+  std::vector<std::string> allowPatterns;         // when any, a query must match one
+  bool patternsIgnoreCase = false;
+
   // Throws ConfigError naming the first invalid setting; checks the DSN with libpq's parser.
   void validate() const;
 };
@@ -39,6 +47,10 @@ struct ServerConfig {
 // A decimal integer within [min, max]. Throws ConfigError.
 [[nodiscard]] std::int64_t parseInteger(std::string_view text, std::string_view setting, std::int64_t min,
                                         std::int64_t max);
+
+// When the proxy itself cancels a query that outlived --query-timeout (the server's statement_timeout
+// should have stopped it first): a little later, so the server's own 57014 normally wins.
+[[nodiscard]] Milliseconds backstopDelay(Milliseconds queryTimeout);
 
 // The inverse of parseDuration, for --help and logs: "30s", "500ms", "0".
 [[nodiscard]] std::string formatDuration(Milliseconds value);

@@ -22,6 +22,17 @@ void LoggingObserver::proxyError(std::uint64_t sessionId, const ProxyError& erro
              " message=\"" + std::string(error.message()) + "\"");
 }
 
+void LoggingObserver::guardrailTripped(std::uint64_t sessionId, std::string_view limit, std::string_view value,
+                                       double seconds, std::string_view queryExcerpt) {
+  std::string excerpt;
+  for (char c : queryExcerpt) {
+    if (c == '"' || c == '\\') excerpt += '\\';
+    excerpt += (c == '\n' || c == '\r' || c == '\t') ? ' ' : c;
+  }
+  logWarning("event=guardrail session=" + std::to_string(sessionId) + " limit=" + std::string(limit) + " value=" +
+             std::string(value) + " seconds=" + std::to_string(seconds) + " query=\"" + excerpt + "\"");
+}
+
 void LoggingObserver::queryFinished(std::uint64_t sessionId, std::string_view sqlstate, std::uint64_t rows,
                                     std::uint64_t bytes, double seconds) {
   if (!Logger::instance().enabled(LogLevel::kDebug)) return;

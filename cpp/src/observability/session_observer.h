@@ -17,6 +17,10 @@ class SessionObserver {
   virtual void sessionClosed(std::uint64_t sessionId, std::string_view reason) = 0;
   // The proxy answered a client with an error of its own (refusal, limit, protocol violation ...).
   virtual void proxyError(std::uint64_t sessionId, const ProxyError& error) = 0;
+  // A guardrail ended or refused a query: `limit` names it (max-rows, max-bytes, query-timeout, deny,
+  // allow), `value` is its configured value, `queryExcerpt` the start of the query text.
+  virtual void guardrailTripped(std::uint64_t sessionId, std::string_view limit, std::string_view value,
+                                double seconds, std::string_view queryExcerpt) = 0;
   // A Query message completed (ReadyForQuery seen); sqlstate is empty when it succeeded.
   virtual void queryFinished(std::uint64_t sessionId, std::string_view sqlstate, std::uint64_t rows,
                              std::uint64_t bytes, double seconds) = 0;
@@ -29,6 +33,8 @@ class LoggingObserver final : public SessionObserver {
                      std::string_view applicationName) override;
   void sessionClosed(std::uint64_t sessionId, std::string_view reason) override;
   void proxyError(std::uint64_t sessionId, const ProxyError& error) override;
+  void guardrailTripped(std::uint64_t sessionId, std::string_view limit, std::string_view value, double seconds,
+                        std::string_view queryExcerpt) override;
   void queryFinished(std::uint64_t sessionId, std::string_view sqlstate, std::uint64_t rows, std::uint64_t bytes,
                      double seconds) override;
 };

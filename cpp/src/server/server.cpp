@@ -79,8 +79,9 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
     : config_(validated(std::move(config))),
       observer_(observer ? std::move(observer) : std::make_shared<observability::LoggingObserver>()),
       registry_(config_.maxConnections),
+      filter_(config_.denyPatterns, config_.allowPatterns, config_.patternsIgnoreCase),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, wakeFd_} {
+      context_{config_, registry_, *observer_, filter_, wakeFd_} {
   if (wakeFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 

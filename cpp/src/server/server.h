@@ -10,6 +10,7 @@
 #include <string>
 
 #include "config/server_config.h"
+#include "guardrails/query_filter.h"
 #include "observability/session_observer.h"
 #include "session/registry.h"
 #include "session/session.h"
@@ -53,6 +54,7 @@ class Server {
   const config::ServerConfig config_;
   std::shared_ptr<observability::SessionObserver> observer_;
   session::SessionRegistry registry_;
+  guardrails::QueryFilter filter_;
   int wakeFd_ = -1;
   session::SessionContext context_;
   std::atomic<std::uint64_t> lastSessionId_{0};

@@ -24,6 +24,15 @@ constexpr std::size_t kIdleBufferCapacity = 64 * 1024;
 constexpr std::uint32_t kMaxInspectedUpstreamMessage = 64U * 1024 * 1024;
 // Upper bound for any upstream frame length (PostgreSQL's MaxAllocSize-scale values), passed through.
 constexpr std::uint32_t kMaxUpstreamMessage = 0x7fffffffU;
+// How long the upstream has to answer a cancel sent by the backstop before it is given up as lost.
+constexpr auto kCancelGrace = std::chrono::seconds(5);
+// How much of a query's text goes into logs.
+constexpr std::size_t kQueryExcerptLength = 200;
+// Sent upstream when the proxy failed a statement but the upstream finished it inside a transaction
+// block (the cancel came too late): the transaction must end up failed, as the client was told.
+constexpr std::string_view kAbortTransactionSql =
+    "DO $pgwire_proxy$ BEGIN RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = "
+    "'pgwire-proxy failed the previous statement; the transaction is aborted'; END $pgwire_proxy$";
 // How long a best-effort error may wait for a client that does not read.
 constexpr auto kBestEffortWriteTimeout = std::chrono::seconds(1);
 
@@ -98,7 +107,8 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
       clientFd_(clientFd),
       clientAddress_(std::move(clientAddress)),
       clientIn_(kClientReadChunk),
-      upstreamIn_(kUpstreamReadChunk) {}
+      upstreamIn_(kUpstreamReadChunk),
+      budget_(context.config.maxRows, context.config.maxBytes) {}
 
 Session::~Session() = default;
 
@@ -243,7 +253,10 @@ void Session::relay() {
     Wait waits[2] = {{upstreamFd, POLLIN, 0},
                      {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : POLLIN), 0}};
     bool woken = false;
-    (void)waitAny(waits, context_.wakeFd, std::nullopt, &woken);
+    if (!waitAny(waits, context_.wakeFd, inQuery ? queryDeadline_ : std::nullopt, &woken)) {
+      onQueryDeadline();
+      continue;
+    }
     if (woken) {
       throw ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
                        "terminating connection because pgwire-proxy is shutting down");
@@ -319,13 +332,28 @@ void Session::rejectExtendedProtocol(char type) {
 }
 
 void Session::startQuery(const protocol::Frame& frame) {
-  (void)protocol::parseQuery(frame.body());  // a malformed Query never reaches the upstream
-  canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
+  const std::string_view sql = protocol::parseQuery(frame.body());  // a malformed Query never goes upstream
   queryStart_ = Clock::now();
+  queryExcerpt_.assign(sql.substr(0, kQueryExcerptLength));
+  if (const auto verdict = context_.filter.check(sql)) {
+    reportGuardrail(verdict->rule.starts_with("deny") ? "deny" : "allow", verdict->rule);
+    sendError(ProxyError(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
+                         "The proxy's --deny/--allow patterns decide which queries may run."),
+              true);
+    return;
+  }
+  canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
   queryRows_ = 0;
   queryBytes_ = 0;
   querySqlstate_.clear();
+  budget_.endStatement();
   upstreamCancelled_ = false;
+  abortingTransaction_ = false;
+  backstopFired_ = false;
+  queryDeadline_.reset();
+  if (context_.config.queryTimeout.count() > 0) {
+    queryDeadline_ = queryStart_ + config::backstopDelay(context_.config.queryTimeout);
+  }
   state_ = State::kInQuery;
   try {
     writeAll(upstream_->socket(), frame.bytes);
@@ -377,8 +405,25 @@ void Session::processUpstreamBytes() {
     if (!header) break;
     const std::size_t available = data.size() - pos;
     if (!needsInspection(header->type)) {
-      if (header->type == be::kDataRow) ++queryRows_;
-      queryBytes_ += header->frameSize();
+      if (header->type == be::kDataRow && !pendingError_) {
+        if (const auto breach = budget_.admitRow(header->frameSize())) {
+          // Rows before this one go out; this one and the rest are discarded while draining.
+          forwardToClient(data.subspan(forwardFrom, pos - forwardFrom));
+          forwardFrom = pos;
+          reportGuardrail(breach->limitName(), breach->limitName() == "max-rows" ? std::to_string(breach->limit)
+                                                                                : guardrails::formatBytes(breach->limit));
+          beginDraining(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach->message(),
+                                   "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
+                                       " rows and cancelled the statement.",
+                                   breach->hint()),
+                        true);
+        } else {
+          ++queryRows_;
+          queryBytes_ += header->frameSize();
+        }
+      } else if (header->type == be::kCommandComplete || header->type == be::kEmptyQueryResponse) {
+        budget_.endStatement();
+      }
       if (header->frameSize() <= available) {
         pos += header->frameSize();
       } else {
@@ -411,6 +456,23 @@ void Session::handleUpstreamFrame(const protocol::Frame& frame) {
       protocol::MessageReader reader(frame.body());
       transactionStatus_ = static_cast<char>(reader.readByte());
       reader.expectEnd();
+      if (pendingError_ && transactionStatus_ == protocol::kTxInBlock && !abortingTransaction_ &&
+          state_ == State::kInQuery) {
+        // The statement finished upstream before the cancel landed, inside a transaction block: fail
+        // the transaction there too, then report (the next ReadyForQuery says 'E').
+        abortingTransaction_ = true;
+        std::string out;
+        protocol::MessageWriter writer(out);
+        writer.beginMessage(fe::kQuery);
+        writer.writeCString(kAbortTransactionSql);
+        writer.endMessage();
+        try {
+          writeAll(upstream_->socket(), out);
+        } catch (const IoError& error) {
+          upstreamLost(error.what());
+        }
+        return;
+      }
       if (pendingError_) {
         const ProxyError error = std::move(*pendingError_);
         pendingError_.reset();
@@ -424,6 +486,7 @@ void Session::handleUpstreamFrame(const protocol::Frame& frame) {
     case be::kErrorResponse: {
       const auto fields = protocol::parseErrorFields(frame.body());
       if (fields.isFatal()) upstreamSentFatal_ = true;
+      budget_.endStatement();
       if (querySqlstate_.empty()) querySqlstate_ = fields.get('C');
       // While draining, the upstream's errors are consequences of the proxy's own action; a FATAL
       // one still reaches the client, which is about to lose the session.
@@ -475,6 +538,36 @@ void Session::beginDraining(ProxyError error, bool cancel) {
   querySqlstate_ = error.sqlstate();
   pendingError_ = std::move(error);
   if (cancel && !upstreamCancelled_) cancelUpstream();
+}
+
+void Session::reportGuardrail(std::string_view limit, const std::string& value) {
+  const std::chrono::duration<double> elapsed = Clock::now() - queryStart_;
+  context_.observer.guardrailTripped(id_, limit, value, elapsed.count(), queryExcerpt_);
+}
+
+void Session::onQueryDeadline() {
+  if (!backstopFired_) {
+    // statement_timeout should have ended the query by now (a client may have SET it to 0).
+    backstopFired_ = true;
+    reportGuardrail("query-timeout", config::formatDuration(context_.config.queryTimeout));
+    const bool wasDraining = pendingError_.has_value();
+    upstreamCancelled_ = false;  // a cancel sent earlier evidently did not stop it; send another
+    if (!wasDraining) {
+      beginDraining(ProxyError(Severity::kError, sqlstate::kQueryCanceled,
+                               "canceling statement due to the proxy's query timeout of " +
+                                   config::formatDuration(context_.config.queryTimeout),
+                               "The upstream server did not stop the statement at its statement_timeout; "
+                               "pgwire-proxy cancelled it.",
+                               "Raise --query-timeout, or make the query faster."),
+                    true);
+    } else {
+      cancelUpstream();
+    }
+    queryDeadline_ = Clock::now() + kCancelGrace;
+    return;
+  }
+  upstreamLost("the upstream server did not end a cancelled statement within " +
+               config::formatDuration(std::chrono::duration_cast<config::Milliseconds>(kCancelGrace)));
 }
 
 void Session::cancelUpstream() noexcept {

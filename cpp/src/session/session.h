@@ -9,6 +9,8 @@
 #include <string>
 
 #include "config/server_config.h"
+#include "guardrails/query_filter.h"
+#include "guardrails/result_budget.h"
 #include "observability/session_observer.h"
 #include "protocol/frame.h"
 #include "protocol/messages.h"
@@ -27,6 +29,7 @@ struct SessionContext {
   const config::ServerConfig& config;
   SessionRegistry& registry;
   observability::SessionObserver& observer;
+  const guardrails::QueryFilter& filter;
   int wakeFd = -1;  // becomes readable when the server stops
 };
 
@@ -66,6 +69,8 @@ class Session {
   void handleUpstreamFrame(const protocol::Frame& frame);
   void forwardToClient(std::span<const char> bytes);
   void beginDraining(ProxyError error, bool cancelUpstream);
+  void reportGuardrail(std::string_view limit, const std::string& value);
+  void onQueryDeadline();
   void finishQuery();
 
   [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
@@ -102,8 +107,13 @@ class Session {
   std::uint64_t queryRows_ = 0;
   std::uint64_t queryBytes_ = 0;
   std::string querySqlstate_;
+  std::string queryExcerpt_;
+  guardrails::ResultBudget budget_;
   std::optional<ProxyError> pendingError_;  // set while draining: sent before ReadyForQuery
   bool upstreamCancelled_ = false;
+  bool abortingTransaction_ = false;  // a failing statement was sent to mark the upstream transaction failed
+  std::optional<Clock::time_point> queryDeadline_;  // the backstop, then the wait for the cancel's effect
+  bool backstopFired_ = false;
 };
 
 }  // namespace pgwire_proxy::session
