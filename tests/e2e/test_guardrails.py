@@ -1,0 +1,195 @@
+"""Guardrails: statement timeout and the proxy's backstop, row and byte limits, deny and allow lists."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+from psycopg.pq import TransactionStatus
+
+from psql import run_psql
+
+
+def connect(proxy) -> psycopg.Connection:
+    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor)
+
+
+def rows(conn, sql):
+    return conn.execute(sql).fetchall()
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def upstream_active(pg_upstream, marker: str) -> list:
+    return pg_upstream.execute(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+        [f"%{marker}%"])
+
+
+# ---- row limit -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def row_limited(pgwire_proxy_factory):
+    return pgwire_proxy_factory(max_rows=10)
+
+
+def test_rows_at_and_below_the_limit_pass(row_limited):
+    with connect(row_limited) as conn:
+        assert len(rows(conn, "select generate_series(1, 10)")) == 10
+        assert len(rows(conn, "select generate_series(1, 9)")) == 9
+
+
+def test_rows_above_the_limit_are_refused_with_54000_and_the_session_goes_on(row_limited, pg_upstream):
+    with connect(row_limited) as conn:
+        with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
+            conn.execute("select generate_series(1, 11)")
+        diag = excinfo.value.diag
+        assert diag.sqlstate == "54000"
+        assert "10 rows" in diag.message_primary
+        assert diag.message_hint
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert rows(conn, "select 'still usable'") == [("still usable",)]
+
+
+def test_a_huge_result_is_cancelled_upstream(row_limited, pg_upstream):
+    with connect(row_limited) as conn:
+        with pytest.raises(errors.ProgramLimitExceeded):
+            conn.execute("select generate_series(1, 50000000) /* huge_probe */")
+        # The upstream statement was cancelled, not left streaming 50 million rows into the void.
+        wait_until(lambda: not upstream_active(pg_upstream, "huge_probe"), what="the upstream query to stop")
+        assert rows(conn, "select 1") == [(1,)]
+
+
+def test_breach_inside_a_transaction_leaves_it_aborted(row_limited):
+    with connect(row_limited) as conn:
+        conn.execute("begin")
+        with pytest.raises(errors.ProgramLimitExceeded):
+            conn.execute("select generate_series(1, 11)")
+        assert conn.info.transaction_status == TransactionStatus.INERROR
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("select 1")
+        conn.execute("rollback")
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert rows(conn, "select 2") == [(2,)]
+
+
+def test_limits_count_per_statement_in_a_multi_statement_query(row_limited):
+    with connect(row_limited) as conn:
+        # Two statements of 10 rows each: each is within its own budget.
+        conn.execute("select generate_series(1, 10); select generate_series(1, 10)")
+        with pytest.raises(errors.ProgramLimitExceeded):
+            conn.execute("select generate_series(1, 5); select generate_series(1, 11)")
+        assert rows(conn, "select 3") == [(3,)]
+
+
+def test_psql_shows_the_limit_error(row_limited):
+    out = run_psql(row_limited.dsn, commands=["select generate_series(1, 11)", "select 'next' as after"])
+    text = out.stdout.decode()
+    assert "ERROR:  54000: result exceeds the proxy's row limit of 10 rows (max-rows)" in text
+    assert "next" in text
+
+
+# ---- byte limit ----------------------------------------------------------------------------------
+
+def test_bytes_just_below_at_and_above_the_limit(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(max_bytes="1kB", max_rows=0)
+    # A one-column text DataRow is 'D' + int32 length + int16 count + int32 size + value = value + 11 bytes.
+    with connect(proxy) as conn:
+        assert rows(conn, "select repeat('x', 1012)")[0][0] == "x" * 1012
+        assert rows(conn, "select repeat('x', 1013)")[0][0] == "x" * 1013  # exactly 1024 bytes
+        with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
+            conn.execute("select repeat('x', 1014)")
+        assert "1kB" in excinfo.value.diag.message_primary
+        assert rows(conn, "select 'ok'") == [("ok",)]
+
+
+def test_zero_turns_the_limits_off(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(max_rows=0, max_bytes=0)
+    with connect(proxy) as conn:
+        assert len(rows(conn, "select generate_series(1, 20000)")) == 20000
+
+
+def test_default_row_limit_is_10000(pgwire_proxy):
+    with connect(pgwire_proxy) as conn:
+        assert len(rows(conn, "select generate_series(1, 10000)")) == 10000
+        with pytest.raises(errors.ProgramLimitExceeded):
+            conn.execute("select generate_series(1, 10001)")
+
+
+# ---- time limits ---------------------------------------------------------------------------------
+
+def test_statement_timeout_comes_from_the_proxy(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(query_timeout="1s")
+    with connect(proxy) as conn:
+        assert rows(conn, "show statement_timeout") == [("1s",)]
+        with pytest.raises(errors.QueryCanceled) as excinfo:
+            conn.execute("select pg_sleep(30)")
+        assert "statement timeout" in excinfo.value.diag.message_primary
+        assert rows(conn, "select 1") == [(1,)]
+
+
+def test_backstop_cancels_a_query_that_escaped_statement_timeout(pgwire_proxy_factory, pg_upstream):
+    proxy = pgwire_proxy_factory(query_timeout="1s")
+    with connect(proxy) as conn:
+        conn.execute("set statement_timeout = 0")  # the client turns the server-side timeout off
+        with pytest.raises(errors.QueryCanceled) as excinfo:
+            conn.execute("select pg_sleep(60) /* backstop_probe */")
+        assert "proxy's query timeout of 1s" in excinfo.value.diag.message_primary
+        assert not upstream_active(pg_upstream, "backstop_probe")
+        assert rows(conn, "select 1") == [(1,)]
+
+
+# ---- deny and allow lists ------------------------------------------------------------------------
+
+def test_deny_pattern_refuses_with_42501_naming_the_rule(pgwire_proxy_factory, pg_upstream):
+    proxy = pgwire_proxy_factory(deny=[r"^[[:space:]]*drop[[:space:]]", "pg_terminate_backend"],
+                                 patterns_ignore_case=True)
+    pg_upstream.execute("create table if not exists guarded_table (a int)")
+    with connect(proxy) as conn:
+        with pytest.raises(errors.InsufficientPrivilege) as excinfo:
+            conn.execute("  DROP TABLE guarded_table")
+        assert "drop" in excinfo.value.diag.message_primary
+        assert rows(conn, "select count(*) from guarded_table") == [(0,)]  # still there, session usable
+    assert pg_upstream.execute("select to_regclass('guarded_table') is not null") == [(True,)]
+
+
+def test_allow_list_lets_only_matching_queries_through(pgwire_proxy_factory, tmp_path):
+    patterns = tmp_path / "allow.txt"
+    patterns.write_text("# read-only access\n^select \n\n^show \n")
+    proxy = pgwire_proxy_factory(allow_file=[str(patterns)])
+    with connect(proxy) as conn:
+        assert rows(conn, "select 1") == [(1,)]
+        assert rows(conn, "show server_encoding") == [("UTF8",)]
+        with pytest.raises(errors.InsufficientPrivilege) as excinfo:
+            conn.execute("create table not_allowed (a int)")
+        assert "allow" in excinfo.value.diag.message_primary
+        assert rows(conn, "select 2") == [(2,)]
+
+
+def test_invalid_pattern_fails_startup_naming_it(pgwire_proxy_factory):
+    with pytest.raises(Exception) as excinfo:
+        pgwire_proxy_factory(deny=["drop("])
+    assert "drop(" in str(excinfo.value)
+
+
+def test_breaches_are_logged_with_session_limit_duration_and_excerpt(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(max_rows=1, deny=["forbidden"])
+    with connect(proxy) as conn:
+        with pytest.raises(errors.ProgramLimitExceeded):
+            conn.execute("select generate_series(1, 2) /* logged_probe */")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("select 'forbidden'")
+    log = proxy.stderr_text()
+    breach = [line for line in log.splitlines() if "event=guardrail" in line and "max-rows" in line]
+    assert breach, log
+    assert "session=" in breach[0] and "seconds=" in breach[0] and "logged_probe" in breach[0]
+    assert any("limit=deny" in line and "forbidden" in line for line in log.splitlines()), log
