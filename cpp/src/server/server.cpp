@@ -93,7 +93,8 @@ Server::~Server() {
 void Server::start() {
   Poco::Net::ServerSocket socket;
   try {
-    socket.bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true);
+    // SO_REUSEADDR for quick restarts, never SO_REUSEPORT: a second proxy must not share the port.
+    socket.bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true, false);
     socket.listen(256);
   } catch (const Poco::Exception& error) {
     throw std::runtime_error("cannot listen on " + config_.listenAddress + ":" + std::to_string(config_.port) + ": " +

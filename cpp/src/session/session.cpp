@@ -41,10 +41,12 @@ struct SessionEnded {
   std::string reason;
 };
 
-// The backend messages the relay must see whole; all others stream through untouched.
+// The backend messages the relay must see whole (all small); all others stream through untouched.
+// Inspected frames that go on unchanged still join the surrounding bytes in one write.
 bool needsInspection(char type) {
-  return type == be::kReadyForQuery || type == be::kErrorResponse || type == be::kCopyInResponse ||
-         type == be::kCopyOutResponse || type == be::kCopyBothResponse;
+  return type == be::kReadyForQuery || type == be::kErrorResponse || type == be::kCommandComplete ||
+         type == be::kEmptyQueryResponse || type == be::kCopyInResponse || type == be::kCopyOutResponse ||
+         type == be::kCopyBothResponse;
 }
 
 const char* frontendMessageName(char type) {
@@ -172,10 +174,8 @@ bool Session::negotiate() {
         continue;
       case protocol::StartupKind::kCancelRequest:
         closeReason_ = "cancel request";
-        observability::logDebug("event=cancel_request session=" + std::to_string(id_) + " matched=" +
-                                (context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey})
-                                     ? "true"
-                                     : "false"));
+        context_.observer.cancelRequested(
+            context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
         return false;
       case protocol::StartupKind::kStartup:
         startup_ = std::move(packet);
@@ -248,8 +248,14 @@ void Session::relay() {
         continue;
       }
     }
-    // While a query runs the client is only watched for hanging up; its next messages wait in the kernel.
     const bool inQuery = state_ == State::kInQuery;
+    if (!inQuery) {
+      // Give back what an unusually large message or result made the buffers grow to. (Never while
+      // frames are being processed: spans into the buffers would dangle.)
+      clientIn_.shrinkTo(kIdleBufferCapacity);
+      upstreamIn_.shrinkTo(kIdleBufferCapacity);
+    }
+    // While a query runs the client is only watched for hanging up; its next messages wait in the kernel.
     Wait waits[2] = {{upstreamFd, POLLIN, 0},
                      {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : POLLIN), 0}};
     bool woken = false;
@@ -334,18 +340,22 @@ void Session::rejectExtendedProtocol(char type) {
 void Session::startQuery(const protocol::Frame& frame) {
   const std::string_view sql = protocol::parseQuery(frame.body());  // a malformed Query never goes upstream
   queryStart_ = Clock::now();
-  queryExcerpt_.assign(sql.substr(0, kQueryExcerptLength));
+  record_ = observability::QueryRecord{};
+  record_.sessionId = id_;
+  record_.sql.assign(sql);
+  record_.started = std::chrono::system_clock::now();
+  context_.observer.queryStarted(id_, sql);
   if (const auto verdict = context_.filter.check(sql)) {
     reportGuardrail(verdict->rule.starts_with("deny") ? "deny" : "allow", verdict->rule);
-    sendError(ProxyError(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
-                         "The proxy's --deny/--allow patterns decide which queries may run."),
-              true);
+    const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
+                           "The proxy's --deny/--allow patterns decide which queries may run.");
+    record_.sqlstate = error.sqlstate();
+    record_.outcome = observability::QueryOutcome::kDenied;
+    sendError(error, true);
+    context_.observer.queryFinished(record_);
     return;
   }
   canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
-  queryRows_ = 0;
-  queryBytes_ = 0;
-  querySqlstate_.clear();
   budget_.endStatement();
   upstreamCancelled_ = false;
   abortingTransaction_ = false;
@@ -366,9 +376,8 @@ void Session::finishQuery() {
   canceller_->setInQuery(false);
   state_ = State::kReady;
   const std::chrono::duration<double> elapsed = Clock::now() - queryStart_;
-  context_.observer.queryFinished(id_, querySqlstate_, queryRows_, queryBytes_, elapsed.count());
-  clientIn_.shrinkTo(kIdleBufferCapacity);
-  upstreamIn_.shrinkTo(kIdleBufferCapacity);
+  record_.seconds = elapsed.count();
+  context_.observer.queryFinished(record_);
 }
 
 // ---- upstream to client ----------------------------------------------------------------------
@@ -387,48 +396,28 @@ void Session::pumpUpstream() {
 }
 
 void Session::processUpstreamBytes() {
-  const auto data = upstreamIn_.readable();
-  std::size_t pos = 0;
+  ForwardRange range{upstreamIn_.readable()};
   // The rest of a frame whose start was already forwarded streams on without buffering.
   if (passThroughRemaining_ > 0) {
-    pos = std::min(passThroughRemaining_, data.size());
-    passThroughRemaining_ -= pos;
+    range.end = std::min(passThroughRemaining_, range.data.size());
+    passThroughRemaining_ -= range.end;
   }
-  std::size_t forwardFrom = 0;
-  while (pos < data.size()) {
+  while (range.end < range.data.size()) {
     std::optional<protocol::FrameHeader> header;
     try {
-      header = protocol::decodeHeader(data.subspan(pos), kMaxUpstreamMessage);
+      header = protocol::decodeHeader(range.data.subspan(range.end), kMaxUpstreamMessage);
     } catch (const ProtocolError& error) {
       upstreamLost(std::string("invalid data from the upstream server: ") + error.what());
     }
     if (!header) break;
-    const std::size_t available = data.size() - pos;
+    const std::size_t available = range.data.size() - range.end;
     if (!needsInspection(header->type)) {
-      if (header->type == be::kDataRow && !pendingError_) {
-        if (const auto breach = budget_.admitRow(header->frameSize())) {
-          // Rows before this one go out; this one and the rest are discarded while draining.
-          forwardToClient(data.subspan(forwardFrom, pos - forwardFrom));
-          forwardFrom = pos;
-          reportGuardrail(breach->limitName(), breach->limitName() == "max-rows" ? std::to_string(breach->limit)
-                                                                                : guardrails::formatBytes(breach->limit));
-          beginDraining(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach->message(),
-                                   "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
-                                       " rows and cancelled the statement.",
-                                   breach->hint()),
-                        true);
-        } else {
-          ++queryRows_;
-          queryBytes_ += header->frameSize();
-        }
-      } else if (header->type == be::kCommandComplete || header->type == be::kEmptyQueryResponse) {
-        budget_.endStatement();
-      }
+      if (header->type == be::kDataRow) admitDataRow(*header, range);
       if (header->frameSize() <= available) {
-        pos += header->frameSize();
+        range.end += header->frameSize();
       } else {
         passThroughRemaining_ = header->frameSize() - available;
-        pos = data.size();
+        range.end = range.data.size();
       }
       continue;
     }
@@ -436,22 +425,51 @@ void Session::processUpstreamBytes() {
       upstreamLost("the upstream server sent an oversized message of type '" + std::string(1, header->type) + "'");
     }
     if (header->frameSize() > available) break;  // wait for the whole frame
-    forwardToClient(data.subspan(forwardFrom, pos - forwardFrom));
-    const protocol::Frame frame{*header, data.subspan(pos, header->frameSize())};
-    pos += header->frameSize();
-    forwardFrom = pos;
+    const protocol::Frame frame{*header, range.data.subspan(range.end, header->frameSize())};
+    bool forward = true;
     try {
-      handleUpstreamFrame(frame);
+      forward = handleUpstreamFrame(frame, range);
     } catch (const ProtocolError& error) {
       upstreamLost(std::string("invalid message from the upstream server: ") + error.what());
     }
+    range.end += header->frameSize();
+    if (!forward) range.begin = range.end;
   }
-  forwardToClient(data.subspan(forwardFrom, pos - forwardFrom));
-  upstreamIn_.consume(pos);
+  flush(range);
+  upstreamIn_.consume(range.end);
 }
 
-void Session::handleUpstreamFrame(const protocol::Frame& frame) {
+void Session::admitDataRow(const protocol::FrameHeader& header, ForwardRange& range) {
+  if (pendingError_) return;  // draining: nothing is counted or sent
+  if (const auto breach = budget_.admitRow(header.frameSize())) {
+    // Rows before this one go out; this one and the rest are discarded while draining.
+    flush(range);
+    reportGuardrail(breach->limitName(), breach->kind == guardrails::Breach::Kind::kRows
+                                             ? std::to_string(breach->limit)
+                                             : guardrails::formatBytes(breach->limit));
+    record_.outcome = observability::QueryOutcome::kLimit;
+    beginDraining(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach->message(),
+                             "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
+                                 " rows and cancelled the statement.",
+                             breach->hint()),
+                  true);
+    return;
+  }
+  ++record_.rows;
+  record_.bytes += header.frameSize();
+}
+
+bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& range) {
   switch (frame.type()) {
+    case be::kCommandComplete:
+    case be::kEmptyQueryResponse:
+      budget_.endStatement();
+      if (frame.type() == be::kCommandComplete && !pendingError_) {
+        protocol::MessageReader reader(frame.body());
+        record_.commandTag.assign(reader.readCString());
+        reader.expectEnd();
+      }
+      return !pendingError_;
     case be::kReadyForQuery: {
       protocol::MessageReader reader(frame.body());
       transactionStatus_ = static_cast<char>(reader.readByte());
@@ -471,28 +489,33 @@ void Session::handleUpstreamFrame(const protocol::Frame& frame) {
         } catch (const IoError& error) {
           upstreamLost(error.what());
         }
-        return;
+        return false;
       }
+      const bool forward = !pendingError_;
       if (pendingError_) {
+        flush(range);
         const ProxyError error = std::move(*pendingError_);
         pendingError_.reset();
         sendError(error, true);
-      } else {
-        forwardToClient(frame.bytes);
       }
       if (state_ == State::kInQuery) finishQuery();
-      return;
+      return forward;
     }
     case be::kErrorResponse: {
       const auto fields = protocol::parseErrorFields(frame.body());
-      if (fields.isFatal()) upstreamSentFatal_ = true;
       budget_.endStatement();
-      if (querySqlstate_.empty()) querySqlstate_ = fields.get('C');
-      // While draining, the upstream's errors are consequences of the proxy's own action; a FATAL
-      // one still reaches the client, which is about to lose the session.
-      if (fields.isFatal()) pendingError_.reset();
-      forwardToClient(frame.bytes);
-      return;
+      if (fields.isFatal()) {
+        upstreamSentFatal_ = true;
+        // The client is about to lose the session: the upstream's own FATAL error reaches it.
+        pendingError_.reset();
+      }
+      if (pendingError_) return false;  // consequences of the proxy's own action (cancel, CopyFail)
+      if (record_.sqlstate.empty()) {
+        record_.sqlstate = fields.get('C');
+        record_.outcome = record_.sqlstate == sqlstate::kQueryCanceled ? observability::QueryOutcome::kCancelled
+                                                                       : observability::QueryOutcome::kError;
+      }
+      return true;
     }
     case be::kCopyInResponse: {
       // Get the upstream out of COPY FROM STDIN; its answer is an error that ends the query.
@@ -505,44 +528,49 @@ void Session::handleUpstreamFrame(const protocol::Frame& frame) {
         upstreamLost(error.what());
       }
       if (!pendingError_) {
+        flush(range);
         beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
                                  "COPY FROM STDIN is not supported by pgwire-proxy",
                                  "The COPY was aborted on the upstream server; nothing was copied.",
                                  "Use INSERT statements, or connect to PostgreSQL directly for bulk loads."),
                       false);
       }
-      return;
+      return false;
     }
     case be::kCopyOutResponse:
     case be::kCopyBothResponse:
       if (!pendingError_) {
+        flush(range);
         beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
                                  "COPY TO STDOUT is not supported by pgwire-proxy",
                                  "The COPY was cancelled on the upstream server.",
                                  "Use SELECT, or connect to PostgreSQL directly for bulk exports."),
                       true);
       }
-      return;
+      return false;
     default:
-      forwardToClient(frame.bytes);
-      return;
+      return !pendingError_;
   }
 }
 
-void Session::forwardToClient(std::span<const char> bytes) {
-  if (bytes.empty() || pendingError_) return;  // while draining, results are discarded
-  writeAll(clientFd_, bytes);
+void Session::flush(ForwardRange& range) {
+  if (range.end > range.begin && !pendingError_) {
+    writeAll(clientFd_, range.data.subspan(range.begin, range.end - range.begin));
+  }
+  range.begin = range.end;
 }
 
 void Session::beginDraining(ProxyError error, bool cancel) {
-  querySqlstate_ = error.sqlstate();
+  if (record_.sqlstate.empty()) record_.sqlstate = error.sqlstate();
+  if (record_.outcome == observability::QueryOutcome::kOk) record_.outcome = observability::QueryOutcome::kError;
   pendingError_ = std::move(error);
   if (cancel && !upstreamCancelled_) cancelUpstream();
 }
 
 void Session::reportGuardrail(std::string_view limit, const std::string& value) {
   const std::chrono::duration<double> elapsed = Clock::now() - queryStart_;
-  context_.observer.guardrailTripped(id_, limit, value, elapsed.count(), queryExcerpt_);
+  context_.observer.guardrailTripped(id_, limit, value, elapsed.count(),
+                                     std::string_view(record_.sql).substr(0, kQueryExcerptLength));
 }
 
 void Session::onQueryDeadline() {
@@ -553,6 +581,7 @@ void Session::onQueryDeadline() {
     const bool wasDraining = pendingError_.has_value();
     upstreamCancelled_ = false;  // a cancel sent earlier evidently did not stop it; send another
     if (!wasDraining) {
+      record_.outcome = observability::QueryOutcome::kCancelled;
       beginDraining(ProxyError(Severity::kError, sqlstate::kQueryCanceled,
                                "canceling statement due to the proxy's query timeout of " +
                                    config::formatDuration(context_.config.queryTimeout),

@@ -64,10 +64,19 @@ class Session {
   void rejectExtendedProtocol(char type);
 
   // Upstream bytes: read what is there, forward what needs no inspection, act on what does.
+  // Upstream bytes not yet written to the client: [begin, end) of `data` goes out in one write.
+  struct ForwardRange {
+    std::span<const char> data;
+    std::size_t begin = 0;
+    std::size_t end = 0;
+  };
   void pumpUpstream();
   void processUpstreamBytes();
-  void handleUpstreamFrame(const protocol::Frame& frame);
-  void forwardToClient(std::span<const char> bytes);
+  void admitDataRow(const protocol::FrameHeader& header, ForwardRange& range);
+  // Acts on a frame the relay inspects; returns whether its bytes go to the client unchanged.
+  [[nodiscard]] bool handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& range);
+  // Writes the pending range (unless draining) and starts a new one.
+  void flush(ForwardRange& range);
   void beginDraining(ProxyError error, bool cancelUpstream);
   void reportGuardrail(std::string_view limit, const std::string& value);
   void onQueryDeadline();
@@ -104,10 +113,7 @@ class Session {
 
   // The running query.
   Clock::time_point queryStart_{};
-  std::uint64_t queryRows_ = 0;
-  std::uint64_t queryBytes_ = 0;
-  std::string querySqlstate_;
-  std::string queryExcerpt_;
+  observability::QueryRecord record_;
   guardrails::ResultBudget budget_;
   std::optional<ProxyError> pendingError_;  // set while draining: sent before ReadyForQuery
   bool upstreamCancelled_ = false;
