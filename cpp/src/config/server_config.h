@@ -36,6 +36,8 @@ struct ServerConfig {
   std::vector<std::string> allowPatterns;         // when any, a query must match one
   bool patternsIgnoreCase = false;
 
+  std::string logLevel = "info";  // debug, info, warning, error, off (the process-wide logger)
+
   // Throws ConfigError naming the first invalid setting; checks the DSN with libpq's parser.
   void validate() const;
 };

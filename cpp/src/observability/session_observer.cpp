@@ -30,9 +30,10 @@ std::string logQuote(std::string_view text, std::size_t maxLength) {
   return out;
 }
 
-void LoggingObserver::sessionOpened(std::uint64_t sessionId, std::string_view clientAddress,
+void LoggingObserver::sessionOpened(std::uint64_t sessionId, std::int32_t processId, std::string_view clientAddress,
                                     std::string_view applicationName) {
-  logInfo("event=session_opened session=" + std::to_string(sessionId) + " client=" + std::string(clientAddress) +
+  logInfo("event=session_opened session=" + std::to_string(sessionId) + " pid=" + std::to_string(processId) +
+          " client=" + std::string(clientAddress) +
           " application_name=" + logQuote(applicationName));
 }
 

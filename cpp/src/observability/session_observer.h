@@ -35,8 +35,9 @@ class SessionObserver {
  public:
   virtual ~SessionObserver() = default;
 
-  virtual void sessionOpened(std::uint64_t /*sessionId*/, std::string_view /*clientAddress*/,
-                             std::string_view /*applicationName*/) {}
+  // `processId` is the BackendKeyData pid the client was given.
+  virtual void sessionOpened(std::uint64_t /*sessionId*/, std::int32_t /*processId*/,
+                             std::string_view /*clientAddress*/, std::string_view /*applicationName*/) {}
   virtual void sessionClosed(std::uint64_t /*sessionId*/, std::string_view /*reason*/) {}
   // A CancelRequest arrived; `matched` when its key named a live session.
   virtual void cancelRequested(bool /*matched*/) {}
@@ -56,8 +57,8 @@ class ObserverList final : public SessionObserver {
  public:
   void add(std::shared_ptr<SessionObserver> observer) { observers_.push_back(std::move(observer)); }
 
-  void sessionOpened(std::uint64_t id, std::string_view address, std::string_view app) override {
-    for (auto& o : observers_) o->sessionOpened(id, address, app);
+  void sessionOpened(std::uint64_t id, std::int32_t pid, std::string_view address, std::string_view app) override {
+    for (auto& o : observers_) o->sessionOpened(id, pid, address, app);
   }
   void sessionClosed(std::uint64_t id, std::string_view reason) override {
     for (auto& o : observers_) o->sessionClosed(id, reason);
@@ -86,7 +87,7 @@ class ObserverList final : public SessionObserver {
 // Logs each event as one line (sessions at info, errors and guardrails at warning, queries at debug).
 class LoggingObserver final : public SessionObserver {
  public:
-  void sessionOpened(std::uint64_t sessionId, std::string_view clientAddress,
+  void sessionOpened(std::uint64_t sessionId, std::int32_t processId, std::string_view clientAddress,
                      std::string_view applicationName) override;
   void sessionClosed(std::uint64_t sessionId, std::string_view reason) override;
   void proxyError(std::uint64_t sessionId, const ProxyError& error) override;

@@ -27,8 +27,6 @@ namespace {
 // Threads beyond --max-connections: a client past the limit still gets its 53300, and a
 // CancelRequest is never queued behind busy sessions.
 constexpr int kSpareThreads = 16;
-// How long stop() lets sessions end on their own before it shuts their sockets down.
-constexpr auto kStopGrace = std::chrono::seconds(5);
 
 class SessionConnection final : public Poco::Net::TCPServerConnection {
  public:
@@ -101,6 +99,8 @@ void Server::start() {
                              error.displayText());
   }
   port_ = socket.address().port();
+  observability::LogLevel level{};
+  if (observability::parseLogLevel(config_.logLevel, level)) observability::Logger::instance().setLevel(level);
 
   const int threads = config_.maxConnections + kSpareThreads;
   threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", 2, threads, 60);
@@ -115,7 +115,12 @@ void Server::start() {
                          " max_connections=" + std::to_string(config_.maxConnections));
 }
 
-void Server::stop() {
+bool Server::stopped() const {
+  std::lock_guard lock(mutex_);
+  return stopped_;
+}
+
+void Server::stop(std::chrono::milliseconds grace) {
   {
     std::lock_guard lock(mutex_);
     if (stopped_ || !tcpServer_) return;
@@ -125,7 +130,7 @@ void Server::stop() {
   const std::uint64_t one = 1;
   (void)::write(wakeFd_, &one, sizeof one);  // every session's wait returns
   std::unique_lock lock(mutex_);
-  if (!connectionsDone_.wait_for(lock, kStopGrace, [this] { return connections_.empty(); })) {
+  if (!connectionsDone_.wait_for(lock, grace, [this] { return connections_.empty(); })) {
     // Sessions blocked writing to clients that do not read: cut their sockets.
     for (const int fd : connections_) (void)::shutdown(fd, SHUT_RDWR);
     connectionsDone_.wait(lock, [this] { return connections_.empty(); });

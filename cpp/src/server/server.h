@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -36,8 +37,9 @@ class Server {
   // Binds and starts accepting; returns once the socket listens. Throws on bind failure.
   void start();
   // Stops accepting, ends every session (idle ones get FATAL 57P01, running queries are cancelled),
-  // and returns when all are gone. Idempotent.
-  void stop();
+  // and returns when all are gone; sockets still busy after `grace` are shut down. Idempotent.
+  void stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
+  [[nodiscard]] bool stopped() const;
 
   [[nodiscard]] const config::ServerConfig& config() const noexcept { return config_; }
   [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
@@ -60,7 +62,7 @@ class Server {
   std::atomic<std::uint64_t> lastSessionId_{0};
   std::uint16_t port_ = 0;
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable connectionsDone_;
   std::set<int> connections_;
   bool stopped_ = false;

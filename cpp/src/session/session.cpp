@@ -121,7 +121,7 @@ void Session::run() noexcept {
     if (negotiate()) {
       startSession();
       opened = true;
-      context_.observer.sessionOpened(id_, clientAddress_, clientApplicationName_);
+      context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
       relay();
     }
   } catch (const SessionEnded& ended) {
@@ -318,22 +318,25 @@ void Session::handleClientFrame(const protocol::Frame& frame) {
     case fe::kClose:
       rejectExtendedProtocol(frame.type());
       return;
-    case fe::kFunctionCall:
-      sendError(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
-                           "the function call protocol is not supported by pgwire-proxy"),
-                true);
+    case fe::kFunctionCall: {
+      const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
+                             "the function call protocol is not supported by pgwire-proxy");
+      context_.observer.proxyError(id_, error);
+      sendError(error, true);
       return;
+    }
     default:
       throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(frame.type())));
   }
 }
 
 void Session::rejectExtendedProtocol(char type) {
-  sendError(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
-                       "the extended query protocol is not supported by pgwire-proxy",
-                       std::string("The client sent a ") + frontendMessageName(type) + " message.",
-                       "Use the simple query protocol (for example psycopg's ClientCursor, or psql)."),
-            false);
+  const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
+                         "the extended query protocol is not supported by pgwire-proxy",
+                         std::string("The client sent a ") + frontendMessageName(type) + " message.",
+                         "Use the simple query protocol (for example psycopg's ClientCursor, or psql).");
+  context_.observer.proxyError(id_, error);
+  sendError(error, false);
   state_ = State::kDiscardingUntilSync;
 }
 
@@ -351,8 +354,8 @@ void Session::startQuery(const protocol::Frame& frame) {
                            "The proxy's --deny/--allow patterns decide which queries may run.");
     record_.sqlstate = error.sqlstate();
     record_.outcome = observability::QueryOutcome::kDenied;
+    context_.observer.queryFinished(record_);  // recorded before the client can see the outcome
     sendError(error, true);
-    context_.observer.queryFinished(record_);
     return;
   }
   canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
@@ -491,15 +494,14 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
         }
         return false;
       }
-      const bool forward = !pendingError_;
-      if (pendingError_) {
-        flush(range);
-        const ProxyError error = std::move(*pendingError_);
-        pendingError_.reset();
-        sendError(error, true);
-      }
+      // The query is recorded before the client can see its end (capture reads are then exact).
       if (state_ == State::kInQuery) finishQuery();
-      return forward;
+      if (!pendingError_) return true;
+      flush(range);
+      const ProxyError error = std::move(*pendingError_);
+      pendingError_.reset();
+      sendError(error, true);
+      return false;
     }
     case be::kErrorResponse: {
       const auto fields = protocol::parseErrorFields(frame.body());
@@ -651,7 +653,6 @@ void Session::writeAll(int fd, std::span<const char> data) {
 }
 
 void Session::sendError(const ProxyError& error, bool withReadyForQuery) {
-  context_.observer.proxyError(id_, error);
   std::string out;
   protocol::MessageWriter writer(out);
   protocol::writeErrorResponse(writer, error);

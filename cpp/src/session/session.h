@@ -85,6 +85,8 @@ class Session {
   [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
   void writeAll(int fd, std::span<const char> data);
   void sendToClient(const std::string& bytes) { writeAll(clientFd_, bytes); }
+  // Sends an error of the proxy's own (observers are told by the caller: a query's errors arrive
+  // with its QueryRecord, others through proxyError).
   void sendError(const ProxyError& error, bool withReadyForQuery);
   void sendErrorBestEffort(const ProxyError& error) noexcept;
   void cancelUpstream() noexcept;

@@ -1,0 +1,146 @@
+// pgwire_proxy._core: a thin pybind11 shell over the core Server, its stats and its query capture.
+// The GIL is released while the server starts and stops; no Python code ever runs on proxy threads.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <memory>
+
+#include "config/options.h"
+#include "observability/session_observer.h"
+#include "observability/stats.h"
+#include "server/server.h"
+
+namespace py = pybind11;
+using namespace pgwire_proxy;
+
+namespace {
+
+double epochSeconds(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
+py::dict toDict(const observability::QueryRecord& r) {
+  py::dict d;
+  d["sql"] = r.sql;
+  d["session_id"] = r.sessionId;
+  d["started_at"] = epochSeconds(r.started);
+  d["duration"] = r.seconds;
+  d["rows"] = r.rows;
+  d["bytes"] = r.bytes;
+  d["command_tag"] = r.commandTag.empty() ? py::object(py::none()) : py::object(py::str(r.commandTag));
+  d["sqlstate"] = r.sqlstate.empty() ? py::object(py::none()) : py::object(py::str(r.sqlstate));
+  d["outcome"] = std::string(observability::outcomeName(r.outcome));
+  return d;
+}
+
+py::list toList(const std::vector<observability::QueryRecord>& records) {
+  py::list list;
+  for (const auto& r : records) list.append(toDict(r));
+  return list;
+}
+
+// One proxy: its config, its server, and the observers that count and capture for Python.
+class Proxy {
+ public:
+  Proxy(const config::OptionValues& options, std::size_t captureSize)
+      : stats_(std::make_shared<observability::StatsCollector>(captureSize)) {
+    auto observers = std::make_shared<observability::ObserverList>();
+    observers->add(std::make_shared<observability::LoggingObserver>());
+    observers->add(stats_);
+    server_ = std::make_unique<server::Server>(config::configFromOptions(options), observers);
+  }
+
+  void start() {
+    if (started_) throw std::runtime_error("the proxy was already started (a Proxy starts once; make a new one)");
+    py::gil_scoped_release release;
+    server_->start();
+    started_ = true;
+  }
+
+  void stop(double timeoutSeconds) {
+    py::gil_scoped_release release;
+    server_->stop(std::chrono::milliseconds(static_cast<std::int64_t>(timeoutSeconds * 1000)));
+  }
+
+  [[nodiscard]] bool running() const { return started_ && !server_->stopped(); }
+  [[nodiscard]] std::uint16_t port() const { return server_->port(); }
+  [[nodiscard]] std::string host() const { return server_->host(); }
+
+  py::dict stats() const {
+    const auto s = stats_->stats();
+    py::dict d;
+    d["connections_total"] = s.connectionsTotal;
+    d["active_sessions"] = s.activeSessions;
+    d["queries_total"] = s.queriesTotal;
+    d["rows_total"] = s.rowsTotal;
+    d["bytes_total"] = s.bytesTotal;
+    d["cancel_requests"] = s.cancelRequests;
+    d["cancels_matched"] = s.cancelsMatched;
+    d["errors_by_sqlstate"] = s.errorsBySqlstate;
+    d["limit_breaches"] = s.guardrailsByLimit;
+    d["queries_by_outcome"] = s.queriesByOutcome;
+    return d;
+  }
+
+  py::list sessions() const {
+    py::list list;
+    for (const auto& s : stats_->sessions()) {
+      py::dict d;
+      d["id"] = s.id;
+      d["backend_pid"] = s.processId;
+      d["client_address"] = s.clientAddress;
+      d["application_name"] = s.applicationName;
+      d["state"] = s.state;
+      d["connected_at"] = epochSeconds(s.connectedAt);
+      d["queries"] = s.queries;
+      list.append(d);
+    }
+    return list;
+  }
+
+  py::list queries() const { return toList(stats_->queries()); }
+  py::list queriesSince(std::uint64_t sequence) const { return toList(stats_->queriesSince(sequence)); }
+  std::uint64_t captureSequence() const { return stats_->captureSequence(); }
+  void clearQueries() { stats_->clearQueries(); }
+
+ private:
+  std::shared_ptr<observability::StatsCollector> stats_;
+  std::unique_ptr<server::Server> server_;
+  bool started_ = false;
+};
+
+py::list optionSpecs() {
+  py::list list;
+  for (const auto& spec : config::optionSpecs()) {
+    py::dict d;
+    d["name"] = spec.name;
+    d["takes_value"] = spec.argument != nullptr;
+    d["repeatable"] = spec.repeatable;
+    d["help"] = spec.help;
+    list.append(d);
+  }
+  return list;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "The pgwire-proxy core, in-process. Use pgwire_proxy.Proxy rather than this module.";
+  m.def("option_specs", &optionSpecs, "Every option of the proxy: name (kebab-case), takes_value, repeatable, help.");
+  py::class_<Proxy>(m, "Proxy")
+      .def(py::init<const config::OptionValues&, std::size_t>(), py::arg("options"), py::arg("capture_size"),
+           "Validates the options (kebab-case names to lists of strings); raises ValueError naming a bad one.")
+      .def("start", &Proxy::start, "Binds and starts accepting; returns once the socket listens.")
+      .def("stop", &Proxy::stop, py::arg("timeout"),
+           "Stops accepting and ends every session, waiting up to `timeout` seconds before cutting sockets.")
+      .def_property_readonly("running", &Proxy::running)
+      .def_property_readonly("port", &Proxy::port)
+      .def_property_readonly("host", &Proxy::host)
+      .def("stats", &Proxy::stats)
+      .def("sessions", &Proxy::sessions)
+      .def("queries", &Proxy::queries)
+      .def("queries_since", &Proxy::queriesSince, py::arg("sequence"))
+      .def("capture_sequence", &Proxy::captureSequence)
+      .def("clear_queries", &Proxy::clearQueries);
+}

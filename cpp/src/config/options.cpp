@@ -1,0 +1,105 @@
+// The proxy's options by name: one table for the command line, the Python module and config files.
+#include "config/options.h"
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "guardrails/query_filter.h"
+#include "observability/log.h"
+
+namespace pgwire_proxy::config {
+
+const std::vector<OptionSpec>& optionSpecs() {
+  static const std::vector<OptionSpec> specs = {
+      {"listen-address", "host", "Address to listen on. Default: 127.0.0.1."},
+      {"port", "port", "Port to listen on; 0 picks a free port. Default: 5433."},
+      {"upstream-dsn", "dsn",
+       "libpq connection string or URI of the upstream PostgreSQL. Default: the environment variable "
+       "PGWIRE_PROXY_UPSTREAM_DSN (keeps passwords out of argv)."},
+      {"max-connections", "n", "Most concurrent client sessions; the next gets FATAL 53300. Default: 100."},
+      {"query-timeout", "duration",
+       "Upstream statement_timeout for every session, with a proxy-side backstop a little later "
+       "(500ms, 30s, 2min; 0 = off). Default: 30s."},
+      {"idle-in-transaction-timeout", "duration",
+       "Upstream idle_in_transaction_session_timeout (0 = off). Default: 0."},
+      {"startup-timeout", "duration", "Time a client has for SSL negotiation and its startup packet. Default: 10s."},
+      {"connect-timeout", "duration", "Time allowed to connect and authenticate upstream. Default: 10s."},
+      {"max-message-size", "size", "Largest client message (a Query) accepted (kB, MB). Default: 16MB."},
+      {"max-rows", "n",
+       "Most rows per statement sent to a client; past it the statement is cancelled with 54000 (0 = off). "
+       "Default: 10000."},
+      {"max-bytes", "size", "Most result bytes per statement sent to a client (kB, MB, GB; 0 = off). Default: 100MB."},
+      {"deny", "regex", "Refuse queries matching this POSIX extended regex with 42501 (repeatable).", true},
+      {"allow", "regex", "When given, only queries matching one of these run (repeatable).", true},
+      {"deny-file", "path", "Deny patterns from a file, one a line, # comments (repeatable).", true},
+      {"allow-file", "path", "Allow patterns from a file, one a line, # comments (repeatable).", true},
+      {"patterns-ignore-case", nullptr, "Match --deny/--allow patterns case-insensitively. Default: off."},
+      {"log-level", "level", "debug, info, warning, error or off. Default: info."},
+  };
+  return specs;
+}
+
+ServerConfig configFromOptions(const OptionValues& values) {
+  for (const auto& [name, list] : values) {
+    bool known = false;
+    for (const auto& spec : optionSpecs()) known = known || name == spec.name;
+    if (!known) throw ConfigError(name + ": unknown option");
+  }
+  auto value = [&values](const char* name) -> const std::string* {
+    const auto it = values.find(name);
+    return it == values.end() || it->second.empty() ? nullptr : &it->second.back();
+  };
+  auto all = [&values](const char* name) {
+    const auto it = values.find(name);
+    return it == values.end() ? std::vector<std::string>{} : it->second;
+  };
+
+  ServerConfig config;
+  if (auto* v = value("listen-address")) config.listenAddress = *v;
+  if (auto* v = value("port")) config.port = static_cast<std::uint16_t>(parseInteger(*v, "port", 0, 65535));
+  if (auto* v = value("upstream-dsn")) {
+    config.upstreamDsn = *v;
+  } else if (const char* env = std::getenv("PGWIRE_PROXY_UPSTREAM_DSN")) {
+    config.upstreamDsn = env;
+  }
+  if (auto* v = value("max-connections")) {
+    config.maxConnections = static_cast<int>(parseInteger(*v, "max-connections", 1, 100000));
+  }
+  if (auto* v = value("query-timeout")) config.queryTimeout = parseDuration(*v, "query-timeout");
+  if (auto* v = value("idle-in-transaction-timeout")) {
+    config.idleInTransactionTimeout = parseDuration(*v, "idle-in-transaction-timeout");
+  }
+  if (auto* v = value("startup-timeout")) config.startupTimeout = parseDuration(*v, "startup-timeout");
+  if (auto* v = value("connect-timeout")) config.connectTimeout = parseDuration(*v, "connect-timeout");
+  if (auto* v = value("max-message-size")) {
+    const auto size = parseSize(*v, "max-message-size");
+    if (size > 1024ULL * 1024 * 1024) throw ConfigError("max-message-size: must be at most 1GB");
+    config.maxMessageSize = static_cast<std::uint32_t>(size);
+  }
+  if (auto* v = value("max-rows")) config.maxRows = static_cast<std::uint64_t>(parseInteger(*v, "max-rows", 0, INT64_MAX));
+  if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");
+  config.denyPatterns = all("deny");
+  config.allowPatterns = all("allow");
+  for (const auto& path : all("deny-file")) {
+    for (auto& pattern : guardrails::readPatternFile(path)) config.denyPatterns.push_back(pattern);
+  }
+  for (const auto& path : all("allow-file")) {
+    for (auto& pattern : guardrails::readPatternFile(path)) config.allowPatterns.push_back(pattern);
+  }
+  if (auto* v = value("patterns-ignore-case")) {
+    config.patternsIgnoreCase = v->empty() || *v == "true" || *v == "1" || *v == "on" || *v == "yes";
+  }
+  if (auto* v = value("log-level")) {
+    observability::LogLevel level{};
+    if (!observability::parseLogLevel(*v, level)) {
+      throw ConfigError("log-level: invalid value \"" + *v + "\" (debug, info, warning, error or off)");
+    }
+    config.logLevel = *v;
+  }
+  config.validate();
+  // Patterns are compiled here too, so a bad one fails before anything listens.
+  const guardrails::QueryFilter check(config.denyPatterns, config.allowPatterns, config.patternsIgnoreCase);
+  return config;
+}
+
+}  // namespace pgwire_proxy::config
