@@ -6,8 +6,7 @@ cd "$(dirname "$0")/.."
 
 if [[ -z "${PGWIRE_PROXY_BINARY:-}" ]]; then
     [[ -x scripts/install-deps.sh ]] && scripts/install-deps.sh
-    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-    cmake --build build -j2
+    scripts/build.sh
 fi
 
 args=()

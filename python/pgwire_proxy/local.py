@@ -35,7 +35,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"run-local: {exc}", file=sys.stderr)
         return 1
-    # SIGTERM (and SIGHUP from a closed terminal) clean up exactly like Ctrl+C.
+    # Ctrl+C, SIGTERM and SIGHUP (a closed terminal) all clean up the same way. SIGINT is set
+    # explicitly: Python leaves it ignored when started in the background by a non-interactive shell.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
     postgres = ThrowawayPostgres()
@@ -45,15 +47,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         postgres.start()
         print(f"run-local: PostgreSQL at {postgres.host}:{postgres.port} (data in {postgres.datadir})",
               file=sys.stderr, flush=True)
-        proxy = ProxyProcess(postgres.dsn, binary=binary, extra_args=args.proxy_args,
+        proxy = ProxyProcess(postgres.dsn, binary=binary, extra_args=args.proxy_args, inherit_stderr=True,
                              listen_address=args.listen_address, port=args.port)
         proxy.start()
         print(f"pgwire-proxy listening on {proxy.host}:{proxy.port}, in front of PostgreSQL on port "
               f"{postgres.port}\n\nConnect with:\n\n    psql \"{proxy.dsn}\"\n\nPress Ctrl+C to stop.",
               flush=True)
         code = proxy.process.wait()
-        print(f"run-local: pgwire-proxy exited with code {code}\n{proxy.stderr_text()[-4000:]}",
-              file=sys.stderr)
+        print(f"run-local: pgwire-proxy exited with code {code}", file=sys.stderr)
         return code or 1
     except KeyboardInterrupt:
         print("\nrun-local: stopping ...", file=sys.stderr, flush=True)

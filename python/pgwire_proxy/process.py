@@ -64,7 +64,7 @@ class ProxyProcess:
 
     def __init__(self, upstream_dsn: Optional[str] = None, *, binary: Optional[os.PathLike] = None,
                  env: Optional[Mapping[str, str]] = None, ready_timeout: float = 30.0,
-                 extra_args: Sequence[str] = (), **options: object):
+                 extra_args: Sequence[str] = (), inherit_stderr: bool = False, **options: object):
         self.upstream_dsn = upstream_dsn
         self.options: Dict[str, object] = {"listen_address": "127.0.0.1", "port": 0}
         self.options.update(options)
@@ -72,6 +72,7 @@ class ProxyProcess:
         self._env = dict(env) if env is not None else None
         self._ready_timeout = ready_timeout
         self._extra_args = list(extra_args)  # verbatim flags after the generated ones
+        self._inherit_stderr = inherit_stderr  # logs to our stderr (run-local) instead of a file
         self.host: Optional[str] = None
         self.port: Optional[int] = None
         self.process: Optional[subprocess.Popen] = None
@@ -113,18 +114,23 @@ class ProxyProcess:
         if self.process is not None:
             raise RuntimeError("already started")
         argv = self.argv
-        fd, name = tempfile.mkstemp(prefix="pgwire-proxy-", suffix=".stderr")
-        os.close(fd)
-        self.stderr_path = Path(name)
         env = dict(os.environ if self._env is None else self._env)
-        with open(self.stderr_path, "ab") as stderr:
-            # Own session: a terminal's Ctrl+C goes to our process, which stops the proxy in order.
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=stderr, env=env, start_new_session=True)
+        popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
+                     # Own session: a terminal's Ctrl+C goes to our process, which stops the proxy in order.
+                     start_new_session=True)
+        if self._inherit_stderr:
+            self.process = subprocess.Popen(argv, **popen)
+        else:
+            fd, name = tempfile.mkstemp(prefix="pgwire-proxy-", suffix=".stderr")
+            os.close(fd)
+            self.stderr_path = Path(name)
+            # O_APPEND: our reads never move the offset the proxy writes at.
+            with open(self.stderr_path, "ab") as stderr:
+                self.process = subprocess.Popen(argv, stderr=stderr, **popen)
         try:
             self._wait_until_listening()
         except BaseException:
-            self._terminate(timeout=5)
+            self.stop(timeout=5)
             raise
         self._drain = threading.Thread(target=self._drain_stdout, name="pgwire-proxy-stdout",
                                        daemon=True)
@@ -163,7 +169,7 @@ class ProxyProcess:
         return self.process is not None and self.process.poll() is None
 
     def stderr_text(self) -> str:
-        """Everything the proxy logged so far."""
+        """Everything the proxy logged so far (empty with inherit_stderr=True)."""
         if self.stderr_path is not None:
             return self._read_stderr()
         return getattr(self, "_stderr_cache", "")
@@ -211,7 +217,12 @@ class ProxyProcess:
                     if chunk:
                         buffer += chunk
                         continue
-                    self.process.wait(timeout=max(deadline - time.monotonic(), 1))
+                    # stdout closed: the process is on its way out (or closed stdout, which is a bug)
+                    try:
+                        self.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                    except subprocess.TimeoutExpired:
+                        sel.unregister(self.process.stdout)
+                        continue
                 if self.process.poll() is not None:
                     raise RuntimeError(f"pgwire-proxy exited with code {self.process.returncode} before "
                                        f"listening; argv={self.argv}\nstdout:\n{self.stdout_text()}"

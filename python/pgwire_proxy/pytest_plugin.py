@@ -47,8 +47,15 @@ def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., ProxyProcess]]:
         return proxy
 
     yield make
+    unclean = []
     for proxy in reversed(started):
-        proxy.stop()
+        code = proxy.stop()
+        if code != 0:  # SIGTERM must end the proxy promptly with exit code 0
+            unclean.append(f"{proxy!r} exited with {code} after SIGTERM (negative: killed by that "
+                           f"signal; -9 means it ignored SIGTERM for 10s)\n"
+                           f"--- its stderr (tail) ---\n{proxy.stderr_text()[-3000:]}")
+    if unclean:
+        pytest.fail("\n".join(unclean), pytrace=False)
 
 
 @pytest.fixture

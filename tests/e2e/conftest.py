@@ -7,5 +7,15 @@ _PYTHON_DIR = str(Path(__file__).resolve().parents[2] / "python")
 if _PYTHON_DIR not in sys.path:
     sys.path.insert(0, _PYTHON_DIR)
 
-# Fixtures: pg_upstream (session), pgwire_proxy, pgwire_proxy_factory.
-pytest_plugins = ["pgwire_proxy.pytest_plugin"]
+_PLUGIN = "pgwire_proxy.pytest_plugin"
+
+
+def pytest_configure(config):
+    # The plugin's fixtures: pg_upstream (session), pgwire_proxy, pgwire_proxy_factory.
+    # Registered here rather than with `pytest_plugins = [...]`, which pytest refuses in a conftest
+    # below the rootdir (`pytest tests` from the repo root would fail), and skipped when the plugin
+    # is already active (e.g. through a pytest11 entry point once the package is installed).
+    import importlib
+    module = importlib.import_module(_PLUGIN)
+    if not config.pluginmanager.is_registered(module):
+        config.pluginmanager.register(module, _PLUGIN)

@@ -136,3 +136,35 @@ def test_client_disconnecting_mid_startup_is_harmless(proxy):
             sock.sendall(payload)
         sock.close()
     assert_still_serving(proxy)
+
+
+# --- malformed frames after a good startup ----------------------------------------------------
+
+def started(proxy) -> wire.RawConnection:
+    conn = raw(proxy)
+    msgs = conn.startup()
+    assert msgs and msgs[-1].kind == "Z", msgs
+    return conn
+
+
+@pytest.mark.parametrize("frame", [
+    b"Q" + struct.pack("!i", 3),                # length below four
+    b"Q" + struct.pack("!i", -5),
+    b"Q" + struct.pack("!i", 100_000),          # over --max-message-size=1kB (header only)
+    b"z" + struct.pack("!i", 4),                # no such message type
+    b"Q" + struct.pack("!i", 9) + b"SELECT",    # a Query whose string has no terminating NUL
+], ids=["len-3", "len-negative", "over-max", "unknown-type", "unterminated-query"])
+def test_malformed_frame_after_startup(pgwire_proxy_factory, frame):
+    proxy = pgwire_proxy_factory(startup_timeout="60s", max_message_size="1kB")
+    with started(proxy) as conn:
+        conn.send(frame)
+        expect_fatal_then_eof(conn)
+    assert_still_serving(proxy)
+
+
+def test_query_within_max_message_size_works(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(max_message_size="1kB")
+    with started(proxy) as conn:
+        sql = "SELECT '" + "x" * 900 + "' AS padded"
+        assert len(wire.query(sql)) < 1024
+        assert wire.rows(conn.simple_query(sql)) == [["x" * 900]]

@@ -104,3 +104,10 @@ def test_psql_connects_with_default_settings(pgwire_proxy):
     # psql's defaults include sslmode=prefer and gssencmode=prefer (when built with GSSAPI).
     result = run_psql(pgwire_proxy.dsn, extra_args=["-A", "-t"], commands=["SELECT 'hello from psql'"])
     assert result.stdout == b"hello from psql\n", result.stdout
+
+
+def test_port_already_in_use_is_an_error(pgwire_proxy, pgwire_proxy_factory):
+    # A second proxy must not share the first one's port (SO_REUSEPORT would split clients between them).
+    with pytest.raises(RuntimeError, match="exited with code"):
+        second = pgwire_proxy_factory(port=pgwire_proxy.port)
+        pytest.fail(f"second proxy started on the busy port {pgwire_proxy.port}: {second!r}")

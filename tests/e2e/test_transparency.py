@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 import psycopg
@@ -52,7 +53,7 @@ def assert_same_psql_output(pg_upstream, proxy, *, prepare=reset_schema, **psql_
 def test_psql_script_output_is_identical(pg_upstream, pgwire_proxy, limited_role, script):
     output = assert_same_psql_output(pg_upstream, pgwire_proxy, file=str(SQL_DIR / script))
     # The comparison is only meaningful if the script really ran against a server.
-    assert b"ERROR:" in output or b"rows)" in output, output.decode(errors="replace")[:2000]
+    assert re.search(rb"\(\d+ rows?\)", output), output.decode(errors="replace")[:2000]
 
 
 def test_scripts_exercise_what_they_claim(pg_upstream, limited_role):
@@ -88,8 +89,8 @@ def test_startup_parameters_reach_the_upstream(pg_upstream, pgwire_proxy):
         "SHOW search_path", "SHOW work_mem", "SHOW TimeZone", "SHOW DateStyle", "SHOW extra_float_digits",
         "SELECT timestamptz '2024-06-01 12:00:00+00' AS t, date '2024-06-01' AS d, pi() AS pi",
     ])
-    for expected in (b"pgwp_opts, public", b"5MB", b"Europe/Paris", b"SQL, DMY", b"-2",
-                     b"01/06/2024 14:00:00 CEST", b"3.14159265358979"):
+    for expected in (b"pgwp_opts,public", b"5MB", b"Europe/Paris", b"SQL, DMY", b"-2",
+                     b"01/06/2024 14:00:00 CEST", b"| 3.14159265359\n"):
         assert expected in output, output.decode()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import psycopg
@@ -78,7 +79,6 @@ def test_upstream_wrong_password(pg_upstream, pgwire_proxy_factory, password_rol
 
 def test_upstream_password_from_environment(pg_upstream, pgwire_proxy_factory, password_role):
     # No password in argv: the DSN comes from PGWIRE_PROXY_UPSTREAM_DSN.
-    import os
     env = dict(os.environ, PGWIRE_PROXY_UPSTREAM_DSN=pg_upstream.dsn_with(user=password_role,
                                                                           password="right pw"))
     proxy = pgwire_proxy_factory(use_upstream=False, env=env)

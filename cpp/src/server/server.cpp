@@ -107,7 +107,9 @@ void Server::start() {
   auto* params = new Poco::Net::TCPServerParams;
   params->setMaxThreads(threads);
   params->setMaxQueued(threads);
-  params->setThreadIdleTime(Poco::Timespan(60, 0));
+  // Poco 1.11's dispatcher can miss the stop wake-up for a thread not yet waiting; that thread then
+  // waits out its idle time, which stop() (joinAll) waits for: keep it short.
+  params->setThreadIdleTime(Poco::Timespan(1, 0));
   tcpServer_ = std::make_unique<Poco::Net::TCPServer>(new SessionConnectionFactory(*this), *threadPool_, socket,
                                                       params);
   tcpServer_->start();
