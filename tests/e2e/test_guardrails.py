@@ -181,8 +181,8 @@ def test_invalid_pattern_fails_startup_naming_it(pgwire_proxy_factory):
     assert "drop(" in str(excinfo.value)
 
 
-def test_breaches_are_logged_with_session_limit_duration_and_excerpt(pgwire_proxy_factory):
-    proxy = pgwire_proxy_factory(max_rows=1, deny=["forbidden"])
+def test_breaches_are_logged_with_session_limit_duration_and_excerpt(pgwire_proxy_process_factory):
+    proxy = pgwire_proxy_process_factory(max_rows=1, deny=["forbidden"])
     with connect(proxy) as conn:
         with pytest.raises(errors.ProgramLimitExceeded):
             conn.execute("select generate_series(1, 2) /* logged_probe */")

@@ -106,8 +106,12 @@ def test_psql_connects_with_default_settings(pgwire_proxy):
     assert result.stdout == b"hello from psql\n", result.stdout
 
 
-def test_port_already_in_use_is_an_error(pgwire_proxy, pgwire_proxy_factory):
+def test_port_already_in_use_is_an_error(pgwire_proxy, pgwire_proxy_factory, pgwire_proxy_process_factory):
     # A second proxy must not share the first one's port (SO_REUSEPORT would split clients between them).
-    with pytest.raises(RuntimeError, match="exited with code"):
+    with pytest.raises(RuntimeError, match="cannot listen on"):
         second = pgwire_proxy_factory(port=pgwire_proxy.port)
         pytest.fail(f"second proxy started on the busy port {pgwire_proxy.port}: {second!r}")
+    # The binary refuses too, and exits non-zero.
+    with pytest.raises(RuntimeError, match="exited with code"):
+        second = pgwire_proxy_process_factory(port=pgwire_proxy.port)
+        pytest.fail(f"second proxy process started on the busy port {pgwire_proxy.port}: {second!r}")

@@ -77,11 +77,11 @@ def test_upstream_wrong_password(pg_upstream, pgwire_proxy_factory, password_rol
     assert fields["C"] == "28P01", fields
 
 
-def test_upstream_password_from_environment(pg_upstream, pgwire_proxy_factory, password_role):
+def test_upstream_password_from_environment(pg_upstream, pgwire_proxy_process_factory, password_role):
     # No password in argv: the DSN comes from PGWIRE_PROXY_UPSTREAM_DSN.
     env = dict(os.environ, PGWIRE_PROXY_UPSTREAM_DSN=pg_upstream.dsn_with(user=password_role,
                                                                           password="right pw"))
-    proxy = pgwire_proxy_factory(use_upstream=False, env=env)
+    proxy = pgwire_proxy_process_factory(use_upstream=False, env=env)
     assert not any("right pw" in arg for arg in proxy.argv)
     with psycopg.connect(proxy.dsn, autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (password_role,)
