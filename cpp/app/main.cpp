@@ -5,6 +5,7 @@
 #include <Poco/Util/ServerApplication.h>
 #include <signal.h>
 
+#include <cstring>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -30,6 +31,41 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
     }
   }
 
+  // SIGHUP reloads what can change at runtime; SIGINT, SIGTERM or SIGQUIT end the wait. (Poco's
+  // waitForTerminationRequest() knows no SIGHUP.) The signals are blocked in every thread, see main().
+  static void waitForSignals(pgwire_proxy::server::Server& server) {
+    for (;;) {
+      int signal = 0;
+      if (sigwait(&handledSignals(), &signal) != 0) continue;
+      if (signal != SIGHUP) {
+        pgwire_proxy::observability::logInfo(std::string("event=shutdown_requested signal=") + strsignal(signal));
+        return;
+      }
+      try {
+        server.reloadTls();
+        pgwire_proxy::observability::logInfo("event=reloaded signal=SIGHUP");
+      } catch (const std::exception& error) {
+        pgwire_proxy::observability::logError(std::string("event=reload_failed error=\"") + error.what() +
+                                              "\" note=\"the previous settings stay in force\"");
+      }
+    }
+  }
+
+ public:
+  static sigset_t& handledSignals() {
+    static sigset_t signals = [] {
+      sigset_t s;
+      sigemptyset(&s);
+      sigaddset(&s, SIGINT);
+      sigaddset(&s, SIGTERM);
+      sigaddset(&s, SIGQUIT);
+      sigaddset(&s, SIGHUP);
+      return s;
+    }();
+    return signals;
+  }
+
+ protected:
   void handleOption(const std::string& name, const std::string& value) override {
     ServerApplication::handleOption(name, value);
     if (name == "help") {
@@ -59,8 +95,7 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       pgwire_proxy::server::Server server(pgwire_proxy::config::configFromOptions(values_));
       server.start();
       std::cout << "listening on " << server.host() << ":" << server.port() << std::endl;
-      waitForTerminationRequest();
-      pgwire_proxy::observability::logInfo("event=shutdown_requested");
+      waitForSignals(server);
       server.stop();
     } catch (const ConfigError& error) {
       std::cerr << "pgwire-proxy: invalid configuration: " << error.what() << "\n";
@@ -82,14 +117,9 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
 int main(int argc, char** argv) {
   // The core writes with MSG_NOSIGNAL; the binary also ignores SIGPIPE for libraries that do not.
   ::signal(SIGPIPE, SIG_IGN);
-  // Block the termination signals before any thread starts, so every thread inherits the mask and
-  // only waitForTerminationRequest() (sigwait) receives them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGQUIT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Block the handled signals before any thread starts, so every thread inherits the mask and only
+  // the main thread's sigwait receives them.
+  pthread_sigmask(SIG_BLOCK, &ProxyApplication::handledSignals(), nullptr);
   ProxyApplication application;
   return application.run(argc, argv);
 }

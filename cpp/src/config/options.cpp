@@ -6,6 +6,7 @@
 
 #include "guardrails/query_filter.h"
 #include "observability/log.h"
+#include "session/tls_context.h"
 
 namespace pgwire_proxy::config {
 
@@ -34,6 +35,11 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"deny-file", "path", "Deny patterns from a file, one a line, # comments (repeatable).", true},
       {"allow-file", "path", "Allow patterns from a file, one a line, # comments (repeatable).", true},
       {"patterns-ignore-case", nullptr, "Match --deny/--allow patterns case-insensitively. Default: off."},
+      {"enable-tls", nullptr, "Answer SSLRequest with 'S' and run TLS (1.2 or newer) with the client. Default: off."},
+      {"tls-cert", "path", "PEM certificate (chain) the proxy presents to clients."},
+      {"tls-key", "path", "PEM private key of --tls-cert; must not be group or world readable."},
+      {"tls-ca", "path", "PEM CA certificates; when given, clients must present a certificate signed by one."},
+      {"tls-required", nullptr, "Refuse clients that do not use TLS (FATAL 28000). Default: off."},
       {"log-level", "level", "debug, info, warning, error or off. Default: info."},
   };
   return specs;
@@ -86,9 +92,19 @@ ServerConfig configFromOptions(const OptionValues& values) {
   for (const auto& path : all("allow-file")) {
     for (auto& pattern : guardrails::readPatternFile(path)) config.allowPatterns.push_back(pattern);
   }
-  if (auto* v = value("patterns-ignore-case")) {
-    config.patternsIgnoreCase = v->empty() || *v == "true" || *v == "1" || *v == "on" || *v == "yes";
-  }
+  auto flag = [&value](const char* name) {
+    const std::string* v = value(name);
+    if (v == nullptr) return false;
+    if (v->empty() || *v == "true" || *v == "1" || *v == "on" || *v == "yes") return true;
+    if (*v == "false" || *v == "0" || *v == "off" || *v == "no") return false;
+    throw ConfigError(std::string(name) + ": invalid boolean \"" + *v + "\"");
+  };
+  config.patternsIgnoreCase = flag("patterns-ignore-case");
+  config.tlsEnabled = flag("enable-tls");
+  config.tlsRequired = flag("tls-required");
+  if (auto* v = value("tls-cert")) config.tlsCertFile = *v;
+  if (auto* v = value("tls-key")) config.tlsKeyFile = *v;
+  if (auto* v = value("tls-ca")) config.tlsCaFile = *v;
   if (auto* v = value("log-level")) {
     observability::LogLevel level{};
     if (!observability::parseLogLevel(*v, level)) {
@@ -97,8 +113,11 @@ ServerConfig configFromOptions(const OptionValues& values) {
     config.logLevel = *v;
   }
   config.validate();
-  // Patterns are compiled here too, so a bad one fails before anything listens.
+  // Patterns and TLS files are loaded here too, so a bad one fails before anything listens.
   const guardrails::QueryFilter check(config.denyPatterns, config.allowPatterns, config.patternsIgnoreCase);
+  if (config.tlsEnabled) {
+    const session::TlsContext tls({config.tlsCertFile, config.tlsKeyFile, config.tlsCaFile});
+  }
   return config;
 }
 

@@ -117,6 +117,20 @@ void ServerConfig::validate() const {
     while (!message.empty() && message.back() == '\n') message.pop_back();
     throw ConfigError("upstream-dsn: " + message);
   }
+  for (PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
+    if (std::string_view(o->keyword) == "gssencmode" && o->val != nullptr && std::string_view(o->val) == "require") {
+      throw ConfigError("upstream-dsn: gssencmode=require is not supported (the relay cannot speak GSSAPI "
+                        "encryption; use sslmode for an encrypted upstream link)");
+    }
+  }
+  if (!tlsEnabled) {
+    if (tlsRequired) throw ConfigError("tls-required: needs --enable-tls");
+    if (!tlsCertFile.empty() || !tlsKeyFile.empty() || !tlsCaFile.empty()) {
+      throw ConfigError("tls-cert/tls-key/tls-ca: given without --enable-tls");
+    }
+  } else if (tlsCertFile.empty() || tlsKeyFile.empty()) {
+    throw ConfigError("enable-tls: needs --tls-cert and --tls-key");
+  }
   if (maxConnections < 1) throw ConfigError("max-connections: must be at least 1");
   if (startupTimeout.count() <= 0) throw ConfigError("startup-timeout: must be greater than 0");
   if (connectTimeout.count() <= 0) throw ConfigError("connect-timeout: must be greater than 0");

@@ -36,6 +36,13 @@ struct ServerConfig {
   std::vector<std::string> allowPatterns;         // when any, a query must match one
   bool patternsIgnoreCase = false;
 
+  // Client-side TLS (the upstream's comes from the DSN's sslmode and friends, through libpq).
+  bool tlsEnabled = false;
+  bool tlsRequired = false;  // clients without TLS get FATAL 28000
+  std::string tlsCertFile;
+  std::string tlsKeyFile;
+  std::string tlsCaFile;     // when set, clients must present a certificate signed by it
+
   std::string logLevel = "info";  // debug, info, warning, error, off (the process-wide logger)
 
   // Throws ConfigError naming the first invalid setting; checks the DSN with libpq's parser.

@@ -78,8 +78,11 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       observer_(observer ? std::move(observer) : std::make_shared<observability::LoggingObserver>()),
       registry_(config_.maxConnections),
       filter_(config_.denyPatterns, config_.allowPatterns, config_.patternsIgnoreCase),
+      tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
+                                    config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
+                              : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, filter_, wakeFd_} {
+      context_{config_, registry_, *observer_, filter_, tls_.get(), wakeFd_} {
   if (wakeFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -141,6 +144,12 @@ void Server::stop(std::chrono::milliseconds grace) {
   tcpServer_.reset();
   threadPool_->joinAll();
   observability::logInfo("event=stopped");
+}
+
+void Server::reloadTls() {
+  if (!tls_) return;
+  tls_->reload();
+  observability::logInfo("event=tls_reloaded cert=" + config_.tlsCertFile + " key=" + config_.tlsKeyFile);
 }
 
 void Server::connectionStarted(int fd) {

@@ -40,6 +40,9 @@ class Server {
   // and returns when all are gone; sockets still busy after `grace` are shut down. Idempotent.
   void stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
   [[nodiscard]] bool stopped() const;
+  // Re-reads the TLS certificate and key for new connections (SIGHUP); connected clients keep theirs.
+  // Throws ConfigError, keeping the old ones, when the files are bad. No-op without TLS.
+  void reloadTls();
 
   [[nodiscard]] const config::ServerConfig& config() const noexcept { return config_; }
   [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
@@ -57,6 +60,7 @@ class Server {
   std::shared_ptr<observability::SessionObserver> observer_;
   session::SessionRegistry registry_;
   guardrails::QueryFilter filter_;
+  std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   session::SessionContext context_;
   std::atomic<std::uint64_t> lastSessionId_{0};

@@ -1,6 +1,7 @@
 // One client's life: SSL negotiation, startup, the query loop and the end, as an explicit state machine.
 #include "session/session.h"
 
+#include <openssl/ssl.h>
 #include <poll.h>
 
 #include <mutex>
@@ -108,6 +109,7 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
       id_(id),
       clientFd_(clientFd),
       clientAddress_(std::move(clientAddress)),
+      client_(std::make_unique<PlainChannel>(clientFd)),
       clientIn_(kClientReadChunk),
       upstreamIn_(kUpstreamReadChunk),
       budget_(context.config.maxRows, context.config.maxBytes) {}
@@ -170,7 +172,13 @@ bool Session::negotiate() {
       case protocol::StartupKind::kGssEncRequest:
         // Bytes after the request would be read as if encrypted: refuse them (PgBouncer does too).
         if (!clientIn_.empty()) throw ProtocolError("received unencrypted data after SSL request");
-        sendToClient("N");
+        if (client_->encrypted()) throw ProtocolError("SSLRequest received on an encrypted connection");
+        if (packet.kind == protocol::StartupKind::kSslRequest && context_.tls != nullptr) {
+          sendToClient("S");
+          startTls(deadline);
+        } else {
+          sendToClient("N");
+        }
         continue;
       case protocol::StartupKind::kCancelRequest:
         closeReason_ = "cancel request";
@@ -178,10 +186,30 @@ bool Session::negotiate() {
             context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
         return false;
       case protocol::StartupKind::kStartup:
+        if (context_.config.tlsRequired && !client_->encrypted()) {
+          throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
+                           "pgwire-proxy requires TLS: the connection is not encrypted", {},
+                           "Connect with sslmode=require (or verify-ca / verify-full).");
+        }
         startup_ = std::move(packet);
         return true;
     }
   }
+}
+
+void Session::startTls(Clock::time_point deadline) {
+  auto tls = std::make_unique<TlsChannel>(context_.tls->current()->newConnection(), clientFd_, true);
+  SSL_set_fd(tls->ssl(), clientFd_);
+  while (!tls->acceptStep()) {
+    Wait wait{clientFd_, tls->readEvents(), 0};
+    bool woken = false;
+    if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
+      throw SessionEnded{"timeout expired during the TLS handshake"};
+    }
+    if (woken) throw SessionEnded{"server stopping"};
+  }
+  observability::logDebug("event=tls_established session=" + std::to_string(id_) + " " + tls->description());
+  client_ = std::move(tls);
 }
 
 void Session::startSession() {
@@ -222,6 +250,11 @@ void Session::startSession() {
   request.auditApplicationName = upstream::auditApplicationName(clientApplicationName_, clientAddress_);
   request.deadline = Clock::now() + context_.config.connectTimeout;
   upstream_ = std::make_unique<upstream::UpstreamConnection>(context_.config, request);
+  if (ssl_st* ssl = upstream_->sslObject()) {
+    upstreamLink_ = std::make_unique<TlsChannel>(ssl, upstream_->socket(), false);
+  } else {
+    upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
+  }
   canceller_ = std::make_shared<QueryCanceller>(*upstream_, id_);
   cancelKey_ = context_.registry.add(canceller_);
 
@@ -239,7 +272,6 @@ void Session::startSession() {
 // ---- the query loop --------------------------------------------------------------------------
 
 void Session::relay() {
-  const int upstreamFd = upstream_->socket();
   while (state_ != State::kClosing) {
     if (state_ != State::kInQuery) {
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
@@ -247,6 +279,14 @@ void Session::relay() {
         clientIn_.consume(frame->bytes.size());
         continue;
       }
+      if (client_->hasPendingInput()) {  // decrypted bytes poll() cannot see
+        if (!readClient(std::nullopt)) state_ = State::kClosing;
+        continue;
+      }
+    }
+    if (upstreamLink_->hasPendingInput()) {
+      pumpUpstream();
+      continue;
     }
     const bool inQuery = state_ == State::kInQuery;
     if (!inQuery) {
@@ -256,8 +296,8 @@ void Session::relay() {
       upstreamIn_.shrinkTo(kIdleBufferCapacity);
     }
     // While a query runs the client is only watched for hanging up; its next messages wait in the kernel.
-    Wait waits[2] = {{upstreamFd, POLLIN, 0},
-                     {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : POLLIN), 0}};
+    Wait waits[2] = {{upstreamLink_->fd(), upstreamLink_->readEvents(), 0},
+                     {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : client_->readEvents()), 0}};
     bool woken = false;
     if (!waitAny(waits, context_.wakeFd, inQuery ? queryDeadline_ : std::nullopt, &woken)) {
       onQueryDeadline();
@@ -369,7 +409,7 @@ void Session::startQuery(const protocol::Frame& frame) {
   }
   state_ = State::kInQuery;
   try {
-    writeAll(upstream_->socket(), frame.bytes);
+    writeAll(*upstreamLink_, frame.bytes);
   } catch (const IoError& error) {
     upstreamLost(error.what());
   }
@@ -388,7 +428,7 @@ void Session::finishQuery() {
 void Session::pumpUpstream() {
   std::optional<std::size_t> count;
   try {
-    count = readSome(upstream_->socket(), upstreamIn_.prepareWrite(kUpstreamReadChunk));
+    count = upstreamLink_->read(upstreamIn_.prepareWrite(kUpstreamReadChunk));
   } catch (const IoError& error) {
     upstreamLost(error.what());
   }
@@ -488,7 +528,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
         writer.writeCString(kAbortTransactionSql);
         writer.endMessage();
         try {
-          writeAll(upstream_->socket(), out);
+          writeAll(*upstreamLink_, out);
         } catch (const IoError& error) {
           upstreamLost(error.what());
         }
@@ -525,7 +565,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
       protocol::MessageWriter writer(out);
       protocol::writeCopyFail(writer, "COPY FROM STDIN is not supported by pgwire-proxy");
       try {
-        writeAll(upstream_->socket(), out);
+        writeAll(*upstreamLink_, out);
       } catch (const IoError& error) {
         upstreamLost(error.what());
       }
@@ -557,7 +597,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
 
 void Session::flush(ForwardRange& range) {
   if (range.end > range.begin && !pendingError_) {
-    writeAll(clientFd_, range.data.subspan(range.begin, range.end - range.begin));
+    writeAll(*client_, range.data.subspan(range.begin, range.end - range.begin));
   }
   range.begin = range.end;
 }
@@ -625,12 +665,12 @@ void Session::upstreamLost(const std::string& why) {
 
 bool Session::readClient(std::optional<Clock::time_point> deadline) {
   for (;;) {
-    const auto count = readSome(clientFd_, clientIn_.prepareWrite(kClientReadChunk));
+    const auto count = client_->read(clientIn_.prepareWrite(kClientReadChunk));
     if (count) {
       clientIn_.commitWrite(*count);
       return *count > 0;
     }
-    Wait wait{clientFd_, POLLIN, 0};
+    Wait wait{clientFd_, client_->readEvents(), 0};
     bool woken = false;
     if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
       throw ProtocolError("timeout expired while waiting for the startup packet (startup-timeout " +
@@ -640,13 +680,13 @@ bool Session::readClient(std::optional<Clock::time_point> deadline) {
   }
 }
 
-void Session::writeAll(int fd, std::span<const char> data) {
+void Session::writeAll(Channel& channel, std::span<const char> data) {
   while (!data.empty()) {
-    const std::size_t written = writeSome(fd, data);
+    const std::size_t written = channel.write(data);
     data = data.subspan(written);
     if (data.empty()) return;
     if (written == 0) {
-      Wait wait{fd, POLLOUT, 0};
+      Wait wait{channel.fd(), channel.writeEvents(), 0};
       (void)waitAny({&wait, 1}, -1, std::nullopt, nullptr);
     }
   }
@@ -668,9 +708,9 @@ void Session::sendErrorBestEffort(const ProxyError& error) noexcept {
     std::span<const char> data(out);
     const auto deadline = Clock::now() + kBestEffortWriteTimeout;
     while (!data.empty()) {
-      data = data.subspan(writeSome(clientFd_, data));
+      data = data.subspan(client_->write(data));
       if (data.empty()) break;
-      Wait wait{clientFd_, POLLOUT, 0};
+      Wait wait{clientFd_, client_->writeEvents(), 0};
       if (!waitAny({&wait, 1}, -1, deadline, nullptr)) break;
     }
   } catch (...) {

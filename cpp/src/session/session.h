@@ -15,6 +15,8 @@
 #include "protocol/frame.h"
 #include "protocol/messages.h"
 #include "session/byte_buffer.h"
+#include "session/channel.h"
+#include "session/tls_context.h"
 #include "session/registry.h"
 #include "session/socket_io.h"
 
@@ -30,6 +32,7 @@ struct SessionContext {
   SessionRegistry& registry;
   observability::SessionObserver& observer;
   const guardrails::QueryFilter& filter;
+  const TlsContextHolder* tls = nullptr;  // client-side TLS; null when off
   int wakeFd = -1;  // becomes readable when the server stops
 };
 
@@ -83,8 +86,9 @@ class Session {
   void finishQuery();
 
   [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
-  void writeAll(int fd, std::span<const char> data);
-  void sendToClient(const std::string& bytes) { writeAll(clientFd_, bytes); }
+  void startTls(Clock::time_point deadline);
+  void writeAll(Channel& channel, std::span<const char> data);
+  void sendToClient(const std::string& bytes) { writeAll(*client_, bytes); }
   // Sends an error of the proxy's own (observers are told by the caller: a query's errors arrive
   // with its QueryRecord, others through proxyError).
   void sendError(const ProxyError& error, bool withReadyForQuery);
@@ -96,6 +100,7 @@ class Session {
   const std::uint64_t id_;
   const int clientFd_;
   const std::string clientAddress_;
+  std::unique_ptr<Channel> client_;  // plaintext until a TLS handshake replaces it
 
   State state_ = State::kAwaitingStartup;
   std::string closeReason_ = "client disconnected";
@@ -104,6 +109,7 @@ class Session {
   std::string clientApplicationName_;
 
   std::unique_ptr<upstream::UpstreamConnection> upstream_;
+  std::unique_ptr<Channel> upstreamLink_;  // the relay's view of upstream_'s socket (TLS when libpq made it so)
   std::shared_ptr<QueryCanceller> canceller_;
   std::optional<CancelKey> cancelKey_;
   char transactionStatus_ = 'I';

@@ -144,6 +144,8 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
                  std::to_string(config.idleInTransactionTimeout.count()));
   }
   if (!options.empty()) set("options", options);
+  // The relay speaks plaintext or TLS on libpq's socket; GSSAPI encryption it cannot.
+  set("gssencmode", "disable");
   set("application_name", request.auditApplicationName);
 
   std::vector<const char*> keywords;
@@ -200,6 +202,10 @@ UpstreamConnection::~UpstreamConnection() {
 int UpstreamConnection::socket() const { return PQsocket(conn_); }
 
 int UpstreamConnection::backendPid() const { return PQbackendPID(conn_); }
+
+ssl_st* UpstreamConnection::sslObject() const {
+  return PQsslInUse(conn_) != 0 ? static_cast<ssl_st*>(PQsslStruct(conn_, "OpenSSL")) : nullptr;
+}
 
 Parameters UpstreamConnection::reportedParameters() const {
   Parameters result;

@@ -12,6 +12,7 @@
 
 struct pg_conn;
 struct pg_cancel;
+struct ssl_st;
 
 namespace pgwire_proxy::upstream {
 
@@ -42,6 +43,9 @@ class UpstreamConnection {
   // The socket the relay reads and writes (non-blocking: libpq leaves it so).
   [[nodiscard]] int socket() const;
   [[nodiscard]] int backendPid() const;
+  // libpq's OpenSSL object when the link is TLS (sslmode), else null; the relay reads and writes
+  // through it. Owned by libpq.
+  [[nodiscard]] ssl_st* sslObject() const;
   // The ParameterStatus values the upstream reported during startup, in a stable order.
   [[nodiscard]] Parameters reportedParameters() const;
 
