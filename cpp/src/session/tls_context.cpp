@@ -3,6 +3,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -70,6 +71,9 @@ TlsContext::TlsContext(const TlsSettings& settings) {
     fail("tls-cert: cannot load a certificate from \"" + settings.certFile + "\"");
   }
   if (SSL_CTX_use_PrivateKey_file(ctx_, settings.keyFile.c_str(), SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+      fail("tls-key: \"" + settings.keyFile + "\" does not match the certificate in \"" + settings.certFile + "\"");
+    }
     fail("tls-key: cannot load a private key from \"" + settings.keyFile + "\"");
   }
   if (SSL_CTX_check_private_key(ctx_) != 1) {
