@@ -38,15 +38,17 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       int signal = 0;
       if (sigwait(&handledSignals(), &signal) != 0) continue;
       if (signal != SIGHUP) {
-        pgwire_proxy::observability::logInfo(std::string("event=shutdown_requested signal=") + strsignal(signal));
+        pgwire_proxy::observability::logEvent(pgwire_proxy::observability::LogLevel::kInfo, "shutdown_requested",
+                                              {{"signal", strsignal(signal)}});
         return;
       }
       try {
         server.reloadTls();
-        pgwire_proxy::observability::logInfo("event=reloaded signal=SIGHUP");
+        pgwire_proxy::observability::logEvent(pgwire_proxy::observability::LogLevel::kInfo, "reloaded",
+                                              {{"signal", "SIGHUP"}});
       } catch (const std::exception& error) {
-        pgwire_proxy::observability::logError(std::string("event=reload_failed error=\"") + error.what() +
-                                              "\" note=\"the previous settings stay in force\"");
+        pgwire_proxy::observability::logEvent(pgwire_proxy::observability::LogLevel::kError, "reload_failed",
+                                              {{"error", error.what()}, {"note", "the previous settings stay in force"}});
       }
     }
   }

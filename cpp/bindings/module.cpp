@@ -20,6 +20,17 @@ double epochSeconds(std::chrono::system_clock::time_point t) {
   return std::chrono::duration<double>(t.time_since_epoch()).count();
 }
 
+// The Python API's vocabulary: ok, error, cancelled (user cancel or timeout), limit (rows or bytes), denied.
+std::string_view coarseOutcome(observability::QueryOutcome outcome) {
+  using observability::QueryOutcome;
+  switch (outcome) {
+    case QueryOutcome::kTimeout: return "cancelled";
+    case QueryOutcome::kLimitRows:
+    case QueryOutcome::kLimitBytes: return "limit";
+    default: return observability::outcomeName(outcome);
+  }
+}
+
 py::dict toDict(const observability::QueryRecord& r) {
   py::dict d;
   d["sql"] = r.sql;
@@ -30,7 +41,7 @@ py::dict toDict(const observability::QueryRecord& r) {
   d["bytes"] = r.bytes;
   d["command_tag"] = r.commandTag.empty() ? py::object(py::none()) : py::object(py::str(r.commandTag));
   d["sqlstate"] = r.sqlstate.empty() ? py::object(py::none()) : py::object(py::str(r.sqlstate));
-  d["outcome"] = std::string(observability::outcomeName(r.outcome));
+  d["outcome"] = std::string(coarseOutcome(r.outcome));
   return d;
 }
 
@@ -44,12 +55,8 @@ py::list toList(const std::vector<observability::QueryRecord>& records) {
 class Proxy {
  public:
   Proxy(const config::OptionValues& options, std::size_t captureSize)
-      : stats_(std::make_shared<observability::StatsCollector>(captureSize)) {
-    auto observers = std::make_shared<observability::ObserverList>();
-    observers->add(std::make_shared<observability::LoggingObserver>());
-    observers->add(stats_);
-    server_ = std::make_unique<server::Server>(config::configFromOptions(options), observers);
-  }
+      : stats_(std::make_shared<observability::StatsCollector>(captureSize)),
+        server_(std::make_unique<server::Server>(config::configFromOptions(options), stats_)) {}
 
   void start() {
     if (started_) throw std::runtime_error("the proxy was already started (a Proxy starts once; make a new one)");
@@ -67,21 +74,30 @@ class Proxy {
   [[nodiscard]] std::uint16_t port() const { return server_->port(); }
   [[nodiscard]] std::string host() const { return server_->host(); }
 
+  // The same counters the metrics endpoint serves, plus errors by full SQLSTATE and breaches by limit.
   py::dict stats() const {
-    const auto s = stats_->stats();
+    const auto c = server_->metrics().counts();
+    std::uint64_t cancelRequests = 0;
+    for (const auto& [result, n] : c.cancelsByResult) cancelRequests += n;
     py::dict d;
-    d["connections_total"] = s.connectionsTotal;
-    d["active_sessions"] = s.activeSessions;
-    d["queries_total"] = s.queriesTotal;
-    d["rows_total"] = s.rowsTotal;
-    d["bytes_total"] = s.bytesTotal;
-    d["cancel_requests"] = s.cancelRequests;
-    d["cancels_matched"] = s.cancelsMatched;
-    d["errors_by_sqlstate"] = s.errorsBySqlstate;
-    d["limit_breaches"] = s.guardrailsByLimit;
-    d["queries_by_outcome"] = s.queriesByOutcome;
+    d["connections_total"] = c.connectionsAccepted;
+    d["connections_rejected"] = c.connectionsRejected;
+    d["active_sessions"] = c.connectionsActive;
+    d["queries_total"] = c.queries;
+    d["rows_total"] = c.rows;
+    d["bytes_total"] = c.bytes;
+    d["cancel_requests"] = cancelRequests;
+    d["cancels_matched"] = c.cancelsByResult.at("matched");
+    d["cancels_by_result"] = c.cancelsByResult;
+    d["errors_by_sqlstate"] = stats_->errorsBySqlstate();
+    d["errors_by_class"] = c.errorsByClass;
+    d["limit_breaches"] = stats_->guardrailsByLimit();
+    d["queries_by_outcome"] = c.queriesByOutcome;
     return d;
   }
+
+  std::uint16_t metricsPort() const { return server_->metricsPort(); }
+  std::string metricsText() const { return server_->metrics().render(); }
 
   py::list sessions() const {
     py::list list;
@@ -137,6 +153,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("running", &Proxy::running)
       .def_property_readonly("port", &Proxy::port)
       .def_property_readonly("host", &Proxy::host)
+      .def_property_readonly("metrics_port", &Proxy::metricsPort)
+      .def("metrics_text", &Proxy::metricsText, "The Prometheus exposition the metrics endpoint serves.")
       .def("stats", &Proxy::stats)
       .def("sessions", &Proxy::sessions)
       .def("queries", &Proxy::queries)

@@ -189,7 +189,9 @@ def test_breaches_are_logged_with_session_limit_duration_and_excerpt(pgwire_prox
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute("select 'forbidden'")
     log = proxy.stderr_text()
-    breach = [line for line in log.splitlines() if "event=guardrail" in line and "max-rows" in line]
+    breach = [line for line in log.splitlines() if "event=query_failed" in line and "outcome=limit_rows" in line]
     assert breach, log
-    assert "session=" in breach[0] and "seconds=" in breach[0] and "logged_probe" in breach[0]
-    assert any("limit=deny" in line and "forbidden" in line for line in log.splitlines()), log
+    for field in ("session=", "sqlstate=54000", "max-rows", "query_seconds=", "logged_probe"):
+        assert field in breach[0], (field, breach[0])
+    denied = [line for line in log.splitlines() if "event=query_failed" in line and "outcome=denied" in line]
+    assert denied and "forbidden" in denied[0] and "sqlstate=42501" in denied[0], log

@@ -40,7 +40,12 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"tls-key", "path", "PEM private key of --tls-cert; must not be group or world readable."},
       {"tls-ca", "path", "PEM CA certificates; when given, clients must present a certificate signed by one."},
       {"tls-required", nullptr, "Refuse clients that do not use TLS (FATAL 28000). Default: off."},
+      {"metrics-address", "host:port",
+       "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one). Default: off."},
       {"log-level", "level", "debug, info, warning, error or off. Default: info."},
+      {"log-format", "format", "text (key=value) or json, one event per line. Default: text."},
+      {"log-file", "path", "Append logs to this file instead of stderr."},
+      {"log-queries", nullptr, "Log one line per query (text excerpt, outcome, rows, duration). Default: off."},
   };
   return specs;
 }
@@ -112,6 +117,16 @@ ServerConfig configFromOptions(const OptionValues& values) {
     }
     config.logLevel = *v;
   }
+  if (auto* v = value("log-format")) {
+    observability::LogFormat format{};
+    if (!observability::parseLogFormat(*v, format)) {
+      throw ConfigError("log-format: invalid value \"" + *v + "\" (text or json)");
+    }
+    config.logFormat = *v;
+  }
+  if (auto* v = value("log-file")) config.logFile = *v;
+  config.logQueries = flag("log-queries");
+  if (auto* v = value("metrics-address")) config.metricsAddress = *v;
   config.validate();
   // Patterns and TLS files are loaded here too, so a bad one fails before anything listens.
   const guardrails::QueryFilter check(config.denyPatterns, config.allowPatterns, config.patternsIgnoreCase);

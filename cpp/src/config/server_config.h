@@ -43,7 +43,13 @@ struct ServerConfig {
   std::string tlsKeyFile;
   std::string tlsCaFile;     // when set, clients must present a certificate signed by it
 
-  std::string logLevel = "info";  // debug, info, warning, error, off (the process-wide logger)
+  std::string metricsAddress;     // HOST:PORT for the Prometheus endpoint; empty = off
+
+  // Logging (process-wide: the last proxy started in a process decides).
+  std::string logLevel = "info";  // debug, info, warning, error, off
+  std::string logFormat = "text"; // text or json
+  std::string logFile;            // empty = stderr
+  bool logQueries = false;        // one line per query
 
   // Throws ConfigError naming the first invalid setting; checks the DSN with libpq's parser.
   void validate() const;

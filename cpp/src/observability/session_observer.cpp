@@ -12,53 +12,69 @@ std::string_view outcomeName(QueryOutcome outcome) noexcept {
     case QueryOutcome::kOk: return "ok";
     case QueryOutcome::kError: return "error";
     case QueryOutcome::kCancelled: return "cancelled";
-    case QueryOutcome::kLimit: return "limit";
+    case QueryOutcome::kTimeout: return "timeout";
+    case QueryOutcome::kLimitRows: return "limit_rows";
+    case QueryOutcome::kLimitBytes: return "limit_bytes";
     case QueryOutcome::kDenied: return "denied";
   }
   return "unknown";
 }
 
-std::string logQuote(std::string_view text, std::size_t maxLength) {
-  std::string out = "\"";
-  for (std::size_t i = 0; i < text.size() && i < maxLength; ++i) {
-    const char c = text[i];
-    if (c == '"' || c == '\\') out += '\\';
-    out += (c == '\n' || c == '\r' || c == '\t') ? ' ' : c;
+std::string_view cancelResultName(CancelResult result) noexcept {
+  switch (result) {
+    case CancelResult::kUnmatched: return "unmatched";
+    case CancelResult::kIdle: return "idle";
+    case CancelResult::kForwarded: return "matched";
   }
-  if (text.size() > maxLength) out += "...";
-  out += '"';
-  return out;
+  return "unknown";
+}
+
+std::string queryExcerpt(std::string_view sql, std::size_t maxLength) {
+  if (sql.size() <= maxLength) return std::string(sql);
+  // Do not cut a UTF-8 sequence in half.
+  std::size_t cut = maxLength;
+  while (cut > 0 && (static_cast<unsigned char>(sql[cut]) & 0xC0) == 0x80) --cut;
+  return std::string(sql.substr(0, cut)) + "...";
 }
 
 void LoggingObserver::sessionOpened(std::uint64_t sessionId, std::int32_t processId, std::string_view clientAddress,
                                     std::string_view applicationName) {
-  logInfo("event=session_opened session=" + std::to_string(sessionId) + " pid=" + std::to_string(processId) +
-          " client=" + std::string(clientAddress) +
-          " application_name=" + logQuote(applicationName));
+  logEvent(LogLevel::kInfo, "session_opened",
+           {{"session", sessionId}, {"pid", static_cast<std::int64_t>(processId)}, {"client", clientAddress},
+            {"application_name", applicationName}});
 }
 
-void LoggingObserver::sessionClosed(std::uint64_t sessionId, std::string_view reason) {
-  logInfo("event=session_closed session=" + std::to_string(sessionId) + " reason=" + logQuote(reason));
+void LoggingObserver::sessionClosed(const SessionSummary& s) {
+  logEvent(LogLevel::kInfo, "session_closed",
+           {{"session", s.sessionId}, {"client", s.clientAddress}, {"user", s.user}, {"database", s.database},
+            {"application_name", s.applicationName}, {"duration_seconds", s.seconds}, {"queries", s.queries},
+            {"rows", s.rows}, {"bytes", s.bytes}, {"reason", s.reason}});
+}
+
+void LoggingObserver::sessionRejected(std::uint64_t sessionId, std::string_view clientAddress,
+                                      std::string_view reason, const ProxyError& error) {
+  logEvent(LogLevel::kWarning, "session_rejected",
+           {{"session", sessionId}, {"client", clientAddress}, {"reason", reason}, {"sqlstate", error.sqlstate()},
+            {"message", error.message()}});
 }
 
 void LoggingObserver::proxyError(std::uint64_t sessionId, const ProxyError& error) {
-  logWarning("event=proxy_error session=" + std::to_string(sessionId) + " sqlstate=" + error.sqlstate() +
-             " message=" + logQuote(error.message()));
+  logEvent(LogLevel::kWarning, "proxy_error",
+           {{"session", sessionId}, {"sqlstate", error.sqlstate()}, {"message", error.message()}});
 }
 
-void LoggingObserver::guardrailTripped(std::uint64_t sessionId, std::string_view limit, std::string_view value,
-                                       double seconds, std::string_view queryExcerpt) {
-  logWarning("event=guardrail session=" + std::to_string(sessionId) + " limit=" + std::string(limit) + " value=" +
-             std::string(value) + " seconds=" + std::to_string(seconds) + " query=" + logQuote(queryExcerpt));
-}
-
-void LoggingObserver::queryFinished(const QueryRecord& record) {
-  if (!Logger::instance().enabled(LogLevel::kDebug)) return;
-  logDebug("event=query session=" + std::to_string(record.sessionId) + " outcome=" +
-           std::string(outcomeName(record.outcome)) + " sqlstate=" +
-           (record.sqlstate.empty() ? std::string("00000") : record.sqlstate) + " tag=" + logQuote(record.commandTag) +
-           " rows=" + std::to_string(record.rows) + " bytes=" + std::to_string(record.bytes) +
-           " seconds=" + std::to_string(record.seconds) + " query=" + logQuote(record.sql));
+void LoggingObserver::queryFinished(const QueryRecord& r) {
+  const bool failed = r.outcome != QueryOutcome::kOk;
+  if (!logQueries_ && !failed) return;
+  // Failed queries always get a line (the proxy's own refusals are warnings, upstream errors info).
+  const bool proxysOwn = r.outcome == QueryOutcome::kLimitRows || r.outcome == QueryOutcome::kLimitBytes ||
+                         r.outcome == QueryOutcome::kDenied || r.outcome == QueryOutcome::kTimeout;
+  const std::string excerpt = queryExcerpt(r.sql);
+  logEvent(proxysOwn ? LogLevel::kWarning : LogLevel::kInfo, failed ? "query_failed" : "query",
+           {{"session", r.sessionId}, {"outcome", outcomeName(r.outcome)},
+            {"sqlstate", r.sqlstate.empty() ? std::string_view("00000") : std::string_view(r.sqlstate)},
+            {"message", r.errorMessage}, {"tag", r.commandTag}, {"rows", r.rows}, {"bytes", r.bytes},
+            {"query_seconds", r.seconds}, {"query", excerpt}});
 }
 
 }  // namespace pgwire_proxy::observability

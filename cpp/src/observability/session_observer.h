@@ -13,7 +13,8 @@
 namespace pgwire_proxy::observability {
 
 // How a Query message ended.
-enum class QueryOutcome { kOk, kError, kCancelled, kLimit, kDenied };
+enum class QueryOutcome { kOk, kError, kCancelled, kTimeout, kLimitRows, kLimitBytes, kDenied };
+// "ok", "error", "cancelled", "timeout", "limit_rows", "limit_bytes", "denied".
 [[nodiscard]] std::string_view outcomeName(QueryOutcome outcome) noexcept;
 
 // One Query message, from the client's send to its ReadyForQuery.
@@ -26,8 +27,26 @@ struct QueryRecord {
   std::uint64_t bytes = 0;   // result bytes sent to the client
   std::string commandTag;    // the last CommandComplete tag ("SELECT 3", "INSERT 0 1")
   std::string sqlstate;      // the first error's SQLSTATE; empty when none
+  std::string errorMessage;  // and its primary message
   QueryOutcome outcome = QueryOutcome::kOk;
 };
+
+// A session at its end.
+struct SessionSummary {
+  std::uint64_t sessionId = 0;
+  std::string_view clientAddress;
+  std::string_view user;
+  std::string_view database;
+  std::string_view applicationName;
+  double seconds = 0;
+  std::uint64_t queries = 0;
+  std::uint64_t rows = 0;
+  std::uint64_t bytes = 0;
+  std::string_view reason;
+};
+
+enum class CancelResult { kUnmatched, kIdle, kForwarded };
+[[nodiscard]] std::string_view cancelResultName(CancelResult result) noexcept;
 
 // Every method has an empty default so an observer implements only what it needs. Called on session
 // threads (several at once): implementations are thread-safe and quick.
@@ -38,12 +57,18 @@ class SessionObserver {
   // `processId` is the BackendKeyData pid the client was given.
   virtual void sessionOpened(std::uint64_t /*sessionId*/, std::int32_t /*processId*/,
                              std::string_view /*clientAddress*/, std::string_view /*applicationName*/) {}
-  virtual void sessionClosed(std::uint64_t /*sessionId*/, std::string_view /*reason*/) {}
-  // A CancelRequest arrived; `matched` when its key named a live session.
-  virtual void cancelRequested(bool /*matched*/) {}
+  virtual void sessionClosed(const SessionSummary& /*summary*/) {}
+  // A client was turned away before its session opened; `reason` is a metric label
+  // (too_many_connections, tls_required, protocol_violation, unsupported, upstream_error, shutdown).
+  virtual void sessionRejected(std::uint64_t /*sessionId*/, std::string_view /*clientAddress*/,
+                               std::string_view /*reason*/, const ProxyError& /*error*/) {}
+  virtual void upstreamConnected(std::uint64_t /*sessionId*/, double /*seconds*/, bool /*ok*/) {}
+  virtual void tlsHandshake(std::uint64_t /*sessionId*/, bool /*ok*/) {}
+  virtual void cancelRequested(CancelResult /*result*/) {}
   virtual void queryStarted(std::uint64_t /*sessionId*/, std::string_view /*sql*/) {}
   virtual void queryFinished(const QueryRecord& /*record*/) {}
-  // The proxy answered a client with an error of its own (refusal, limit, protocol violation ...).
+  // The proxy answered an open session with an error of its own outside a query (extended protocol,
+  // protocol violation, shutdown, upstream lost ...); a query's errors come with its QueryRecord.
   virtual void proxyError(std::uint64_t /*sessionId*/, const ProxyError& /*error*/) {}
   // A guardrail ended or refused a query: `limit` names it (max-rows, max-bytes, query-timeout, deny,
   // allow), `value` is its configured value, `queryExcerpt` the start of the query text.
@@ -60,11 +85,21 @@ class ObserverList final : public SessionObserver {
   void sessionOpened(std::uint64_t id, std::int32_t pid, std::string_view address, std::string_view app) override {
     for (auto& o : observers_) o->sessionOpened(id, pid, address, app);
   }
-  void sessionClosed(std::uint64_t id, std::string_view reason) override {
-    for (auto& o : observers_) o->sessionClosed(id, reason);
+  void sessionClosed(const SessionSummary& summary) override {
+    for (auto& o : observers_) o->sessionClosed(summary);
   }
-  void cancelRequested(bool matched) override {
-    for (auto& o : observers_) o->cancelRequested(matched);
+  void sessionRejected(std::uint64_t id, std::string_view address, std::string_view reason,
+                       const ProxyError& error) override {
+    for (auto& o : observers_) o->sessionRejected(id, address, reason, error);
+  }
+  void upstreamConnected(std::uint64_t id, double seconds, bool ok) override {
+    for (auto& o : observers_) o->upstreamConnected(id, seconds, ok);
+  }
+  void tlsHandshake(std::uint64_t id, bool ok) override {
+    for (auto& o : observers_) o->tlsHandshake(id, ok);
+  }
+  void cancelRequested(CancelResult result) override {
+    for (auto& o : observers_) o->cancelRequested(result);
   }
   void queryStarted(std::uint64_t id, std::string_view sql) override {
     for (auto& o : observers_) o->queryStarted(id, sql);
@@ -84,19 +119,26 @@ class ObserverList final : public SessionObserver {
   std::vector<std::shared_ptr<SessionObserver>> observers_;
 };
 
-// Logs each event as one line (sessions at info, errors and guardrails at warning, queries at debug).
+// Logs events through the Logger: connections at info; every failed query (with its outcome, SQLSTATE,
+// message, duration and an excerpt) at warning when the proxy failed it (limits, timeouts, denials)
+// and at info for upstream errors; every query at info when `logQueries`.
 class LoggingObserver final : public SessionObserver {
  public:
+  explicit LoggingObserver(bool logQueries = false) : logQueries_(logQueries) {}
+
   void sessionOpened(std::uint64_t sessionId, std::int32_t processId, std::string_view clientAddress,
                      std::string_view applicationName) override;
-  void sessionClosed(std::uint64_t sessionId, std::string_view reason) override;
+  void sessionClosed(const SessionSummary& summary) override;
+  void sessionRejected(std::uint64_t sessionId, std::string_view clientAddress, std::string_view reason,
+                       const ProxyError& error) override;
   void proxyError(std::uint64_t sessionId, const ProxyError& error) override;
-  void guardrailTripped(std::uint64_t sessionId, std::string_view limit, std::string_view value, double seconds,
-                        std::string_view queryExcerpt) override;
   void queryFinished(const QueryRecord& record) override;
+
+ private:
+  const bool logQueries_;
 };
 
-// Quotes a value for a key="value" log field: backslash-escapes quotes, flattens line breaks.
-[[nodiscard]] std::string logQuote(std::string_view text, std::size_t maxLength = 200);
+// The start of a query text for logs (at most `maxLength` bytes, "..." when cut).
+[[nodiscard]] std::string queryExcerpt(std::string_view sql, std::size_t maxLength = 200);
 
 }  // namespace pgwire_proxy::observability

@@ -1,12 +1,13 @@
-// Counters, live sessions and a bounded query capture, collected from session events.
+// For the Python API: live sessions, a bounded query capture, errors by SQLSTATE, guardrails by limit.
 #include "observability/stats.h"
+
+#include <algorithm>
 
 namespace pgwire_proxy::observability {
 
 void StatsCollector::sessionOpened(std::uint64_t sessionId, std::int32_t processId, std::string_view clientAddress,
                                    std::string_view applicationName) {
   std::lock_guard lock(mutex_);
-  ++stats_.connectionsTotal;
   SessionSnapshot& session = sessions_[sessionId];
   session.id = sessionId;
   session.processId = processId;
@@ -16,15 +17,14 @@ void StatsCollector::sessionOpened(std::uint64_t sessionId, std::int32_t process
   session.connectedAt = std::chrono::system_clock::now();
 }
 
-void StatsCollector::sessionClosed(std::uint64_t sessionId, std::string_view /*reason*/) {
+void StatsCollector::sessionClosed(const SessionSummary& summary) {
   std::lock_guard lock(mutex_);
-  sessions_.erase(sessionId);
+  sessions_.erase(summary.sessionId);
 }
 
-void StatsCollector::cancelRequested(bool matched) {
+void StatsCollector::sessionRejected(std::uint64_t, std::string_view, std::string_view, const ProxyError& error) {
   std::lock_guard lock(mutex_);
-  ++stats_.cancelRequests;
-  if (matched) ++stats_.cancelsMatched;
+  ++errorsBySqlstate_[error.sqlstate()];
 }
 
 void StatsCollector::queryStarted(std::uint64_t sessionId, std::string_view /*sql*/) {
@@ -34,11 +34,7 @@ void StatsCollector::queryStarted(std::uint64_t sessionId, std::string_view /*sq
 
 void StatsCollector::queryFinished(const QueryRecord& record) {
   std::lock_guard lock(mutex_);
-  ++stats_.queriesTotal;
-  stats_.rowsTotal += record.rows;
-  stats_.bytesTotal += record.bytes;
-  ++stats_.queriesByOutcome[std::string(outcomeName(record.outcome))];
-  if (!record.sqlstate.empty()) ++stats_.errorsBySqlstate[record.sqlstate];
+  if (!record.sqlstate.empty()) ++errorsBySqlstate_[record.sqlstate];
   if (const auto it = sessions_.find(record.sessionId); it != sessions_.end()) {
     it->second.state = "idle";
     ++it->second.queries;
@@ -51,20 +47,23 @@ void StatsCollector::queryFinished(const QueryRecord& record) {
 
 void StatsCollector::proxyError(std::uint64_t /*sessionId*/, const ProxyError& error) {
   std::lock_guard lock(mutex_);
-  ++stats_.errorsBySqlstate[error.sqlstate()];
+  ++errorsBySqlstate_[error.sqlstate()];
 }
 
 void StatsCollector::guardrailTripped(std::uint64_t /*sessionId*/, std::string_view limit, std::string_view /*value*/,
                                       double /*seconds*/, std::string_view /*queryExcerpt*/) {
   std::lock_guard lock(mutex_);
-  ++stats_.guardrailsByLimit[std::string(limit)];
+  ++guardrailsByLimit_[std::string(limit)];
 }
 
-StatsSnapshot StatsCollector::stats() const {
+std::map<std::string, std::uint64_t> StatsCollector::errorsBySqlstate() const {
   std::lock_guard lock(mutex_);
-  StatsSnapshot snapshot = stats_;
-  snapshot.activeSessions = sessions_.size();
-  return snapshot;
+  return errorsBySqlstate_;
+}
+
+std::map<std::string, std::uint64_t> StatsCollector::guardrailsByLimit() const {
+  std::lock_guard lock(mutex_);
+  return guardrailsByLimit_;
 }
 
 std::vector<SessionSnapshot> StatsCollector::sessions() const {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <regex>
 #include <chrono>
 #include <cstring>
 #include <system_error>
@@ -71,11 +72,32 @@ config::ServerConfig validated(config::ServerConfig config) {
   return config;
 }
 
+std::shared_ptr<observability::ObserverList> observers(const config::ServerConfig& config,
+                                                       std::shared_ptr<observability::Metrics> metrics,
+                                                       std::shared_ptr<observability::SessionObserver> extra) {
+  auto list = std::make_shared<observability::ObserverList>();
+  list->add(std::make_shared<observability::LoggingObserver>(config.logQueries));
+  list->add(std::move(metrics));
+  if (extra) list->add(std::move(extra));
+  return list;
+}
+
+// The DSN for logs: a password (keyword or URI form) never appears.
+std::string maskedDsn(const std::string& dsn) {
+  static const std::regex keyword(R"((password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+))", std::regex::icase);
+  static const std::regex uri(R"(^(postgres(?:ql)?://[^:/@]*:)[^@]*@)", std::regex::icase);
+  static const std::regex query(R"(([?&]password=)[^&]*)", std::regex::icase);
+  std::string masked = std::regex_replace(dsn, keyword, "$1********");
+  masked = std::regex_replace(masked, uri, "$1********@");
+  return std::regex_replace(masked, query, "$1********");
+}
+
 }  // namespace
 
-Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> observer)
+Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra)
     : config_(validated(std::move(config))),
-      observer_(observer ? std::move(observer) : std::make_shared<observability::LoggingObserver>()),
+      metrics_(std::make_shared<observability::Metrics>()),
+      observer_(observers(config_, metrics_, std::move(extra))),
       registry_(config_.maxConnections),
       filter_(config_.denyPatterns, config_.allowPatterns, config_.patternsIgnoreCase),
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
@@ -88,7 +110,7 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
 
 Server::~Server() {
   stop();
-  ::close(wakeFd_);
+  if (wakeFd_ >= 0) ::close(wakeFd_);
 }
 
 void Server::start() {
@@ -102,8 +124,17 @@ void Server::start() {
                              error.displayText());
   }
   port_ = socket.address().port();
+  auto& logger = observability::Logger::instance();
   observability::LogLevel level{};
-  if (observability::parseLogLevel(config_.logLevel, level)) observability::Logger::instance().setLevel(level);
+  if (observability::parseLogLevel(config_.logLevel, level)) logger.setLevel(level);
+  observability::LogFormat format{};
+  if (observability::parseLogFormat(config_.logFormat, format)) logger.setFormat(format);
+  if (!config_.logFile.empty()) logger.setFile(config_.logFile);
+  if (!config_.metricsAddress.empty()) {
+    metricsEndpoint_ = std::make_unique<MetricsEndpoint>(config_.metricsAddress, [metrics = metrics_] {
+      return metrics->render();
+    });
+  }
 
   const int threads = config_.maxConnections + kSpareThreads;
   threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", 2, threads, 60);
@@ -116,8 +147,12 @@ void Server::start() {
   tcpServer_ = std::make_unique<Poco::Net::TCPServer>(new SessionConnectionFactory(*this), *threadPool_, socket,
                                                       params);
   tcpServer_->start();
-  observability::logInfo("event=listening address=" + config_.listenAddress + ":" + std::to_string(port_) +
-                         " max_connections=" + std::to_string(config_.maxConnections));
+  const std::string upstream = maskedDsn(config_.upstreamDsn);
+  observability::logEvent(observability::LogLevel::kInfo, "listening",
+                          {{"address", config_.listenAddress}, {"port", static_cast<std::int64_t>(port_)},
+                           {"upstream", upstream}, {"max_connections", config_.maxConnections},
+                           {"tls", config_.tlsEnabled},
+                           {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
 }
 
 bool Server::stopped() const {
@@ -143,13 +178,18 @@ void Server::stop(std::chrono::milliseconds grace) {
   lock.unlock();
   tcpServer_.reset();
   threadPool_->joinAll();
-  observability::logInfo("event=stopped");
+  threadPool_.reset();  // its idle threads end too: a stopped server holds no threads or descriptors
+  metricsEndpoint_.reset();
+  ::close(wakeFd_);
+  wakeFd_ = -1;
+  observability::logEvent(observability::LogLevel::kInfo, "stopped");
 }
 
 void Server::reloadTls() {
   if (!tls_) return;
   tls_->reload();
-  observability::logInfo("event=tls_reloaded cert=" + config_.tlsCertFile + " key=" + config_.tlsKeyFile);
+  observability::logEvent(observability::LogLevel::kInfo, "tls_reloaded",
+                          {{"cert", config_.tlsCertFile}, {"key", config_.tlsKeyFile}});
 }
 
 void Server::connectionStarted(int fd) {

@@ -12,7 +12,9 @@
 
 #include "config/server_config.h"
 #include "guardrails/query_filter.h"
+#include "observability/metrics.h"
 #include "observability/session_observer.h"
+#include "server/metrics_endpoint.h"
 #include "session/registry.h"
 #include "session/session.h"
 
@@ -27,9 +29,9 @@ namespace pgwire_proxy::server {
 
 class Server {
  public:
-  // `config` is validated here (ConfigError); `observer` defaults to logging.
-  explicit Server(config::ServerConfig config,
-                  std::shared_ptr<observability::SessionObserver> observer = nullptr);
+  // `config` is validated here (ConfigError). Logs and metrics observe every session; `extra` (the
+  // Python module's stats and capture) too when given.
+  explicit Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra = nullptr);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -48,6 +50,9 @@ class Server {
   [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
   [[nodiscard]] const std::string& host() const noexcept { return config_.listenAddress; }
   [[nodiscard]] int activeSessions() const noexcept { return registry_.activeSessions(); }
+  [[nodiscard]] const observability::Metrics& metrics() const noexcept { return *metrics_; }
+  // The metrics endpoint's port once started (0 when --metrics-address is off).
+  [[nodiscard]] std::uint16_t metricsPort() const noexcept { return metricsEndpoint_ ? metricsEndpoint_->port() : 0; }
 
   // Used by the connection objects: tracks live connections so stop() can wait for them.
   void connectionStarted(int fd);
@@ -57,7 +62,8 @@ class Server {
 
  private:
   const config::ServerConfig config_;
-  std::shared_ptr<observability::SessionObserver> observer_;
+  std::shared_ptr<observability::Metrics> metrics_;
+  std::shared_ptr<observability::ObserverList> observer_;
   session::SessionRegistry registry_;
   guardrails::QueryFilter filter_;
   std::unique_ptr<session::TlsContextHolder> tls_;
@@ -71,6 +77,7 @@ class Server {
   std::set<int> connections_;
   bool stopped_ = false;
 
+  std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
   std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
   std::unique_ptr<Poco::Net::TCPServer> tcpServer_;
 };

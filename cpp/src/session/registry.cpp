@@ -54,20 +54,21 @@ void SessionRegistry::remove(std::int32_t processId) {
   entries_.erase(processId);
 }
 
-bool SessionRegistry::cancel(CancelKey key) {
+observability::CancelResult SessionRegistry::cancel(CancelKey key) {
+  using observability::CancelResult;
   std::shared_ptr<CancelTarget> target;
   {
     std::lock_guard lock(mutex_);
     const auto it = entries_.find(key.processId);
-    if (it == entries_.end()) return false;
+    if (it == entries_.end()) return CancelResult::kUnmatched;
     // XOR then compare once: no early exit that would time how many bits matched.
     const volatile std::uint32_t difference =
         static_cast<std::uint32_t>(it->second.secretKey) ^ static_cast<std::uint32_t>(key.secretKey);
-    if (difference != 0) return false;
+    if (difference != 0) return CancelResult::kUnmatched;
     target = it->second.target;
   }
-  target->cancelRunningQuery();  // outside the lock: it waits on the upstream server
-  return true;
+  // Outside the lock: it waits on the upstream server.
+  return target->cancelRunningQuery() ? CancelResult::kForwarded : CancelResult::kIdle;
 }
 
 }  // namespace pgwire_proxy::session

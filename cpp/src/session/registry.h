@@ -7,14 +7,17 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "observability/session_observer.h"
+
 namespace pgwire_proxy::session {
 
 // What a CancelRequest reaches: the session's running query, if any.
 class CancelTarget {
  public:
   virtual ~CancelTarget() = default;
-  // Called on the cancelling connection's thread; must not touch the session's sockets.
-  virtual void cancelRunningQuery() = 0;
+  // Called on the cancelling connection's thread; must not touch the session's sockets. Returns
+  // whether a query was running (and was asked to stop).
+  virtual bool cancelRunningQuery() = 0;
 };
 
 struct CancelKey {
@@ -36,8 +39,8 @@ class SessionRegistry {
   [[nodiscard]] CancelKey add(std::shared_ptr<CancelTarget> target);
   void remove(std::int32_t processId);
   // Matches the key (the secret in constant time); on a match asks the session to cancel.
-  // Returns whether a session matched. Unknown keys are ignored, as PostgreSQL does.
-  bool cancel(CancelKey key);
+  // Unknown keys are ignored, as PostgreSQL does.
+  observability::CancelResult cancel(CancelKey key);
 
  private:
   struct Entry {

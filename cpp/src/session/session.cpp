@@ -75,16 +75,17 @@ class Session::QueryCanceller final : public CancelTarget {
   QueryCanceller(upstream::UpstreamConnection& upstream, std::uint64_t sessionId)
       : upstream_(&upstream), sessionId_(sessionId) {}
 
-  void cancelRunningQuery() override {
+  bool cancelRunningQuery() override {
     std::lock_guard lock(mutex_);
-    if (upstream_ == nullptr || !inQuery_) return;  // idle: nothing to cancel, as in PostgreSQL
+    if (upstream_ == nullptr || !inQuery_) return false;  // idle: nothing to cancel, as in PostgreSQL
     std::string error;
     if (upstream_->cancel(error)) {
-      observability::logInfo("event=cancel_forwarded session=" + std::to_string(sessionId_));
+      observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded", {{"session", sessionId_}});
     } else {
-      observability::logWarning("event=cancel_failed session=" + std::to_string(sessionId_) + " error=\"" + error +
-                                "\"");
+      observability::logEvent(observability::LogLevel::kWarning, "cancel_failed",
+                              {{"session", sessionId_}, {"error", error}});
     }
+    return true;
   }
 
   void setInQuery(bool inQuery) {
@@ -117,30 +118,33 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
 Session::~Session() = default;
 
 void Session::run() noexcept {
-  bool opened = false;
+  const auto started = Clock::now();
   try {
     setNonBlocking(clientFd_);
     if (negotiate()) {
       startSession();
-      opened = true;
-      context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
       relay();
     }
   } catch (const SessionEnded& ended) {
     closeReason_ = ended.reason;
   } catch (const ProxyError& error) {
     closeReason_ = error.what();
-    context_.observer.proxyError(id_, error);
+    if (opened_) {
+      context_.observer.proxyError(id_, error);
+    } else {
+      context_.observer.sessionRejected(id_, clientAddress_, rejectReason(error), error);
+    }
     sendErrorBestEffort(error);
   } catch (const IoError& error) {
     closeReason_ = std::string("client connection failed: ") + error.what();
   } catch (const std::exception& error) {
     closeReason_ = std::string("internal error: ") + error.what();
-    observability::logError("event=session_failed session=" + std::to_string(id_) + " error=\"" + error.what() + "\"");
+    observability::logEvent(observability::LogLevel::kError, "session_failed",
+                            {{"session", id_}, {"error", error.what()}});
     sendErrorBestEffort(ProxyError(Severity::kFatal, sqlstate::kInternalError, "internal error in pgwire-proxy"));
   } catch (...) {
     closeReason_ = "internal error";
-    observability::logError("event=session_failed session=" + std::to_string(id_) + " error=unknown");
+    observability::logEvent(observability::LogLevel::kError, "session_failed", {{"session", id_}, {"error", "unknown"}});
   }
 
   // A client gone mid-query must not leave its query running upstream.
@@ -149,7 +153,25 @@ void Session::run() noexcept {
   if (canceller_) canceller_->detach();  // waits for a cancel in flight
   upstream_.reset();                     // Terminate, then close
   if (admitted_) context_.registry.release();
-  if (opened) context_.observer.sessionClosed(id_, closeReason_);
+  if (opened_) {
+    const std::chrono::duration<double> lifetime = Clock::now() - started;
+    const std::string* user = startup_.parameter("user");
+    const std::string* database = startup_.parameter("database");
+    context_.observer.sessionClosed({id_, clientAddress_, user != nullptr ? *user : std::string_view(),
+                                     database != nullptr ? *database : std::string_view(), clientApplicationName_,
+                                     lifetime.count(), totals_.queries, totals_.rows, totals_.bytes, closeReason_});
+  }
+}
+
+std::string_view Session::rejectReason(const ProxyError& error) const {
+  if (connectingUpstream_) return "upstream_error";
+  const auto& code = error.sqlstate();
+  if (code == sqlstate::kTooManyConnections) return "too_many_connections";
+  if (code == sqlstate::kInvalidAuthorization && context_.config.tlsRequired) return "tls_required";
+  if (code == sqlstate::kProtocolViolation) return "protocol_violation";
+  if (code == sqlstate::kFeatureNotSupported) return "unsupported";
+  if (code == sqlstate::kAdminShutdown) return "shutdown";
+  return "other";
 }
 
 // ---- startup ---------------------------------------------------------------------------------
@@ -182,8 +204,7 @@ bool Session::negotiate() {
         continue;
       case protocol::StartupKind::kCancelRequest:
         closeReason_ = "cancel request";
-        context_.observer.cancelRequested(
-            context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
+        context_.observer.cancelRequested(context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
         return false;
       case protocol::StartupKind::kStartup:
         if (context_.config.tlsRequired && !client_->encrypted()) {
@@ -200,15 +221,24 @@ bool Session::negotiate() {
 void Session::startTls(Clock::time_point deadline) {
   auto tls = std::make_unique<TlsChannel>(context_.tls->current()->newConnection(), clientFd_, true);
   SSL_set_fd(tls->ssl(), clientFd_);
-  while (!tls->acceptStep()) {
-    Wait wait{clientFd_, tls->readEvents(), 0};
-    bool woken = false;
-    if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
-      throw SessionEnded{"timeout expired during the TLS handshake"};
+  try {
+    while (!tls->acceptStep()) {
+      Wait wait{clientFd_, tls->readEvents(), 0};
+      bool woken = false;
+      if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
+        throw IoError("timeout expired during the TLS handshake");
+      }
+      if (woken) throw SessionEnded{"server stopping"};
     }
-    if (woken) throw SessionEnded{"server stopping"};
+  } catch (const IoError& error) {
+    context_.observer.tlsHandshake(id_, false);
+    observability::logEvent(observability::LogLevel::kInfo, "tls_failed",
+                            {{"session", id_}, {"client", clientAddress_}, {"error", error.what()}});
+    throw SessionEnded{error.what()};
   }
-  observability::logDebug("event=tls_established session=" + std::to_string(id_) + " " + tls->description());
+  context_.observer.tlsHandshake(id_, true);
+  observability::logEvent(observability::LogLevel::kDebug, "tls_established",
+                          {{"session", id_}, {"protocol", tls->description()}});
   client_ = std::move(tls);
 }
 
@@ -248,8 +278,17 @@ void Session::startSession() {
   admitted_ = true;
 
   request.auditApplicationName = upstream::auditApplicationName(clientApplicationName_, clientAddress_);
-  request.deadline = Clock::now() + context_.config.connectTimeout;
-  upstream_ = std::make_unique<upstream::UpstreamConnection>(context_.config, request);
+  const auto connectStart = Clock::now();
+  request.deadline = connectStart + context_.config.connectTimeout;
+  connectingUpstream_ = true;
+  try {
+    upstream_ = std::make_unique<upstream::UpstreamConnection>(context_.config, request);
+  } catch (const ProxyError&) {
+    context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart).count(), false);
+    throw;
+  }
+  connectingUpstream_ = false;
+  context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart).count(), true);
   if (ssl_st* ssl = upstream_->sslObject()) {
     upstreamLink_ = std::make_unique<TlsChannel>(ssl, upstream_->socket(), false);
   } else {
@@ -265,6 +304,9 @@ void Session::startSession() {
   }
   protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
   protocol::writeReadyForQuery(writer, transactionStatus_);
+  // Observers know the session before the client can use it.
+  opened_ = true;
+  context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
   sendToClient(out);
   state_ = State::kReady;
 }
@@ -393,7 +435,9 @@ void Session::startQuery(const protocol::Frame& frame) {
     const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
                            "The proxy's --deny/--allow patterns decide which queries may run.");
     record_.sqlstate = error.sqlstate();
+    record_.errorMessage = error.message();
     record_.outcome = observability::QueryOutcome::kDenied;
+    ++totals_.queries;
     context_.observer.queryFinished(record_);  // recorded before the client can see the outcome
     sendError(error, true);
     return;
@@ -420,6 +464,9 @@ void Session::finishQuery() {
   state_ = State::kReady;
   const std::chrono::duration<double> elapsed = Clock::now() - queryStart_;
   record_.seconds = elapsed.count();
+  ++totals_.queries;
+  totals_.rows += record_.rows;
+  totals_.bytes += record_.bytes;
   context_.observer.queryFinished(record_);
 }
 
@@ -490,7 +537,8 @@ void Session::admitDataRow(const protocol::FrameHeader& header, ForwardRange& ra
     reportGuardrail(breach->limitName(), breach->kind == guardrails::Breach::Kind::kRows
                                              ? std::to_string(breach->limit)
                                              : guardrails::formatBytes(breach->limit));
-    record_.outcome = observability::QueryOutcome::kLimit;
+    record_.outcome = breach->kind == guardrails::Breach::Kind::kRows ? observability::QueryOutcome::kLimitRows
+                                                                       : observability::QueryOutcome::kLimitBytes;
     beginDraining(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach->message(),
                              "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
                                  " rows and cancelled the statement.",
@@ -554,8 +602,14 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
       if (pendingError_) return false;  // consequences of the proxy's own action (cancel, CopyFail)
       if (record_.sqlstate.empty()) {
         record_.sqlstate = fields.get('C');
-        record_.outcome = record_.sqlstate == sqlstate::kQueryCanceled ? observability::QueryOutcome::kCancelled
-                                                                       : observability::QueryOutcome::kError;
+        record_.errorMessage = fields.get('M');
+        record_.outcome = observability::QueryOutcome::kError;
+        if (record_.sqlstate == sqlstate::kQueryCanceled) {
+          // The server's statement_timeout and a user's cancel share 57014; the message tells them apart.
+          record_.outcome = record_.errorMessage.find("statement timeout") != std::string::npos
+                                ? observability::QueryOutcome::kTimeout
+                                : observability::QueryOutcome::kCancelled;
+        }
       }
       return true;
     }
@@ -603,7 +657,10 @@ void Session::flush(ForwardRange& range) {
 }
 
 void Session::beginDraining(ProxyError error, bool cancel) {
-  if (record_.sqlstate.empty()) record_.sqlstate = error.sqlstate();
+  if (record_.sqlstate.empty()) {
+    record_.sqlstate = error.sqlstate();
+    record_.errorMessage = error.message();
+  }
   if (record_.outcome == observability::QueryOutcome::kOk) record_.outcome = observability::QueryOutcome::kError;
   pendingError_ = std::move(error);
   if (cancel && !upstreamCancelled_) cancelUpstream();
@@ -623,7 +680,7 @@ void Session::onQueryDeadline() {
     const bool wasDraining = pendingError_.has_value();
     upstreamCancelled_ = false;  // a cancel sent earlier evidently did not stop it; send another
     if (!wasDraining) {
-      record_.outcome = observability::QueryOutcome::kCancelled;
+      record_.outcome = observability::QueryOutcome::kTimeout;
       beginDraining(ProxyError(Severity::kError, sqlstate::kQueryCanceled,
                                "canceling statement due to the proxy's query timeout of " +
                                    config::formatDuration(context_.config.queryTimeout),
@@ -646,12 +703,12 @@ void Session::cancelUpstream() noexcept {
   upstreamCancelled_ = true;
   std::string error;
   if (!upstream_->cancel(error)) {
-    observability::logWarning("event=cancel_failed session=" + std::to_string(id_) + " error=\"" + error + "\"");
+    observability::logEvent(observability::LogLevel::kWarning, "cancel_failed", {{"session", id_}, {"error", error}});
   }
 }
 
 void Session::upstreamLost(const std::string& why) {
-  observability::logWarning("event=upstream_lost session=" + std::to_string(id_) + " reason=\"" + why + "\"");
+  observability::logEvent(observability::LogLevel::kWarning, "upstream_lost", {{"session", id_}, {"reason", why}});
   upstream_->abandon();
   upstreamCancelled_ = true;  // nothing left to cancel
   state_ = State::kClosing;

@@ -87,6 +87,8 @@ class Session {
 
   [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
   void startTls(Clock::time_point deadline);
+  // The metric label for a client turned away before its session opened.
+  [[nodiscard]] std::string_view rejectReason(const ProxyError& error) const;
   void writeAll(Channel& channel, std::span<const char> data);
   void sendToClient(const std::string& bytes) { writeAll(*client_, bytes); }
   // Sends an error of the proxy's own (observers are told by the caller: a query's errors arrive
@@ -105,6 +107,7 @@ class Session {
   State state_ = State::kAwaitingStartup;
   std::string closeReason_ = "client disconnected";
   bool admitted_ = false;
+  bool opened_ = false;  // observers were told sessionOpened
   protocol::StartupPacket startup_;
   std::string clientApplicationName_;
 
@@ -114,6 +117,12 @@ class Session {
   std::optional<CancelKey> cancelKey_;
   char transactionStatus_ = 'I';
   bool upstreamSentFatal_ = false;
+  bool connectingUpstream_ = false;
+  struct {
+    std::uint64_t queries = 0;
+    std::uint64_t rows = 0;
+    std::uint64_t bytes = 0;
+  } totals_;
 
   ByteBuffer clientIn_;
   ByteBuffer upstreamIn_;
