@@ -5,7 +5,10 @@
 #include <Poco/Util/ServerApplication.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <ctime>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -33,6 +36,26 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
 
   // SIGHUP reloads what can change at runtime; SIGINT, SIGTERM or SIGQUIT end the wait. (Poco's
   // waitForTerminationRequest() knows no SIGHUP.) The signals are blocked in every thread, see main().
+  // Graceful shutdown: running queries get `timeout` to finish; a second SIGINT/SIGTERM/SIGQUIT makes
+  // it immediate.
+  static void drain(pgwire_proxy::server::Server& server, std::chrono::milliseconds timeout) {
+    using Clock = std::chrono::steady_clock;
+    server.beginShutdown();
+    const auto deadline = Clock::now() + timeout;
+    bool forced = false;
+    while (!forced && Clock::now() < deadline && !server.waitForConnections(std::chrono::milliseconds(50))) {
+      const timespec poll{0, 0};
+      const int signal = sigtimedwait(&handledSignals(), nullptr, &poll);
+      if (signal > 0 && signal != SIGHUP) {
+        pgwire_proxy::observability::logEvent(pgwire_proxy::observability::LogLevel::kWarning, "shutdown_immediate",
+                                              {{"signal", strsignal(signal)}});
+        forced = true;
+      }
+    }
+    server.stop(forced ? std::chrono::milliseconds(0) : std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                             std::max(Clock::duration::zero(), deadline - Clock::now())));
+  }
+
   static void waitForSignals(pgwire_proxy::server::Server& server) {
     for (;;) {
       int signal = 0;
@@ -98,7 +121,7 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       server.start();
       std::cout << "listening on " << server.host() << ":" << server.port() << std::endl;
       waitForSignals(server);
-      server.stop();
+      drain(server, server.config().shutdownTimeout);
     } catch (const ConfigError& error) {
       std::cerr << "pgwire-proxy: invalid configuration: " << error.what() << "\n";
       return EXIT_CONFIG;

@@ -25,6 +25,9 @@ const std::vector<OptionSpec>& optionSpecs() {
        "Upstream idle_in_transaction_session_timeout (0 = off). Default: 0."},
       {"startup-timeout", "duration", "Time a client has for SSL negotiation and its startup packet. Default: 10s."},
       {"connect-timeout", "duration", "Time allowed to connect and authenticate upstream. Default: 10s."},
+      {"shutdown-timeout", "duration",
+       "On SIGTERM/SIGINT, how long running queries may finish before they are cancelled (a second signal "
+       "cuts it short). Default: 30s."},
       {"max-message-size", "size", "Largest client message (a Query) accepted (kB, MB). Default: 16MB."},
       {"max-rows", "n",
        "Most rows per statement sent to a client; past it the statement is cancelled with 54000 (0 = off). "
@@ -82,6 +85,7 @@ ServerConfig configFromOptions(const OptionValues& values) {
   }
   if (auto* v = value("startup-timeout")) config.startupTimeout = parseDuration(*v, "startup-timeout");
   if (auto* v = value("connect-timeout")) config.connectTimeout = parseDuration(*v, "connect-timeout");
+  if (auto* v = value("shutdown-timeout")) config.shutdownTimeout = parseDuration(*v, "shutdown-timeout");
   if (auto* v = value("max-message-size")) {
     const auto size = parseSize(*v, "max-message-size");
     if (size > 1024ULL * 1024 * 1024) throw ConfigError("max-message-size: must be at most 1GB");

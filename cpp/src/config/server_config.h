@@ -27,6 +27,7 @@ struct ServerConfig {
   Milliseconds idleInTransactionTimeout{0};  // upstream idle_in_transaction_session_timeout; 0 = off
   Milliseconds startupTimeout{10'000};  // SSL negotiation + startup packet
   Milliseconds connectTimeout{10'000};  // upstream connection and authentication
+  Milliseconds shutdownTimeout{30'000}; // how long running queries may finish after SIGTERM
   std::uint32_t maxMessageSize = 16U * 1024 * 1024;  // largest client message (a Query) accepted
 
   // Guardrails (0 turns a limit off).

@@ -28,6 +28,8 @@ namespace {
 // Threads beyond --max-connections: a client past the limit still gets its 53300, and a
 // CancelRequest is never queued behind busy sessions.
 constexpr int kSpareThreads = 16;
+// After forceShutdown, how long sessions get to cancel and say goodbye before their sockets are cut.
+constexpr auto kForceGrace = std::chrono::seconds(3);
 
 class SessionConnection final : public Poco::Net::TCPServerConnection {
  public:
@@ -104,13 +106,15 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, filter_, tls_.get(), wakeFd_} {
-  if (wakeFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+      forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+      context_{config_, registry_, *observer_, filter_, tls_.get(), wakeFd_, forceFd_} {
+  if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
 Server::~Server() {
   stop();
   if (wakeFd_ >= 0) ::close(wakeFd_);
+  if (forceFd_ >= 0) ::close(forceFd_);
 }
 
 void Server::start() {
@@ -160,28 +164,57 @@ bool Server::stopped() const {
   return stopped_;
 }
 
+void Server::beginShutdown() {
+  std::unique_ptr<Poco::Net::TCPServer> server;
+  {
+    std::lock_guard lock(mutex_);
+    if (shutdownBegun_ || !tcpServer_) return;
+    shutdownBegun_ = true;
+    server = std::move(tcpServer_);
+  }
+  // Destroying the TCPServer closes the listening socket: new connections are refused at once.
+  // Running connections keep their pool threads (Poco's dispatcher is reference-counted).
+  server.reset();
+  const std::uint64_t one = 1;
+  (void)::write(wakeFd_, &one, sizeof one);  // every session's wait returns
+  observability::logEvent(observability::LogLevel::kInfo, "shutdown_begun",
+                          {{"sessions", static_cast<std::int64_t>(registry_.activeSessions())}});
+}
+
+void Server::forceShutdown() {
+  const std::uint64_t one = 1;
+  (void)::write(forceFd_, &one, sizeof one);
+}
+
+bool Server::waitForConnections(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  return connectionsDone_.wait_for(lock, timeout, [this] { return connections_.empty(); });
+}
+
 void Server::stop(std::chrono::milliseconds grace) {
   {
     std::lock_guard lock(mutex_);
-    if (stopped_ || !tcpServer_) return;
+    if (stopped_ || (!tcpServer_ && !shutdownBegun_)) return;
     stopped_ = true;
   }
-  tcpServer_->stop();  // no new connections
-  const std::uint64_t one = 1;
-  (void)::write(wakeFd_, &one, sizeof one);  // every session's wait returns
-  std::unique_lock lock(mutex_);
-  if (!connectionsDone_.wait_for(lock, grace, [this] { return connections_.empty(); })) {
-    // Sessions blocked writing to clients that do not read: cut their sockets.
-    for (const int fd : connections_) (void)::shutdown(fd, SHUT_RDWR);
-    connectionsDone_.wait(lock, [this] { return connections_.empty(); });
+  beginShutdown();
+  if (!waitForConnections(grace)) {
+    observability::logEvent(observability::LogLevel::kWarning, "shutdown_forced",
+                            {{"sessions", static_cast<std::int64_t>(registry_.activeSessions())}});
+    forceShutdown();
+    if (!waitForConnections(kForceGrace)) {
+      // Sessions blocked writing to clients that do not read: cut their sockets.
+      std::unique_lock lock(mutex_);
+      for (const int fd : connections_) (void)::shutdown(fd, SHUT_RDWR);
+      connectionsDone_.wait(lock, [this] { return connections_.empty(); });
+    }
   }
-  lock.unlock();
-  tcpServer_.reset();
   threadPool_->joinAll();
   threadPool_.reset();  // its idle threads end too: a stopped server holds no threads or descriptors
   metricsEndpoint_.reset();
   ::close(wakeFd_);
-  wakeFd_ = -1;
+  ::close(forceFd_);
+  wakeFd_ = forceFd_ = -1;
   observability::logEvent(observability::LogLevel::kInfo, "stopped");
 }
 

@@ -38,9 +38,17 @@ class Server {
 
   // Binds and starts accepting; returns once the socket listens. Throws on bind failure.
   void start();
-  // Stops accepting, ends every session (idle ones get FATAL 57P01, running queries are cancelled),
-  // and returns when all are gone; sockets still busy after `grace` are shut down. Idempotent.
-  void stop(std::chrono::milliseconds grace = std::chrono::seconds(5));
+  // Graceful shutdown in steps (stop() does them all):
+  // beginShutdown: the listener closes (new connections are refused), idle clients get FATAL 57P01,
+  // running queries go on and their sessions end with 57P01 after ReadyForQuery.
+  void beginShutdown();
+  // forceShutdown: running queries are cancelled upstream, their clients get 57P01.
+  void forceShutdown();
+  // Waits until no connection is left; false when `timeout` passed first.
+  [[nodiscard]] bool waitForConnections(std::chrono::milliseconds timeout);
+  // beginShutdown, `grace` for running queries, forceShutdown, then sockets still busy are cut; returns
+  // when every session and upstream connection is gone. Idempotent.
+  void stop(std::chrono::milliseconds grace = std::chrono::seconds(30));
   [[nodiscard]] bool stopped() const;
   // Re-reads the TLS certificate and key for new connections (SIGHUP); connected clients keep theirs.
   // Throws ConfigError, keeping the old ones, when the files are bad. No-op without TLS.
@@ -68,6 +76,8 @@ class Server {
   guardrails::QueryFilter filter_;
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
+  int forceFd_ = -1;
+  bool shutdownBegun_ = false;
   session::SessionContext context_;
   std::atomic<std::uint64_t> lastSessionId_{0};
   std::uint16_t port_ = 0;

@@ -314,8 +314,11 @@ void Session::startSession() {
 // ---- the query loop --------------------------------------------------------------------------
 
 void Session::relay() {
+  const ProxyError shuttingDown(Severity::kFatal, sqlstate::kAdminShutdown,
+                                "terminating connection because pgwire-proxy is shutting down");
   while (state_ != State::kClosing) {
     if (state_ != State::kInQuery) {
+      if (draining_) throw shuttingDown;  // the running query has finished; nothing new starts
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
         handleClientFrame(*frame);
         clientIn_.consume(frame->bytes.size());
@@ -341,13 +344,16 @@ void Session::relay() {
     Wait waits[2] = {{upstreamLink_->fd(), upstreamLink_->readEvents(), 0},
                      {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : client_->readEvents()), 0}};
     bool woken = false;
-    if (!waitAny(waits, context_.wakeFd, inQuery ? queryDeadline_ : std::nullopt, &woken)) {
+    // Once draining, the (still readable) shutdown fd is swapped for the immediate-shutdown one.
+    if (!waitAny(waits, draining_ ? context_.forceFd : context_.wakeFd, inQuery ? queryDeadline_ : std::nullopt,
+                 &woken)) {
       onQueryDeadline();
       continue;
     }
     if (woken) {
-      throw ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
-                       "terminating connection because pgwire-proxy is shutting down");
+      if (draining_ || !inQuery) throw shuttingDown;  // idle, or the drain time is up (the query is cancelled)
+      draining_ = true;
+      continue;
     }
     if (waits[0].revents != 0) pumpUpstream();
     if (waits[1].revents == 0) continue;
@@ -733,7 +739,10 @@ bool Session::readClient(std::optional<Clock::time_point> deadline) {
       throw ProtocolError("timeout expired while waiting for the startup packet (startup-timeout " +
                           config::formatDuration(context_.config.startupTimeout) + ")");
     }
-    if (woken) throw SessionEnded{"server stopping"};
+    if (woken) {
+      throw ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
+                       "the connection was refused because pgwire-proxy is shutting down");
+    }
   }
 }
 

@@ -33,7 +33,8 @@ struct SessionContext {
   observability::SessionObserver& observer;
   const guardrails::QueryFilter& filter;
   const TlsContextHolder* tls = nullptr;  // client-side TLS; null when off
-  int wakeFd = -1;  // becomes readable when the server stops
+  int wakeFd = -1;   // readable once shutdown begins: idle sessions end, running queries may finish
+  int forceFd = -1;  // readable when shutdown turns immediate: running queries are cancelled too
 };
 
 class Session {
@@ -107,7 +108,8 @@ class Session {
   State state_ = State::kAwaitingStartup;
   std::string closeReason_ = "client disconnected";
   bool admitted_ = false;
-  bool opened_ = false;  // observers were told sessionOpened
+  bool opened_ = false;    // observers were told sessionOpened
+  bool draining_ = false;  // shutdown began: end after the running query
   protocol::StartupPacket startup_;
   std::string clientApplicationName_;
 
