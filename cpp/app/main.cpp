@@ -9,10 +9,12 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "config/config_file.h"
 #include "config/options.h"
 #include "observability/log.h"
 #include "server/server.h"
@@ -56,7 +58,8 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
                                                              std::max(Clock::duration::zero(), deadline - Clock::now())));
   }
 
-  static void waitForSignals(pgwire_proxy::server::Server& server) {
+  static void waitForSignals(pgwire_proxy::server::Server& server,
+                             const std::function<pgwire_proxy::config::ServerConfig()>& reloadConfig) {
     for (;;) {
       int signal = 0;
       if (sigwait(&handledSignals(), &signal) != 0) continue;
@@ -66,9 +69,7 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
         return;
       }
       try {
-        server.reloadTls();
-        pgwire_proxy::observability::logEvent(pgwire_proxy::observability::LogLevel::kInfo, "reloaded",
-                                              {{"signal", "SIGHUP"}});
+        server.reload(reloadConfig());
       } catch (const std::exception& error) {
         pgwire_proxy::observability::logEvent(pgwire_proxy::observability::LogLevel::kError, "reload_failed",
                                               {{"error", error.what()}, {"note", "the previous settings stay in force"}});
@@ -117,10 +118,10 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       return EXIT_USAGE;
     }
     try {
-      pgwire_proxy::server::Server server(pgwire_proxy::config::configFromOptions(values_));
+      pgwire_proxy::server::Server server(pgwire_proxy::config::configFromOptions(effectiveOptions()));
       server.start();
       std::cout << "listening on " << server.host() << ":" << server.port() << std::endl;
-      waitForSignals(server);
+      waitForSignals(server, [this] { return pgwire_proxy::config::configFromOptions(effectiveOptions()); });
       drain(server, server.config().shutdownTimeout);
     } catch (const ConfigError& error) {
       std::cerr << "pgwire-proxy: invalid configuration: " << error.what() << "\n";
@@ -133,6 +134,13 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
   }
 
  private:
+  // The config file's options (re-read on every call) overlaid with the command line's.
+  pgwire_proxy::config::OptionValues effectiveOptions() const {
+    const auto it = values_.find("config");
+    if (it == values_.end()) return values_;
+    return pgwire_proxy::config::mergeOptions(pgwire_proxy::config::readConfigFile(it->second.back()), values_);
+  }
+
   bool helpRequested_ = false;
   pgwire_proxy::config::OptionValues values_;
 };

@@ -12,6 +12,9 @@ namespace pgwire_proxy::config {
 
 const std::vector<OptionSpec>& optionSpecs() {
   static const std::vector<OptionSpec> specs = {
+      {"config", "path",
+       "Read options from this file (properties `key = value`, or .ini); the command line wins over it. "
+       "SIGHUP re-reads it."},
       {"listen-address", "host", "Address to listen on. Default: 127.0.0.1."},
       {"port", "port", "Port to listen on; 0 picks a free port. Default: 5433."},
       {"upstream-dsn", "dsn",
@@ -59,6 +62,7 @@ ServerConfig configFromOptions(const OptionValues& values) {
     for (const auto& spec : optionSpecs()) known = known || name == spec.name;
     if (!known) throw ConfigError(name + ": unknown option");
   }
+  // "config" names the file the values came from; the shell reads it (readConfigFile).
   auto value = [&values](const char* name) -> const std::string* {
     const auto it = values.find(name);
     return it == values.end() || it->second.empty() ? nullptr : &it->second.back();

@@ -101,13 +101,13 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       metrics_(std::make_shared<observability::Metrics>()),
       observer_(observers(config_, metrics_, std::move(extra))),
       registry_(config_.maxConnections),
-      filter_(config_.denyPatterns, config_.allowPatterns, config_.patternsIgnoreCase),
+      guardrails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, filter_, tls_.get(), wakeFd_, forceFd_} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -218,11 +218,59 @@ void Server::stop(std::chrono::milliseconds grace) {
   observability::logEvent(observability::LogLevel::kInfo, "stopped");
 }
 
-void Server::reloadTls() {
-  if (!tls_) return;
-  tls_->reload();
-  observability::logEvent(observability::LogLevel::kInfo, "tls_reloaded",
-                          {{"cert", config_.tlsCertFile}, {"key", config_.tlsKeyFile}});
+void Server::reload(const config::ServerConfig& next) {
+  next.validate();
+  auto rails = std::make_shared<const guardrails::GuardrailSet>(next);  // throws before anything changes
+  observability::LogLevel level{};
+  observability::LogFormat format{};
+  if (!observability::parseLogLevel(next.logLevel, level) || !observability::parseLogFormat(next.logFormat, format)) {
+    throw config::ConfigError("log-level/log-format: invalid value");
+  }
+  if (tls_) tls_->reload();  // re-reads the files; throws (keeping the old ones) when they are bad
+
+  std::string changed;
+  std::string restart;
+  auto note = [](std::string& list, const char* name) { list += list.empty() ? name : std::string(",") + name; };
+  if (next.maxRows != config_.maxRows) note(changed, "max-rows");
+  if (next.maxBytes != config_.maxBytes) note(changed, "max-bytes");
+  if (next.denyPatterns != config_.denyPatterns) note(changed, "deny");
+  if (next.allowPatterns != config_.allowPatterns) note(changed, "allow");
+  if (next.patternsIgnoreCase != config_.patternsIgnoreCase) note(changed, "patterns-ignore-case");
+  if (next.logLevel != config_.logLevel) note(changed, "log-level");
+  if (next.logFormat != config_.logFormat) note(changed, "log-format");
+  if (tls_) note(changed, "tls-files");
+  if (next.listenAddress != config_.listenAddress) note(restart, "listen-address");
+  if (next.port != config_.port && next.port != 0) note(restart, "port");
+  if (next.upstreamDsn != config_.upstreamDsn) note(restart, "upstream-dsn");
+  if (next.maxConnections != config_.maxConnections) note(restart, "max-connections");
+  if (next.queryTimeout != config_.queryTimeout) note(restart, "query-timeout");
+  if (next.idleInTransactionTimeout != config_.idleInTransactionTimeout) note(restart, "idle-in-transaction-timeout");
+  if (next.startupTimeout != config_.startupTimeout) note(restart, "startup-timeout");
+  if (next.connectTimeout != config_.connectTimeout) note(restart, "connect-timeout");
+  if (next.shutdownTimeout != config_.shutdownTimeout) note(restart, "shutdown-timeout");
+  if (next.maxMessageSize != config_.maxMessageSize) note(restart, "max-message-size");
+  if (next.tlsEnabled != config_.tlsEnabled || next.tlsRequired != config_.tlsRequired ||
+      next.tlsCertFile != config_.tlsCertFile || next.tlsKeyFile != config_.tlsKeyFile ||
+      next.tlsCaFile != config_.tlsCaFile) {
+    note(restart, "tls settings");
+  }
+  if (next.metricsAddress != config_.metricsAddress) note(restart, "metrics-address");
+  if (next.logFile != config_.logFile) note(restart, "log-file");
+  if (next.logQueries != config_.logQueries) note(restart, "log-queries");
+
+  guardrails_.store(std::move(rails));
+  config_.maxRows = next.maxRows;
+  config_.maxBytes = next.maxBytes;
+  config_.denyPatterns = next.denyPatterns;
+  config_.allowPatterns = next.allowPatterns;
+  config_.patternsIgnoreCase = next.patternsIgnoreCase;
+  config_.logLevel = next.logLevel;
+  config_.logFormat = next.logFormat;
+  observability::Logger::instance().setLevel(level);
+  observability::Logger::instance().setFormat(format);
+  observability::logEvent(observability::LogLevel::kInfo, "reloaded",
+                          {{"changed", changed.empty() ? std::string("none") : changed},
+                           {"restart_required", restart.empty() ? std::string("none") : restart}});
 }
 
 void Server::connectionStarted(int fd) {

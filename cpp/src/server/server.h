@@ -11,7 +11,7 @@
 #include <string>
 
 #include "config/server_config.h"
-#include "guardrails/query_filter.h"
+#include "guardrails/guardrail_set.h"
 #include "observability/metrics.h"
 #include "observability/session_observer.h"
 #include "server/metrics_endpoint.h"
@@ -50,9 +50,10 @@ class Server {
   // when every session and upstream connection is gone. Idempotent.
   void stop(std::chrono::milliseconds grace = std::chrono::seconds(30));
   [[nodiscard]] bool stopped() const;
-  // Re-reads the TLS certificate and key for new connections (SIGHUP); connected clients keep theirs.
-  // Throws ConfigError, keeping the old ones, when the files are bad. No-op without TLS.
-  void reloadTls();
+  // SIGHUP: applies what can change at runtime from `next` (row/byte limits, deny/allow patterns, log
+  // level and format; the TLS certificate and key are re-read) and logs what changed and which changed
+  // settings need a restart. Throws ConfigError, changing nothing, when `next` is unusable.
+  void reload(const config::ServerConfig& next);
 
   [[nodiscard]] const config::ServerConfig& config() const noexcept { return config_; }
   [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
@@ -69,11 +70,11 @@ class Server {
   [[nodiscard]] session::SessionContext& sessionContext() noexcept { return context_; }
 
  private:
-  const config::ServerConfig config_;
+  config::ServerConfig config_;  // reload() updates the runtime-changeable fields
   std::shared_ptr<observability::Metrics> metrics_;
   std::shared_ptr<observability::ObserverList> observer_;
   session::SessionRegistry registry_;
-  guardrails::QueryFilter filter_;
+  std::atomic<std::shared_ptr<const guardrails::GuardrailSet>> guardrails_;
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;

@@ -113,7 +113,7 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
       client_(std::make_unique<PlainChannel>(clientFd)),
       clientIn_(kClientReadChunk),
       upstreamIn_(kUpstreamReadChunk),
-      budget_(context.config.maxRows, context.config.maxBytes) {}
+      budget_(0, 0) {}
 
 Session::~Session() = default;
 
@@ -436,7 +436,8 @@ void Session::startQuery(const protocol::Frame& frame) {
   record_.sql.assign(sql);
   record_.started = std::chrono::system_clock::now();
   context_.observer.queryStarted(id_, sql);
-  if (const auto verdict = context_.filter.check(sql)) {
+  const auto rails = context_.guardrails.load();
+  if (const auto verdict = rails->filter.check(sql)) {
     reportGuardrail(verdict->rule.starts_with("deny") ? "deny" : "allow", verdict->rule);
     const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
                            "The proxy's --deny/--allow patterns decide which queries may run.");
@@ -449,7 +450,7 @@ void Session::startQuery(const protocol::Frame& frame) {
     return;
   }
   canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
-  budget_.endStatement();
+  budget_ = guardrails::ResultBudget(rails->maxRows, rails->maxBytes);
   upstreamCancelled_ = false;
   abortingTransaction_ = false;
   backstopFired_ = false;

@@ -9,7 +9,9 @@
 #include <string>
 
 #include "config/server_config.h"
-#include "guardrails/query_filter.h"
+#include <atomic>
+
+#include "guardrails/guardrail_set.h"
 #include "guardrails/result_budget.h"
 #include "observability/session_observer.h"
 #include "protocol/frame.h"
@@ -31,7 +33,8 @@ struct SessionContext {
   const config::ServerConfig& config;
   SessionRegistry& registry;
   observability::SessionObserver& observer;
-  const guardrails::QueryFilter& filter;
+  // Read once per query, so a reload applies from each session's next query on.
+  const std::atomic<std::shared_ptr<const guardrails::GuardrailSet>>& guardrails;
   const TlsContextHolder* tls = nullptr;  // client-side TLS; null when off
   int wakeFd = -1;   // readable once shutdown begins: idle sessions end, running queries may finish
   int forceFd = -1;  // readable when shutdown turns immediate: running queries are cancelled too
