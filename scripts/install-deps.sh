@@ -6,7 +6,7 @@ packages=(
   cmake g++ make pkg-config
   libpq-dev libpoco-dev libssl-dev libboost-test-dev
   pybind11-dev python3-pybind11 python3-dev python3-setuptools python3-pip python3-venv
-  python3-pytest python3-psycopg python3-pexpect
+  python3-pytest python3-psycopg python3-pexpect python3-yaml openssl
   prometheus-cpp-dev
   postgresql-15 postgresql-client-15 pgbouncer
 )
