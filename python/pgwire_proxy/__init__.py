@@ -1,7 +1,21 @@
-"""pgwire-proxy for Python: a throwaway PostgreSQL and the proxy, for tests and local runs."""
+"""pgwire-proxy for Python: the proxy in-process with query capture, a throwaway PostgreSQL, pytest fixtures.
+
+    from pgwire_proxy import Proxy, ThrowawayPostgres
+
+    with ThrowawayPostgres() as pg, Proxy(pg.dsn, max_rows=1000) as proxy:
+        ...  # connect clients to proxy.dsn; proxy.queries(), proxy.stats(), proxy.capture()
+
+Under pytest the fixtures pg_upstream, pgwire_proxy, pgwire_proxy_factory and assert_queries come from
+the plugin this package registers (pgwire_proxy.pytest_plugin). The compiled core (pgwire_proxy._core)
+is imported when the first Proxy is made, so the cluster helpers work without it.
+"""
 
 from .cluster import ExistingPostgres, ThrowawayPostgres, existing, from_environment
 from .process import ProxyProcess, find_binary
+from .proxy import CapturedQueries, Proxy, ProxyError, QueryRecord, option_names
 
-__all__ = ["ExistingPostgres", "ThrowawayPostgres", "existing", "from_environment",
+__version__ = "0.1.0"
+
+__all__ = ["Proxy", "QueryRecord", "CapturedQueries", "ProxyError", "option_names",
+           "ExistingPostgres", "ThrowawayPostgres", "existing", "from_environment",
            "ProxyProcess", "find_binary"]

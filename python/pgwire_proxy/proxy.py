@@ -1,13 +1,16 @@
 """The proxy in-process: pgwire_proxy.Proxy wraps the C++ core (pgwire_proxy._core).
 
     with Proxy("host=127.0.0.1 port=5432 user=app dbname=app", max_rows=100) as proxy:
-        psycopg.connect(proxy.dsn, autocommit=True)
+        conn = psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor)
         ...
         proxy.queries()     # what the clients ran
         proxy.stats()       # what the proxy counted
 
 The server runs on C++ threads; the GIL is released while it starts and stops and no Python code
 runs on its threads, so clients in the same interpreter (psycopg, threads) work normally.
+
+The extension is imported when the first Proxy is made, so `import pgwire_proxy` works without it
+(the cluster helpers need no compiled code).
 """
 
 from __future__ import annotations
@@ -15,52 +18,114 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, fields
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
-from . import _core
 from .cluster import make_dsn, parse_dsn
 
-__all__ = ["Proxy", "QueryRecord", "CapturedQueries", "ProxyError"]
+if TYPE_CHECKING:
+    from . import _core as _core_types
+
+__all__ = ["Proxy", "QueryRecord", "CapturedQueries", "ProxyError", "option_names", "Duration", "Size"]
 
 Duration = Union[str, int, float, _dt.timedelta]
+"""Seconds (int/float), a timedelta, or the binary's strings: '500ms', '30s', '2min'."""
 Size = Union[str, int]
+"""Bytes (int) or the binary's strings: '64kB', '100MB'."""
+PathLike = Union[str, "os.PathLike[str]"]
+Patterns = Union[PathLike, Iterable[PathLike]]
+"""One pattern (or pattern file) or several."""
+
+UPSTREAM_DSN_ENV = "PGWIRE_PROXY_UPSTREAM_DSN"
+DEFAULT_SHUTDOWN_SECONDS = 30.0  # the binary's --shutdown-timeout default
+
+
+def _load_core() -> ModuleType:
+    """pgwire_proxy._core, or an ImportError that says how to get it."""
+    try:
+        from . import _core
+    except ImportError as exc:
+        raise ImportError(
+            f"pgwire_proxy.Proxy needs the compiled extension pgwire_proxy._core, which is not importable "
+            f"({exc}). Install the package with pip (`pip install --no-build-isolation .` builds it with "
+            f"CMake) or build it into the source tree with scripts/build.sh. The cluster helpers "
+            f"(ThrowawayPostgres, ...) and ProxyProcess work without it.",
+            name="pgwire_proxy._core") from exc
+    return _core
 
 
 class ProxyError(RuntimeError):
-    """The proxy could not be started or stopped (the message says why)."""
+    """The proxy could not be started (the message says why: address in use, bad address ...)."""
 
 
 @dataclass(frozen=True)
 class QueryRecord:
-    """One Query message as the proxy saw it, from the client's send to ReadyForQuery."""
+    """One Query message as the proxy saw it, from the client's send to its ReadyForQuery.
+
+    Several statements sent in one Query ("select 1; select 2") are one record; its rows and bytes
+    are the sum, its command_tag the last statement's.
+    """
 
     sql: str
+    """The query text exactly as the client sent it."""
     session_id: int
-    started_at: _dt.datetime      # UTC
-    duration: float               # seconds
-    rows: int                     # rows sent to the client
-    bytes: int                    # result bytes sent to the client
-    command_tag: Optional[str]    # the last CommandComplete tag, e.g. "INSERT 0 1"
-    sqlstate: Optional[str]       # the first error's SQLSTATE, None when it succeeded
-    outcome: str                  # "ok", "error", "cancelled", "limit" or "denied"
+    """The proxy's id of the client session (see Proxy.sessions())."""
+    started_at: _dt.datetime
+    """When the proxy received the query (UTC)."""
+    duration: float
+    """Seconds from receiving the query to the client's ReadyForQuery."""
+    rows: int
+    """DataRows sent to the client."""
+    bytes: int
+    """Result bytes sent to the client (DataRow messages, headers included)."""
+    command_tag: Optional[str]
+    """The last CommandComplete tag, e.g. 'INSERT 0 1' or 'SELECT 3'; None when there was none."""
+    sqlstate: Optional[str]
+    """The first error's SQLSTATE ('42P01', '57014', '54000', '42501' ...); None when it succeeded."""
+    outcome: str
+    """'ok', 'error', 'cancelled' (57014: a cancel or a timeout), 'limit' (max_rows/max_bytes) or
+    'denied' (a deny/allow pattern refused it; it never reached the upstream)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
 
     @classmethod
     def _from_core(cls, d: Mapping[str, Any]) -> "QueryRecord":
-        values = dict(d)
+        # Fields a newer core may add are left out rather than breaking every caller.
+        values = {name: d[name] for name in _RECORD_FIELDS}
         values["started_at"] = _dt.datetime.fromtimestamp(values["started_at"], tz=_dt.timezone.utc)
         return cls(**values)
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(QueryRecord))
+
+
 class CapturedQueries(List[QueryRecord]):
-    """The queries of a `proxy.capture()` block; filled when the block ends."""
+    """The queries of a `proxy.capture()` block, oldest first; filled when the block ends."""
 
     @property
     def sql(self) -> List[str]:
+        """The query texts, in order."""
         return [q.sql for q in self]
 
 
-def _duration(name: str, value: Duration) -> str:
+# ---- option conversion: Python values to the binary's strings, errors naming the Python name --------
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _count(name: str, value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    return str(value)
+
+
+def _duration(name: str, value: object) -> str:
     if isinstance(value, bool):
         raise TypeError(f"{name}: expected a duration, got {value!r}")
     if isinstance(value, _dt.timedelta):
@@ -71,10 +136,18 @@ def _duration(name: str, value: Duration) -> str:
         return f"{round(value * 1000)}ms"
     if isinstance(value, str):
         return value
-    raise TypeError(f"{name}: expected seconds or a string such as '30s', got {type(value).__name__}")
+    raise TypeError(f"{name}: expected seconds, a timedelta or a string such as '30s', got {value!r}")
 
 
-def _size(name: str, value: Size) -> str:
+def _seconds(duration: str) -> float:
+    """Seconds of a duration string the core accepts (a number with ms, s, min or h; bare = seconds)."""
+    for unit, factor in (("ms", 0.001), ("min", 60.0), ("s", 1.0), ("h", 3600.0)):
+        if duration.endswith(unit):
+            return float(duration[:-len(unit)]) * factor
+    return float(duration)
+
+
+def _size(name: str, value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise TypeError(f"{name}: expected bytes (int) or a string such as '100MB', got {value!r}")
     if isinstance(value, int) and value < 0:
@@ -82,26 +155,54 @@ def _size(name: str, value: Size) -> str:
     return str(value)
 
 
-def _count(name: str, value: int) -> str:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {value!r}")
-    return str(value)
+def _path(name: str, value: object) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a path, got {value!r}")
+    return os.fspath(value)  # type: ignore[arg-type]
 
 
-def _patterns(name: str, value: Union[str, Iterable[str]]) -> List[str]:
-    items = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+def _patterns(name: str, value: object) -> List[str]:
+    if isinstance(value, (str, os.PathLike)):
+        items: List[object] = [value]
+    else:
+        try:
+            items = list(value)  # type: ignore[call-overload]
+        except TypeError:
+            raise TypeError(f"{name}: expected a string or a list of strings, got {value!r}") from None
     for item in items:
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"{name}: expected strings, got {item!r}")
-    return [os.fspath(item) for item in items]
+    return [os.fspath(item) for item in items]  # type: ignore[arg-type]
+
+
+def _snake_case_message(message: str, option_specs: Iterable[Mapping[str, Any]]) -> str:
+    """The core names options in kebab-case ('max-rows: ...'); a Python caller passed max_rows."""
+    for spec in option_specs:
+        name = spec["name"]
+        if message.startswith(name + ":"):
+            return name.replace("-", "_") + message[len(name):]
+    return message
 
 
 class Proxy:
-    """pgwire-proxy in this process. Every option of the binary, in snake_case.
+    """pgwire-proxy in this process, in front of one upstream PostgreSQL.
 
-    Durations take seconds (int/float), a timedelta or the binary's strings ('500ms', '30s', '2min');
-    sizes take bytes (int) or strings ('64kB', '100MB'); None keeps the binary's default.
-    Bad options raise ValueError (bad value) or TypeError (wrong type) naming the option.
+    Every option of the binary is a keyword argument under the same name in snake_case (see
+    docs/configuration.md); None keeps the binary's default, except that port=0 picks a free port and
+    log_level is 'warning' (the binary's: 5433 and 'info'). Durations take seconds (int/float), a
+    timedelta or the binary's strings ('500ms', '30s', '2min'); sizes take bytes (int) or strings
+    ('64kB', '100MB'). capture_size bounds the query capture (the newest records are kept; 0 keeps
+    none). Bad options raise ValueError (bad value) or TypeError (wrong type), naming the option.
+
+    The upstream's user, database and password come from upstream_dsn (else the environment variable
+    PGWIRE_PROXY_UPSTREAM_DSN); the proxy does not authenticate clients. With enable_tls, clients
+    may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
+    tls_required to refuse plain clients). metrics_address ('127.0.0.1:0' picks a port) serves
+    Prometheus metrics over HTTP. The log options (log_level, log_format, log_file, log_queries) set
+    the process-wide logger, so the last proxy started decides them for every proxy in the process.
+    config (the binary's --config file) is refused: pass the options as keyword arguments.
+    A Proxy starts once:
+    start() (or `with`), use .dsn, then stop(); a garbage-collected running Proxy is stopped.
     """
 
     def __init__(self, upstream_dsn: Optional[str] = None, *, listen_address: str = "127.0.0.1",
@@ -109,20 +210,33 @@ class Proxy:
                  query_timeout: Optional[Duration] = None,
                  idle_in_transaction_timeout: Optional[Duration] = None,
                  startup_timeout: Optional[Duration] = None, connect_timeout: Optional[Duration] = None,
+                 shutdown_timeout: Optional[Duration] = None,
                  max_message_size: Optional[Size] = None, max_rows: Optional[int] = None,
-                 max_bytes: Optional[Size] = None, deny: Sequence[str] = (), allow: Sequence[str] = (),
-                 deny_file: Sequence[Union[str, os.PathLike]] = (),
-                 allow_file: Sequence[Union[str, os.PathLike]] = (), patterns_ignore_case: bool = False,
-                 log_level: str = "warning", capture_size: int = 10000):
-        options: Dict[str, List[str]] = {"listen-address": [listen_address], "port": [_count("port", port)],
-                                          "log-level": [log_level]}
+                 max_bytes: Optional[Size] = None, deny: Patterns = (), allow: Patterns = (),
+                 deny_file: Patterns = (), allow_file: Patterns = (), patterns_ignore_case: bool = False,
+                 enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
+                 tls_key: Optional[PathLike] = None, tls_ca: Optional[PathLike] = None,
+                 tls_required: bool = False, metrics_address: Optional[str] = None,
+                 log_level: str = "warning", log_format: Optional[str] = None,
+                 log_file: Optional[PathLike] = None, log_queries: bool = False,
+                 config: Optional[PathLike] = None, capture_size: int = 10000) -> None:
+        core = _load_core()
+        if config is not None:
+            # The binary's shell reads --config; the core module has no reader for it, and passing the
+            # name on would be silently ignored.
+            raise ValueError(f"config: config files ({os.fspath(config)!r}) are read by the pgwire-proxy "
+                             f"binary only; pass the options to Proxy as keyword arguments")
+        options: Dict[str, List[str]] = {"listen-address": [_text("listen_address", listen_address)],
+                                          "port": [_count("port", port)],
+                                          "log-level": [_text("log_level", log_level)]}
         if upstream_dsn is not None:
-            options["upstream-dsn"] = [upstream_dsn]
+            options["upstream-dsn"] = [_text("upstream_dsn", upstream_dsn)]
         if max_connections is not None:
             options["max-connections"] = [_count("max_connections", max_connections)]
         for name, value in (("query-timeout", query_timeout),
                             ("idle-in-transaction-timeout", idle_in_transaction_timeout),
-                            ("startup-timeout", startup_timeout), ("connect-timeout", connect_timeout)):
+                            ("startup-timeout", startup_timeout), ("connect-timeout", connect_timeout),
+                            ("shutdown-timeout", shutdown_timeout)):
             if value is not None:
                 options[name] = [_duration(name.replace("-", "_"), value)]
         for name, value in (("max-message-size", max_message_size), ("max-bytes", max_bytes)):
@@ -135,39 +249,79 @@ class Proxy:
             items = _patterns(name.replace("-", "_"), value)
             if items:
                 options[name] = items
-        if patterns_ignore_case:
-            options["patterns-ignore-case"] = [""]
-        if isinstance(capture_size, bool) or not isinstance(capture_size, int) or capture_size < 0:
-            raise ValueError(f"capture_size: expected a non-negative int, got {capture_size!r}")
-        self._core = _core.Proxy(options, capture_size)  # ValueError naming the option
-        dsn_names = parse_dsn(upstream_dsn or os.environ.get("PGWIRE_PROXY_UPSTREAM_DSN", ""))
+        for name, value in (("patterns-ignore-case", patterns_ignore_case), ("enable-tls", enable_tls),
+                            ("tls-required", tls_required), ("log-queries", log_queries)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name.replace('-', '_')}: expected a bool, got {value!r}")
+            if value:
+                options[name] = [""]
+        for name, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-ca", tls_ca),
+                            ("log-file", log_file)):
+            if value is not None:
+                options[name] = [_path(name.replace("-", "_"), value)]
+        for name, value in (("metrics-address", metrics_address), ("log-format", log_format)):
+            if value is not None:
+                options[name] = [_text(name.replace("-", "_"), value)]
+        if isinstance(capture_size, bool) or not isinstance(capture_size, int):
+            raise TypeError(f"capture_size: expected an int, got {capture_size!r}")
+        if capture_size < 0:
+            raise ValueError(f"capture_size: expected 0 or more records, got {capture_size!r}")
+        try:
+            self._core: "_core_types.Proxy" = core.Proxy(options, capture_size)
+        except ValueError as exc:
+            raise ValueError(_snake_case_message(str(exc), core.option_specs())) from None
+        dsn_names = parse_dsn(upstream_dsn or os.environ.get(UPSTREAM_DSN_ENV, ""))
         # The proxy ignores a client's user/database (the upstream's come from its DSN); these only
         # give clients of .dsn sensible names to send.
         self.user: str = dsn_names.get("user") or "postgres"
         self.dbname: str = dsn_names.get("dbname") or self.user
-        self.upstream_dsn = upstream_dsn
+        self.upstream_dsn: Optional[str] = upstream_dsn
+        # stop()'s default, as --shutdown-timeout is the binary's on SIGTERM (validated by the core above).
+        self._shutdown_seconds = (_seconds(options["shutdown-timeout"][0]) if "shutdown-timeout" in options
+                                  else DEFAULT_SHUTDOWN_SECONDS)
 
     # ---- life ----------------------------------------------------------------------------------
 
     def start(self) -> "Proxy":
-        """Binds and starts accepting; returns once the socket listens."""
+        """Binds and starts accepting; returns (self) once the socket listens, so .port is known.
+
+        Raises ProxyError when it cannot listen (address in use, unknown address, a log file it cannot
+        open) or was started before, ValueError for an option only checked now (metrics_address).
+        """
         try:
             self._core.start()
+        except ValueError as exc:
+            raise ValueError(_snake_case_message(str(exc), _load_core().option_specs())) from None
         except RuntimeError as exc:
-            raise ProxyError(str(exc)) from None
+            raise ProxyError(_snake_case_message(str(exc), _load_core().option_specs())) from None
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stops accepting and ends every session (idle clients get FATAL 57P01, running queries are
-        cancelled upstream); sockets still busy after `timeout` seconds are cut. Idempotent."""
-        self._core.stop(float(timeout))
+    def stop(self, timeout: Optional[Duration] = None) -> None:
+        """Shuts down gracefully, as the binary does on SIGTERM: stops accepting at once, sends idle
+        clients FATAL 57P01 and closes them, lets running queries finish (each session ends after its
+        ReadyForQuery), and once `timeout` has passed cancels what still runs and closes it. Returns
+        when every session and thread of the proxy is gone.
+
+        timeout: seconds or a duration as for the options; default shutdown_timeout, else 30 seconds;
+        0 cancels running queries at once. Idempotent; a stopped Proxy cannot be started again.
+        """
+        if timeout is None:
+            seconds = self._shutdown_seconds
+        else:
+            text = _duration("timeout", timeout)
+            try:
+                seconds = _seconds(text)
+            except ValueError:
+                raise ValueError(f"timeout: invalid duration {timeout!r} (seconds, or e.g. '500ms', '30s')") from None
+        self._core.stop(seconds)
 
     @property
     def running(self) -> bool:
+        """True between start() and stop()."""
         return self._core.running
 
     def __enter__(self) -> "Proxy":
-        return self.start() if not self.running else self
+        return self if self.running else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -185,51 +339,73 @@ class Proxy:
 
     @property
     def host(self) -> str:
-        return self._core.host
+        """The address it listens on (a wildcard address is given as the matching loopback one)."""
+        host = self._core.host
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
     @property
     def port(self) -> int:
-        if not self.running and self._core.port == 0:
-            raise ProxyError("the proxy is not started")
-        return self._core.port
+        """The port it listens on (the one picked when port=0); ProxyError before start()."""
+        port = self._core.port
+        if port == 0:
+            raise ProxyError("the proxy is not started, so it has no port yet")
+        return port
 
     @property
     def dsn(self) -> str:
-        """A libpq connection string for clients of this proxy."""
-        return make_dsn(host=self.host, port=self.port, user=self.user, dbname=self.dbname)
+        """A libpq connection string for clients of this proxy (host, port, user, dbname)."""
+        return self.dsn_with()
 
     def dsn_with(self, **overrides: object) -> str:
+        """.dsn with some keywords replaced or added (application_name=..., connect_timeout=...)."""
         params: Dict[str, object] = {"host": self.host, "port": self.port, "user": self.user,
                                      "dbname": self.dbname}
         params.update(overrides)
         return make_dsn(**params)
 
+    @property
+    def metrics_port(self) -> Optional[int]:
+        """The port of the Prometheus endpoint (metrics_address=...), None when it serves none."""
+        return self._core.metrics_port or None
+
     # ---- what it saw ---------------------------------------------------------------------------
 
+    def metrics_text(self) -> str:
+        """The Prometheus exposition the metrics endpoint serves (available without the endpoint)."""
+        return self._core.metrics_text()
+
     def stats(self) -> Dict[str, Any]:
-        """A snapshot: connections_total, active_sessions, queries_total, rows_total, bytes_total,
-        cancel_requests, cancels_matched, errors_by_sqlstate, limit_breaches, queries_by_outcome."""
+        """A snapshot of the counters since start, among them:
+
+        connections_total, active_sessions, queries_total, rows_total, bytes_total (result bytes sent
+        to clients), cancel_requests, cancels_matched (requests whose key named a live session),
+        errors_by_sqlstate (every error a client received, by SQLSTATE), limit_breaches (by guardrail:
+        max-rows, max-bytes, query-timeout, deny, allow) and queries_by_outcome. The same counters as
+        metrics_text(), so tests and dashboards agree; queries_by_outcome therefore uses the metrics'
+        finer labels (ok, error, cancelled, timeout, limit_rows, limit_bytes, denied) where
+        QueryRecord.outcome says 'cancelled' or 'limit'.
+        """
         return self._core.stats()
 
     def sessions(self) -> List[Dict[str, Any]]:
-        """The live sessions: id, backend_pid (the key the client was given), client_address,
-        application_name, state ('idle' or 'active'), connected_at (UTC datetime), queries."""
-        result = []
-        for s in self._core.sessions():
-            s["connected_at"] = _dt.datetime.fromtimestamp(s["connected_at"], tz=_dt.timezone.utc)
-            result.append(s)
-        return result
+        """The live client sessions: id, backend_pid (the key the client was given), client_address,
+        application_name, state ('idle' or 'active'), connected_at (UTC datetime), queries (count)."""
+        return [dict(s, connected_at=_dt.datetime.fromtimestamp(s["connected_at"], tz=_dt.timezone.utc))
+                for s in self._core.sessions()]
 
     def queries(self) -> List[QueryRecord]:
-        """The queries seen so far, oldest first (at most capture_size of them)."""
+        """The queries seen so far, oldest first (the newest capture_size of them)."""
         return [QueryRecord._from_core(d) for d in self._core.queries()]
 
     def clear_queries(self) -> None:
+        """Forgets the captured queries (the counters of stats() are kept)."""
         self._core.clear_queries()
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[CapturedQueries]:
-        """with proxy.capture() as queries: ... -- `queries` holds the block's queries when it ends."""
+        """`with proxy.capture() as queries:` ... -- `queries` holds the queries that finished during
+        the block (from any session), filled when the block ends. A query is recorded before its
+        client sees the result, so everything a client ran inside the block is there."""
         start = self._core.capture_sequence()
         captured = CapturedQueries()
         try:
@@ -240,4 +416,4 @@ class Proxy:
 
 def option_names() -> List[str]:
     """The binary's option names in snake_case (Proxy takes each as a keyword argument)."""
-    return [spec["name"].replace("-", "_") for spec in _core.option_specs()]
+    return [spec["name"].replace("-", "_") for spec in _load_core().option_specs()]

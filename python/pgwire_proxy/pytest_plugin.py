@@ -13,6 +13,7 @@ loads it from tests/e2e/conftest.py.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from typing import Callable, Iterator, List, Optional, Pattern, Union
 
@@ -20,11 +21,16 @@ import pytest
 
 from .cluster import from_environment
 from .process import ProxyProcess, find_binary
+from .proxy import CapturedQueries, Proxy
+
+__all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_factory", "pgwire_proxy_process_factory",
+           "assert_queries", "check_queries"]
 
 
 @pytest.fixture(scope="session")
 def pg_upstream():
-    """The upstream PostgreSQL every proxy of this test session talks to."""
+    """The upstream PostgreSQL every proxy of this test session talks to: the server named by
+    PGWIRE_PROXY_TEST_DSN, else a throwaway initdb cluster (run as `postgres` when pytest is root)."""
     server = from_environment()
     server.start()
     try:
@@ -34,11 +40,9 @@ def pg_upstream():
 
 
 @pytest.fixture
-def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., "Proxy"]]:
+def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
     """make(upstream_dsn=None, **options) starts an in-process Proxy (in front of pg_upstream unless
     upstream_dsn is given); every proxy made is stopped at teardown."""
-    from .proxy import Proxy
-
     started: List[Proxy] = []
 
     def make(upstream_dsn: Optional[str] = None, **options) -> Proxy:
@@ -53,9 +57,18 @@ def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., "Proxy"]]:
 
 
 @pytest.fixture
-def pgwire_proxy(pgwire_proxy_factory):
-    """A proxy with default options in front of pg_upstream, on a free port."""
+def pgwire_proxy(pgwire_proxy_factory) -> Proxy:
+    """A started proxy with default options in front of pg_upstream, on a free port."""
     return pgwire_proxy_factory()
+
+
+if os.environ.get("PGWIRE_PROXY_FIXTURE") == "process":
+    # PGWIRE_PROXY_FIXTURE=process: the proxies of pgwire_proxy / pgwire_proxy_factory are the binary
+    # ($PGWIRE_PROXY_BINARY) as a subprocess, e.g. a sanitizer build (scripts/sanitize.sh). Options and
+    # .dsn/.port/.host are the same; the in-process extras (stats, queries, capture) are not there.
+    @pytest.fixture
+    def pgwire_proxy_factory(pgwire_proxy_process_factory):  # noqa: F811 - deliberate override
+        return pgwire_proxy_process_factory
 
 
 @pytest.fixture
@@ -87,11 +100,21 @@ def pgwire_proxy_process_factory(pg_upstream) -> Iterator[Callable[..., ProxyPro
         pytest.fail("\n".join(unclean), pytrace=False)
 
 
+def _listing(queries: CapturedQueries) -> str:
+    lines = []
+    for i, q in enumerate(queries, 1):
+        status = q.outcome if q.sqlstate is None else f"{q.outcome} {q.sqlstate}"
+        lines.append(f"  {i}. [{status}] {q.sql}")
+    return "\n".join(lines) or "  (none)"
+
+
 @contextlib.contextmanager
-def _assert_queries(proxy, count: Optional[int] = None, max: Optional[int] = None,  # noqa: A002
-                    match: Union[None, str, Pattern[str]] = None):
-    """Fails unless the block ran exactly `count` (or at most `max`) queries; with `match`, only
-    queries whose SQL matches that regex (re.search) are counted. Yields the captured queries."""
+def check_queries(proxy: Proxy, count: Optional[int] = None, max: Optional[int] = None,  # noqa: A002
+                  match: Union[None, str, Pattern[str]] = None) -> Iterator[CapturedQueries]:
+    """Fails the test unless the block ran exactly `count` (or at most `max`) queries through `proxy`;
+    with `match`, only queries whose SQL matches that regex (re.search) are counted. The failure lists
+    every query of the block. Yields the block's queries (filled when it ends). An exception raised
+    inside the block propagates unchanged (nothing is asserted then)."""
     if count is None and max is None:
         raise TypeError("assert_queries needs count= or max=")
     pattern = re.compile(match) if isinstance(match, str) else match
@@ -99,20 +122,23 @@ def _assert_queries(proxy, count: Optional[int] = None, max: Optional[int] = Non
         yield captured
     counted = [q for q in captured if pattern is None or pattern.search(q.sql)]
     what = f" matching {pattern.pattern!r}" if pattern is not None else ""
-    listing = "\n".join(f"  {i + 1}. [{q.outcome}] {q.sql}" for i, q in enumerate(captured)) or "  (none)"
     if count is not None and len(counted) != count:
-        pytest.fail(f"expected {count} queries{what}, the proxy saw {len(counted)}:\n{listing}", pytrace=False)
-    if max is not None and len(counted) > max:
-        pytest.fail(f"expected at most {max} queries{what}, the proxy saw {len(counted)}:\n{listing}",
+        pytest.fail(f"expected {count} queries{what}, the proxy saw {len(counted)}:\n{_listing(captured)}",
                     pytrace=False)
+    if max is not None and len(counted) > max:
+        pytest.fail(f"expected at most {max} queries{what}, the proxy saw {len(counted)}:\n"
+                    f"{_listing(captured)}", pytrace=False)
 
 
 @pytest.fixture
-def assert_queries():
-    """assert_queries(proxy, count=None, max=None, match=None) as a context manager, in the manner of
-    pytest-django's django_assert_num_queries."""
-    return _assert_queries
+def assert_queries() -> Callable[..., "contextlib.AbstractContextManager[CapturedQueries]"]:
+    """assert_queries(proxy, count=None, max=None, match=None): a context manager that fails the test
+    with the list of queries when the block's query count is not as expected, in the manner of
+    pytest-django's django_assert_num_queries.
 
-
-if False:  # pragma: no cover - for type checkers only
-    from .proxy import Proxy  # noqa: F401
+        with assert_queries(pgwire_proxy, count=2) as queries:
+            conn.execute("select 1")
+            conn.execute("select 2")
+        assert queries.sql == ["select 1", "select 2"]
+    """
+    return check_queries

@@ -1,0 +1,169 @@
+"""The package as users get it: pip install into a fresh venv, the pytest11 plugin from outside the repo,
+the sdist's contents, and `import pgwire_proxy` without the compiled extension."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
+# Written over the copied tree's in-tree extension: if the build packaged it, importing would fail.
+STALE_EXTENSION = b"not an extension: a stale in-tree _core that must not be packaged\n"
+# Build outputs, caches and VCS data stay out of the copy.
+_IGNORED = shutil.ignore_patterns(".git", "build", "build-*", "__pycache__", ".pytest_cache", "*.egg-info",
+                                  ".venv", "dist")
+
+
+def clean_env(**extra: str) -> Dict[str, str]:
+    """The environment without what would make a child import this checkout instead of what it installed."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV") and not k.startswith("PGWIRE_PROXY_")}
+    env.update(extra)
+    return env
+
+
+def run(argv: List[str], cwd: Path, env: Dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, argv))} exited with {result.returncode}:\n{result.stdout[-6000:]}",
+                    pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def source_tree(tmp_path_factory) -> Path:
+    """The checkout as pip would see it (no build outputs), with a junk in-tree extension."""
+    tree = tmp_path_factory.mktemp("source") / "pgwire-proxy"
+    shutil.copytree(REPO, tree, ignore=_IGNORED)
+    for stale in (tree / "python" / "pgwire_proxy").glob("_core*.so"):
+        stale.unlink()
+    (tree / "python" / "pgwire_proxy" / f"_core{EXT_SUFFIX}").write_bytes(STALE_EXTENSION)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory, source_tree) -> Path:
+    """A fresh venv over Debian's python3 with the package pip-installed from source_tree (compiles the
+    core once for the whole module; the build log is kept next to it)."""
+    base = tmp_path_factory.mktemp("venv")
+    venv_dir = base / "venv"
+    env = clean_env()
+    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv_dir)], base, env, 120)
+    started = time.monotonic()
+    result = run([str(venv_dir / "bin" / "python"), "-m", "pip", "install", "--no-build-isolation", "--no-index",
+                  "--no-cache-dir", "-v", str(source_tree)], base, clean_env(CMAKE_BUILD_PARALLEL_LEVEL="2"), 900)
+    (base / "pip-install.log").write_text(result.stdout)
+    print(f"pip install took {time.monotonic() - started:.0f}s")
+    return venv_dir
+
+
+def site_packages(venv_dir: Path) -> Path:
+    (path,) = venv_dir.glob("lib/python3*/site-packages")
+    return path
+
+
+@pytest.mark.slow
+def test_plugin_from_the_installed_package_outside_the_repo(venv, pg_upstream, tmp_path):
+    """A project that only pip-installed the package: no conftest, the fixtures come from the pytest11
+    entry point, the upstream is this session's cluster (PGWIRE_PROXY_TEST_DSN)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_with_plugin.py").write_text(textwrap.dedent('''
+        import psycopg
+        import pgwire_proxy as package
+
+
+        def test_query_through_the_fixture(pgwire_proxy, pg_upstream, assert_queries, request):
+            plugin = request.config.pluginmanager.get_plugin("pgwire_proxy")
+            assert plugin is package.pytest_plugin, "the plugin did not come from the pytest11 entry point"
+            assert package.__file__.startswith(EXPECTED_PREFIX), package.__file__
+            assert not pg_upstream.throwaway  # PGWIRE_PROXY_TEST_DSN's server, not a new cluster
+            with psycopg.connect(pgwire_proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+                with assert_queries(pgwire_proxy, count=1) as queries:
+                    assert conn.execute("select 40 + 2").fetchone() == (42,)
+            assert queries[0].sql == "select 40 + 2" and queries[0].rows == 1 and queries[0].outcome == "ok"
+            assert pgwire_proxy.stats()["queries_total"] == 1
+    ''').replace("EXPECTED_PREFIX", repr(str(venv))))
+    result = run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+                 project, clean_env(PGWIRE_PROXY_TEST_DSN=pg_upstream.dsn), 300)
+    assert "1 passed" in result.stdout, result.stdout
+
+
+@pytest.mark.slow
+def test_installed_package_has_the_fresh_extension_stubs_and_entry_point(venv):
+    package = site_packages(venv) / "pgwire_proxy"
+    extension = package / f"_core{EXT_SUFFIX}"
+    assert extension.read_bytes() != STALE_EXTENSION, "the in-tree _core was packaged instead of a fresh build"
+    assert {p.name for p in package.iterdir()} >= {"__init__.py", "proxy.py", "pytest_plugin.py", "cluster.py",
+                                                   "process.py", "_core.pyi", "py.typed", extension.name}
+    probe = textwrap.dedent('''
+        import importlib.metadata as md, pgwire_proxy, pgwire_proxy._core as core
+        (ep,) = [ep for ep in md.entry_points(group="pytest11") if ep.name == "pgwire_proxy"]
+        assert ep.value == "pgwire_proxy.pytest_plugin", ep
+        assert md.version("pgwire-proxy") == pgwire_proxy.__version__
+        assert sorted(pgwire_proxy.option_names()) == sorted(s["name"].replace("-", "_") for s in core.option_specs())
+        print(core.__file__)
+    ''')
+    out = run([str(venv / "bin" / "python"), "-c", probe], venv.parent, clean_env(), 60).stdout
+    assert out.strip() == str(extension)
+
+
+def test_sdist_has_what_the_build_needs_and_no_extension(source_tree, tmp_path):
+    dist = tmp_path / "dist"
+    tree = tmp_path / "tree"
+    shutil.copytree(source_tree, tree)
+    run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})"],
+        tree, clean_env(), 120)
+    (sdist,) = dist.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    needed = {"CMakeLists.txt", "setup.py", "pyproject.toml", "python/pgwire_proxy/_core.pyi",
+              "python/pgwire_proxy/py.typed", "python/pgwire_proxy/pytest_plugin.py",
+              "docs/testing-with-pgwire-proxy.md"}
+    needed |= {str(p.relative_to(source_tree)) for p in (source_tree / "cpp").rglob("*") if p.is_file()}
+    assert needed - names == set()
+    assert [n for n in names if n.endswith(".so")] == []
+
+
+def test_versions_agree():
+    """pyproject.toml, pgwire_proxy.__version__ and CMake's project() name the same version."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as Debian 12's python3
+    import pgwire_proxy
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    cmake = re.search(r"project\(pgwire_proxy VERSION ([0-9.]+)", (REPO / "CMakeLists.txt").read_text())
+    assert cmake is not None
+    assert pyproject == pgwire_proxy.__version__ == cmake.group(1)
+
+
+def test_import_without_the_extension_keeps_the_cluster_helpers(tmp_path):
+    """`import pgwire_proxy` needs no compiled code; making a Proxy says how to get it."""
+    package = tmp_path / "pgwire_proxy"
+    shutil.copytree(REPO / "python" / "pgwire_proxy", package, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    probe = textwrap.dedent('''
+        import pgwire_proxy, pgwire_proxy.pytest_plugin
+        from pgwire_proxy import Proxy, QueryRecord, ProxyError, ThrowawayPostgres, existing
+        assert existing("host=db port=6543 user=u").port == 6543
+        assert callable(ThrowawayPostgres().start)
+        try:
+            Proxy("host=127.0.0.1")
+        except ImportError as exc:
+            print(exc)
+        else:
+            raise SystemExit("Proxy() worked without the extension")
+    ''')
+    out = run([sys.executable, "-c", probe], tmp_path, clean_env(), 60).stdout
+    assert "pgwire_proxy.Proxy needs the compiled extension pgwire_proxy._core" in out, out
+    assert "pip install" in out and "scripts/build.sh" in out
