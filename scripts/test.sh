@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, builds, runs the C++ suites (ctest), then the end-to-end
-# suite (pytest against a throwaway PostgreSQL, or PGWIRE_PROXY_TEST_DSN). Extra arguments go to pytest.
+# Runs every test: installs what is missing, builds, then
+#   1. the C++ suites (ctest),
+#   2. the end-to-end suite (pytest against a throwaway PostgreSQL, or PGWIRE_PROXY_TEST_DSN),
+#   3. the C++ suites and the e2e suite again against an ASan+UBSan build (scripts/sanitize.sh),
+#   4. the libFuzzer targets for a bounded time (scripts/fuzz.sh),
+#   5. the benchmark's quick mode, only to prove it runs (bench/run.py --quick; no timing asserted).
+# PGWIRE_PROXY_QUICK=1 stops after step 2. Extra arguments go to the step-2 pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +23,15 @@ status=0
 if ((status == 5)); then
   echo "test.sh: pytest collected no tests; that is a failure here" >&2
 fi
-exit "$status"
+((status == 0)) || exit "$status"
+[[ ${PGWIRE_PROXY_QUICK:-0} == 1 ]] && exit 0
+
+echo "== sanitizers (ASan + UBSan)"
+# The fault matrix already ran at full size above; under ASan a shorter churn and load suffice.
+PGWIRE_PROXY_CHURN=2000 PGWIRE_PROXY_LOAD_SECONDS=15 scripts/sanitize.sh address
+
+echo "== fuzzing"
+scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-30}"
+
+echo "== benchmark, quick mode (proves it runs; times are not asserted)"
+/usr/bin/python3 bench/run.py --quick --binary build/pgwire-proxy

@@ -335,14 +335,26 @@ def test_load_every_client_sees_only_the_errors_it_provoked(pgwire_proxy_process
                             except errors.ProgramLimitExceeded:
                                 kind = "limit"
                         else:
-                            timer = threading.Timer(0.05, conn.cancel)
-                            timer.start()
+                            # Cancel until the query ends: a cancel that lands before the query is
+                            # sent finds the session idle and is rightly ignored (under heavy load
+                            # that happens), so keep asking; the join makes sure none is left in
+                            # flight when the next query starts.
+                            done = threading.Event()
+
+                            def keep_cancelling():
+                                while not done.wait(0.05):
+                                    conn.cancel()
+
+                            canceller = threading.Thread(target=keep_cancelling)
+                            canceller.start()
                             try:
-                                conn.execute("select pg_sleep(5)")
+                                conn.execute("select pg_sleep(30)")
                                 problems.append((n, "cancel had no effect"))
                             except errors.QueryCanceled:
                                 kind = "cancelled"
-                            timer.join()
+                            finally:
+                                done.set()
+                                canceller.join()
                         with lock:
                             counts["ok" if kind == "ok" else kind] += 1
                     except psycopg.Error as exc:

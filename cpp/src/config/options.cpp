@@ -99,12 +99,15 @@ ServerConfig configFromOptions(const OptionValues& values) {
   if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");
   config.denyPatterns = all("deny");
   config.allowPatterns = all("allow");
-  for (const auto& path : all("deny-file")) {
-    for (auto& pattern : guardrails::readPatternFile(path)) config.denyPatterns.push_back(pattern);
-  }
-  for (const auto& path : all("allow-file")) {
-    for (auto& pattern : guardrails::readPatternFile(path)) config.allowPatterns.push_back(pattern);
-  }
+  auto readPatterns = [](const char* option, const std::string& path, std::vector<std::string>& into) {
+    try {
+      for (auto& pattern : guardrails::readPatternFile(path)) into.push_back(std::move(pattern));
+    } catch (const ConfigError& error) {
+      throw ConfigError(std::string(option) + ": " + error.what());
+    }
+  };
+  for (const auto& path : all("deny-file")) readPatterns("deny-file", path, config.denyPatterns);
+  for (const auto& path : all("allow-file")) readPatterns("allow-file", path, config.allowPatterns);
   auto flag = [&value](const char* name) {
     const std::string* v = value(name);
     if (v == nullptr) return false;

@@ -131,6 +131,15 @@ void ServerConfig::validate() const {
   } else if (tlsCertFile.empty() || tlsKeyFile.empty()) {
     throw ConfigError("enable-tls: needs --tls-cert and --tls-key");
   }
+  if (!metricsAddress.empty()) {
+    const auto colon = metricsAddress.rfind(':');
+    const std::string portText = colon == std::string::npos ? std::string() : metricsAddress.substr(colon + 1);
+    if (colon == std::string::npos || colon == 0 || portText.empty() ||
+        portText.find_first_not_of("0123456789") != std::string::npos || portText.size() > 5 ||
+        std::stoi(portText) > 65535) {
+      throw ConfigError("metrics-address: invalid address \"" + metricsAddress + "\" (use HOST:PORT, e.g. 127.0.0.1:9187)");
+    }
+  }
   if (maxConnections < 1) throw ConfigError("max-connections: must be at least 1");
   if (startupTimeout.count() <= 0) throw ConfigError("startup-timeout: must be greater than 0");
   if (connectTimeout.count() <= 0) throw ConfigError("connect-timeout: must be greater than 0");

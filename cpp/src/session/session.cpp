@@ -753,8 +753,15 @@ void Session::writeAll(Channel& channel, std::span<const char> data) {
     data = data.subspan(written);
     if (data.empty()) return;
     if (written == 0) {
+      // A peer that does not read must not hold the session forever: a running query's timeout and
+      // an immediate shutdown still end it (nothing more can be told to a client that does not read).
       Wait wait{channel.fd(), channel.writeEvents(), 0};
-      (void)waitAny({&wait, 1}, -1, std::nullopt, nullptr);
+      const auto deadline = state_ == State::kInQuery ? queryDeadline_ : std::nullopt;
+      bool forced = false;
+      if (!waitAny({&wait, 1}, context_.forceFd, deadline, &forced)) {
+        throw SessionEnded{"the client stopped reading; the query timeout expired"};
+      }
+      if (forced) throw SessionEnded{"immediate shutdown while the client was not reading"};
     }
   }
 }
