@@ -13,28 +13,7 @@ import pytest
 from psycopg import errors
 
 from psql import psql_env
-
-
-def connect(proxy, **kwargs) -> psycopg.Connection:
-    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor, **kwargs)
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    """Polls `predicate` (no fixed sleeps standing in for synchronisation); fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def running(pg_upstream, marker: str) -> list:
-    """Upstream backends currently running a query that contains `marker` (other than this probe)."""
-    return pg_upstream.execute(
-        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
-        [f"%{marker}%"])
+from support import connect, upstream_active as running, wait_until
 
 
 def test_psql_ctrl_c_cancels_the_running_query(pgwire_proxy, pg_upstream):

@@ -14,12 +14,9 @@ import pytest
 from psycopg import errors
 
 from pgwire_proxy.process import find_binary
+from support import connect
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def connect(proxy):
-    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor)
 
 
 def rows(conn, sql):

@@ -20,20 +20,7 @@ from psycopg import errors
 
 from pgwire_proxy.cluster import ThrowawayPostgres
 from psql import psql_env
-
-
-def connect(proxy, **kwargs):
-    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor, **kwargs)
-
-
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+from support import connect, wait_until
 
 
 def active(pg_upstream, probe: str) -> list:

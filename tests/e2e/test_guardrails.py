@@ -10,29 +10,11 @@ from psycopg import errors
 from psycopg.pq import TransactionStatus
 
 from psql import run_psql
-
-
-def connect(proxy) -> psycopg.Connection:
-    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor)
+from support import connect, upstream_active, wait_until
 
 
 def rows(conn, sql):
     return conn.execute(sql).fetchall()
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def upstream_active(pg_upstream, marker: str) -> list:
-    return pg_upstream.execute(
-        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
-        [f"%{marker}%"])
 
 
 # ---- row limit -----------------------------------------------------------------------------------

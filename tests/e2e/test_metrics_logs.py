@@ -12,6 +12,7 @@ from typing import Dict, Tuple
 import psycopg
 import pytest
 from psycopg import errors
+from support import connect, wait_until
 
 Series = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -83,17 +84,6 @@ def metrics_port(proxy) -> int:
             return int(match.group(1))
         time.sleep(0.02)
     raise AssertionError("no listening line with metrics_port: " + proxy.stderr_text())
-
-
-def connect(proxy):
-    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor)
-
-
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_metrics_count_exactly_what_a_session_did(pgwire_proxy_process_factory, pg_upstream):

@@ -15,28 +15,12 @@ import pytest
 from psycopg import errors
 
 from psql import psql_env
-
-
-def connect(proxy):
-    return psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor)
-
-
-def wait_until(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+from support import connect, upstream_active as running, wait_until
 
 
 def upstream_backends(pg_upstream, marker: str = "pgwire-proxy/%") -> list:
     return pg_upstream.execute(
         "select pid, state, query from pg_stat_activity where application_name like %s", [marker])
-
-
-def running(pg_upstream, probe: str) -> list:
-    return pg_upstream.execute(
-        "select pid from pg_stat_activity where state = 'active' and query like %s and pid <> pg_backend_pid()",
-        [f"%{probe}%"])
 
 
 def refused(port: int) -> bool:
