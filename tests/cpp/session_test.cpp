@@ -57,12 +57,16 @@ std::string fatalSqlstate(const Socket& client) {
   return errorField(m->second, 'C');
 }
 
-// A query's frame as the upstream reads it.
+// A query's text as the upstream reads it (called on the scripted upstream's thread).
 std::string expectQuery(Socket& upstream) {
   const auto m = upstream.receiveMessage();
-  BOOST_REQUIRE(m);
-  BOOST_REQUIRE_EQUAL(m->first, 'Q');
+  SCRIPT_CHECK(m && m->first == 'Q');
   return m->second.substr(0, m->second.size() - 1);
+}
+
+void expectMessage(Socket& upstream, char type) {
+  const auto m = upstream.receiveMessage();
+  SCRIPT_CHECK(m && m->first == type);
 }
 
 }  // namespace
@@ -70,7 +74,7 @@ std::string expectQuery(Socket& upstream) {
 BOOST_FIXTURE_TEST_SUITE(session, QuietLogs)
 
 BOOST_AUTO_TEST_CASE(startup_relays_parameters_and_issues_its_own_key) {
-  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  ScriptedUpstream upstream([](Socket& s) { expectMessage(s, 'X'); });
   Server server(configFor(upstream.dsn()));
   server.start();
   {
@@ -105,14 +109,14 @@ BOOST_AUTO_TEST_CASE(large_rows_stream_through_split_deliveries) {
   const std::string bigValue(3 * 1024 * 1024 + 7, 'x');
   const std::string row = message('D', int16(1) + int32(static_cast<std::int32_t>(bigValue.size())) + bigValue);
   ScriptedUpstream upstream([&](Socket& s) {
-    BOOST_TEST(expectQuery(s) == "select big");
+    SCRIPT_CHECK(expectQuery(s) == "select big");
     std::string reply = message('T', int16(0)) + row + message('D', int16(0)) + message('C', cstring("SELECT 2")) +
                         message('Z', "I");
     // Deliver in uneven pieces, some splitting headers.
     for (std::size_t pos = 0, step = 1; pos < reply.size(); pos += step, step = step * 3 % 65521 + 1) {
       s.send(reply.substr(pos, step));
     }
-    BOOST_TEST((s.receiveMessage()->first == 'X'));
+    expectMessage(s, 'X');
   });
   Server server(configFor(upstream.dsn()));
   server.start();
@@ -131,9 +135,9 @@ BOOST_AUTO_TEST_CASE(large_rows_stream_through_split_deliveries) {
 BOOST_AUTO_TEST_CASE(extended_protocol_is_refused_until_sync_and_the_session_stays_usable) {
   ScriptedUpstream upstream([](Socket& s) {
     // Nothing of the extended sequence reaches the upstream: the first message is the simple query.
-    BOOST_TEST(expectQuery(s) == "select 1");
+    SCRIPT_CHECK(expectQuery(s) == "select 1");
     s.send(message('C', cstring("SELECT 0")) + message('Z', "I"));
-    BOOST_TEST((s.receiveMessage()->first == 'X'));
+    expectMessage(s, 'X');
   });
   Server server(configFor(upstream.dsn()));
   server.start();
@@ -174,10 +178,9 @@ BOOST_AUTO_TEST_CASE(copy_from_stdin_is_failed_upstream_and_refused) {
     (void)expectQuery(s);
     s.send(message('G', std::string(1, '\0') + int16(0)));
     const auto copyFail = s.receiveMessage();
-    BOOST_REQUIRE(copyFail);
-    BOOST_TEST(copyFail->first == 'f');
+    SCRIPT_CHECK(copyFail && copyFail->first == 'f');
     s.send(message('E', "SERROR" + std::string(1, '\0') + "C57014" + std::string(2, '\0')) + message('Z', "E"));
-    BOOST_TEST((s.receiveMessage()->first == 'X'));
+    expectMessage(s, 'X');
   });
   Server server(configFor(upstream.dsn()));
   server.start();
@@ -247,7 +250,7 @@ BOOST_AUTO_TEST_CASE(malformed_startups_are_rejected_and_the_server_goes_on) {
 }
 
 BOOST_AUTO_TEST_CASE(connection_limit_refuses_with_53300_and_readmits) {
-  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  ScriptedUpstream upstream([](Socket& s) { expectMessage(s, 'X'); });
   auto config = configFor(upstream.dsn());
   config.maxConnections = 1;
   Server server(config);
@@ -273,7 +276,7 @@ BOOST_AUTO_TEST_CASE(connection_limit_refuses_with_53300_and_readmits) {
 }
 
 BOOST_AUTO_TEST_CASE(unknown_message_type_is_a_protocol_violation) {
-  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  ScriptedUpstream upstream([](Socket& s) { expectMessage(s, 'X'); });
   Server server(configFor(upstream.dsn()));
   server.start();
   Socket client = startSession(server);
@@ -284,7 +287,7 @@ BOOST_AUTO_TEST_CASE(unknown_message_type_is_a_protocol_violation) {
 }
 
 BOOST_AUTO_TEST_CASE(oversized_query_is_refused_before_it_is_buffered) {
-  ScriptedUpstream upstream([](Socket& s) { BOOST_TEST((s.receiveMessage()->first == 'X')); });
+  ScriptedUpstream upstream([](Socket& s) { expectMessage(s, 'X'); });
   auto config = configFor(upstream.dsn());
   config.maxMessageSize = 4096;
   Server server(config);
@@ -306,9 +309,9 @@ BOOST_AUTO_TEST_CASE(row_limit_breach_stops_rows_cancels_and_reports_54000) {
     // The proxy cancels; the server answers the cancelled statement with 57014, then ReadyForQuery.
     while (self->cancelRequests() == 0) std::this_thread::yield();
     s.send(message('E', "SERROR" + std::string(1, '\0') + "C57014" + std::string(2, '\0')) + message('Z', "I"));
-    BOOST_TEST(expectQuery(s) == "select 1");
+    SCRIPT_CHECK(expectQuery(s) == "select 1");
     s.send(message('C', cstring("SELECT 1")) + message('Z', "I"));
-    BOOST_TEST((s.receiveMessage()->first == 'X'));
+    expectMessage(s, 'X');
   });
   self = &upstream;
   auto config = configFor(upstream.dsn());
@@ -341,9 +344,9 @@ BOOST_AUTO_TEST_CASE(breach_after_the_statement_finished_still_fails_the_transac
     s.send(message('T', int16(0)) + message('D', int16(0)) + message('D', int16(0)) +
            message('C', cstring("SELECT 2")) + message('Z', "T"));
     const std::string abort = expectQuery(s);
-    BOOST_TEST(abort.find("RAISE EXCEPTION") != std::string::npos);
+    SCRIPT_CHECK(abort.find("RAISE EXCEPTION") != std::string::npos);
     s.send(message('E', "SERROR" + std::string(1, '\0') + "C54000" + std::string(2, '\0')) + message('Z', "E"));
-    BOOST_TEST((s.receiveMessage()->first == 'X'));
+    expectMessage(s, 'X');
   });
   auto config = configFor(upstream.dsn());
   config.maxRows = 1;
@@ -362,9 +365,9 @@ BOOST_AUTO_TEST_CASE(breach_after_the_statement_finished_still_fails_the_transac
 
 BOOST_AUTO_TEST_CASE(denied_queries_never_reach_the_upstream) {
   ScriptedUpstream upstream([](Socket& s) {
-    BOOST_TEST(expectQuery(s) == "select 1");
+    SCRIPT_CHECK(expectQuery(s) == "select 1");
     s.send(message('C', cstring("SELECT 1")) + message('Z', "I"));
-    BOOST_TEST((s.receiveMessage()->first == 'X'));
+    expectMessage(s, 'X');
   });
   auto config = configFor(upstream.dsn());
   config.denyPatterns = {"^drop"};

@@ -5,11 +5,19 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+// Checks inside a ScriptedUpstream script, which runs on its own thread where Boost.Test must not be
+// called: a failure throws, and join() rethrows it on the test's thread.
+#define SCRIPT_CHECK(condition)                                                                   \
+  do {                                                                                            \
+    if (!(condition)) throw std::runtime_error("scripted upstream: check failed: " #condition);  \
+  } while (false)
 
 namespace test_support {
 
