@@ -1,0 +1,778 @@
+#!/usr/bin/python3
+"""pgwire-proxy benchmark: direct PostgreSQL vs. PgBouncer (session mode) vs. the proxy, side by side.
+
+    /usr/bin/python3 bench/run.py [--quick] [--rounds N] [--duration S] [--binary PATH] [--json out.json]
+
+Starts a throwaway PostgreSQL (initdb in a temp dir), a PgBouncer in session mode and the proxy (a release
+build made into build-bench/ unless --binary is given), all on 127.0.0.1, then measures in interleaved
+rounds (the three targets one after another, the starting target rotating each round):
+
+  * `pgbench -M simple -S` at 1, 16 and 64 clients, and bench/write.sql (short write transactions);
+  * a large result (2,000,000 rows of ~110 bytes) read by a raw-socket client that discards it: wall
+    time, and the CPU time PgBouncer and the proxy spent on it (/proc/PID/stat), and the proxy's RSS
+    during it (VmHWM after clear_refs, plus VmRSS samples) against its RSS just before;
+  * once, on freshly started processes: the RSS that N idle clients (default 200) add to the proxy and
+    to PgBouncer.
+
+Prints a table of medians with the ratios proxy/direct and proxy/PgBouncer (medians of the per-round
+ratios) and the targets of issue 8, and writes everything as JSON with --json. Progress goes to stderr,
+the table to stdout. Each run also records how much CPU other processes on the machine took meanwhile
+(and the hypervisor's steal time); a run disturbed by more than --max-foreign is repeated up to
+--retries times and the least disturbed attempt counts.
+Everything started here is stopped on exit, also on Ctrl+C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+
+from pgwire_proxy.cluster import ThrowawayPostgres, find_pg_bindir, free_port  # noqa: E402
+from pgwire_proxy.process import ProxyProcess  # noqa: E402
+
+TARGETS = ("direct", "pgbouncer", "proxy")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVICE_USER = "postgres"  # PostgreSQL and PgBouncer refuse to run as root
+WRITE_SCRIPT = REPO / "bench" / "write.sql"
+STREAM_SQL = "select g, repeat('x', 100) from generate_series(1, {rows}) g"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def client_env() -> Dict[str, str]:
+    """Our environment without PG* variables (a PGHOST or PGOPTIONS must not redirect the clients)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.setdefault("LC_ALL", "C")
+    return env
+
+
+# ---- /proc ---------------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_kb(pid: int) -> Dict[str, int]:
+    """VmRSS and VmHWM of a process, in kB."""
+    result: Dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                result[name] = int(value.split()[0])
+    return result
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0; needs the right to write clear_refs)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _stat_fields(pid: int) -> List[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+class CpuMeter:
+    """How much CPU other processes on the machine used while we measured.
+
+    busy = user+nice+system+irq+softirq of all CPUs (/proc/stat); ours = this process and its reaped
+    children (pgbench), the postmaster with everything it forked (live ones and, through cutime/cstime,
+    the exited ones), PgBouncer and the proxy. foreign share = (busy - ours) / (wall x CPUs). Tick-based,
+    so a few percent either way; a share well above that means the numbers of that run are disturbed.
+    The hypervisor's steal time is reported too (other virtual machines on the same host).
+    """
+
+    def __init__(self, roots: Callable[[], List[int]]):
+        self.roots = roots
+
+    @staticmethod
+    def _busy_and_steal() -> Tuple[float, float]:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+        return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+    def _ours(self) -> float:
+        import resource
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+        roots = set(self.roots())
+        parents: Dict[int, int] = {}
+        times: Dict[int, Tuple[int, int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _stat_fields(int(entry))
+                parents[int(entry)] = int(fields[1])
+                # own time, and the time of reaped children
+                times[int(entry)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+        for pid, (own, reaped) in times.items():
+            if pid in roots:
+                total += (own + reaped) / CLK_TCK
+            elif parents.get(pid) in roots:  # live children of a root: PostgreSQL backends
+                total += own / CLK_TCK
+        return total
+
+    def snapshot(self) -> Tuple[float, float, float, float]:
+        busy, steal = self._busy_and_steal()
+        return time.monotonic(), busy, self._ours(), steal
+
+    def shares(self, before: Tuple[float, float, float, float]) -> Tuple[float, float]:
+        """(foreign, steal) since `before`, as shares of all CPUs; steal is time the hypervisor gave
+        to other guests while this one wanted to run."""
+        wall, busy, ours, steal = (a - b for a, b in zip(self.snapshot(), before))
+        capacity = wall * (os.cpu_count() or 1)
+        if capacity <= 0:
+            return 0.0, 0.0
+        return max(0.0, busy - ours) / capacity, max(0.0, steal) / capacity
+
+
+class RssSampler:
+    """Samples VmRSS of a process every few milliseconds on a thread; .peak_kb is the largest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.005):
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_kb = max(self.peak_kb, memory_kb(self.pid).get("VmRSS", 0))
+            except OSError:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self.peak_kb = memory_kb(self.pid).get("VmRSS", 0)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kb = max(self.peak_kb, memory_kb(self.pid).get("VmRSS", 0))
+
+
+# ---- a minimal frontend: startup, one simple Query, nothing kept ----------------------------------
+
+class WireClient:
+    """A raw protocol-3.0 connection (trust auth). Costs next to no CPU, so the servers are what is timed."""
+
+    def __init__(self, host: str, port: int, user: str = "postgres", dbname: str = "postgres",
+                 timeout: float = 60.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            params = b"".join(k + b"\0" + v + b"\0" for k, v in (
+                (b"user", user.encode()), (b"database", dbname.encode()),
+                (b"application_name", b"pgwire-proxy-bench"))) + b"\0"
+            body = struct.pack("!I", 196608) + params
+            self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
+            self._await_ready()
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _recv_exact(self, n: int) -> bytes:
+        chunks = []
+        while n > 0:
+            chunk = self.sock.recv(n)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def _await_ready(self) -> None:
+        while True:
+            header = self._recv_exact(5)
+            kind, length = header[:1], struct.unpack("!I", header[1:])[0]
+            body = self._recv_exact(length - 4)
+            if kind == b"E":
+                fields = dict((f[:1], f[1:].decode(errors="replace")) for f in body.split(b"\0") if f)
+                raise ConnectionError(f"server error {fields.get(b'C')}: {fields.get(b'M')}")
+            if kind == b"R" and struct.unpack("!I", body[:4])[0] != 0:
+                raise ConnectionError("the server asks for a password; the benchmark expects trust auth")
+            if kind == b"Z":
+                return
+
+    def stream(self, sql: str, expected_tag: str) -> Tuple[int, float]:
+        """Run one statement, read and discard its result; returns (bytes received, seconds)."""
+        payload = sql.encode() + b"\0"
+        message = b"Q" + struct.pack("!I", len(payload) + 4) + payload
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        total = 0
+        tail = b""
+        started = time.perf_counter()
+        self.sock.sendall(message)
+        while True:
+            n = self.sock.recv_into(buffer)
+            if n == 0:
+                raise ConnectionError("server closed the connection during the stream")
+            total += n
+            tail = (tail + bytes(view[max(0, n - 128):n]))[-128:]
+            # The result ends with ReadyForQuery; our rows (digits and 'x') never contain these bytes.
+            if len(tail) >= 6 and tail[-6:-1] == b"Z\0\0\0\x05":
+                break
+        elapsed = time.perf_counter() - started
+        if expected_tag.encode() + b"\0" not in tail:
+            raise RuntimeError(f"the stream did not end with {expected_tag!r}: {tail!r}")
+        return total, elapsed
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(b"X\0\0\0\x04")
+        self.sock.close()
+
+
+# ---- PgBouncer -----------------------------------------------------------------------------------
+
+class PgBouncer:
+    """PgBouncer from the Debian package, session mode, trust auth, in a temp dir; runs as `postgres`."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, *, max_client_conn: int, pool_size: int,
+                 binary: str = "/usr/sbin/pgbouncer"):
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.max_client_conn = max_client_conn
+        self.pool_size = pool_size
+        self.binary = shutil.which("pgbouncer") or binary
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.process: Optional[subprocess.Popen] = None
+        self.dir: Optional[Path] = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def version(self) -> str:
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True)
+        return out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
+
+    def start(self) -> "PgBouncer":
+        if not Path(self.binary).is_file():
+            raise RuntimeError(f"pgbouncer not found at {self.binary}; install the Debian package pgbouncer")
+        self.dir = Path(tempfile.mkdtemp(prefix="pgwire-proxy-bench-pgbouncer-"))
+        owner = pwd.getpwnam(SERVICE_USER) if os.geteuid() == 0 else None
+        if owner is not None:
+            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+        (self.dir / "userlist.txt").write_text('"postgres" ""\n')
+        last_error = ""
+        for _ in range(5):
+            self.port = free_port(self.host)
+            ini = self.dir / "pgbouncer.ini"
+            ini.write_text(f"""\
+[databases]
+postgres = host={self.upstream_host} port={self.upstream_port} dbname=postgres user=postgres
+
+[pgbouncer]
+listen_addr = {self.host}
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {self.dir}/userlist.txt
+pool_mode = session
+max_client_conn = {self.max_client_conn}
+default_pool_size = {self.pool_size}
+max_db_connections = 0
+ignore_startup_parameters = extra_float_digits
+logfile = {self.dir}/pgbouncer.log
+pidfile = {self.dir}/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+log_pooler_errors = 1
+""")
+            popen: Dict[str, object] = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, cwd=str(self.dir),
+                                            start_new_session=True, env=client_env())
+            if owner is not None:
+                popen.update(user=owner.pw_uid, group=owner.pw_gid, extra_groups=[])
+            self.process = subprocess.Popen([self.binary, str(ini)], **popen)  # type: ignore[arg-type]
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and self.process.poll() is None:
+                try:
+                    WireClient(self.host, self.port, timeout=5).close()
+                    return self
+                except OSError:
+                    time.sleep(0.05)
+            last_error = self.log_tail()
+            self.stop()
+        raise RuntimeError(f"PgBouncer did not start:\n{last_error}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.dir is None:
+            return ""
+        try:
+            return "\n".join((self.dir / "pgbouncer.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)  # immediate shutdown
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+# ---- building the proxy ---------------------------------------------------------------------------
+
+def build_proxy(build_dir: Path) -> Path:
+    """A release build of the binary only (no tests, no Python module) in a build dir of its own."""
+    def run(argv: List[str]) -> None:
+        log("$ " + " ".join(argv))
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=str(REPO))
+        if proc.returncode != 0:
+            raise RuntimeError(f"build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}")
+
+    if not (build_dir / "CMakeCache.txt").exists():
+        run(["cmake", "-S", str(REPO), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+             "-DPGWIRE_PROXY_TESTS=OFF", "-DPGWIRE_PROXY_PYTHON=OFF", f"-DPython_EXECUTABLE={sys.executable}"])
+    run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), "--target", "pgwire-proxy"])
+    return build_dir / "pgwire-proxy"
+
+
+# ---- measurements ----------------------------------------------------------------------------------
+
+_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+
+
+def pgbench(bindir: Path, host: str, port: int, *, clients: int, duration: int, scale: int,
+            script: Optional[Path]) -> float:
+    """TPS of one pgbench run (simple protocol; select-only when script is None)."""
+    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", "simple",
+            "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(duration)]
+    argv += ["-S"] if script is None else ["-f", str(script), "-s", str(scale)]
+    argv.append("postgres")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, env=client_env(),
+                          start_new_session=True)
+    match = _TPS.search(proc.stdout)
+    failed = _FAILED.search(proc.stdout)
+    if proc.returncode != 0 or match is None or (failed and int(failed.group(1)) > 0):
+        raise RuntimeError(f"pgbench failed (exit {proc.returncode}): {' '.join(argv)}\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return float(match.group(1))
+
+
+def stream_once(host: str, port: int, rows: int, watch: Dict[str, int]) -> Dict[str, float]:
+    """One large result through one target, with the CPU and RSS of the processes in `watch`."""
+    client = WireClient(host, port)
+    try:
+        client.stream("select 1", "SELECT 1")  # the session is up and warm
+        result: Dict[str, float] = {}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in watch.items()}
+        rss_before = {name: memory_kb(pid)["VmRSS"] for name, pid in watch.items()}
+        hwm_reset = {name: reset_peak_rss(pid) for name, pid in watch.items()}
+        samplers = {name: RssSampler(pid) for name, pid in watch.items()}
+        with contextlib.ExitStack() as stack:
+            for sampler in samplers.values():
+                stack.enter_context(sampler)
+            nbytes, seconds = client.stream(STREAM_SQL.format(rows=rows), f"SELECT {rows}")
+        result.update(bytes=nbytes, seconds=seconds, mb_per_s=nbytes / seconds / 1e6)
+        for name, pid in watch.items():
+            cpu = cpu_seconds(pid) - cpu_before[name]
+            peak = samplers[name].peak_kb
+            if hwm_reset[name]:
+                peak = max(peak, memory_kb(pid)["VmHWM"])
+            result[f"{name}_cpu_s"] = cpu
+            result[f"{name}_cpu_ns_per_byte"] = cpu * 1e9 / nbytes
+            result[f"{name}_rss_before_mb"] = rss_before[name] / 1024
+            result[f"{name}_rss_peak_mb"] = peak / 1024
+            result[f"{name}_rss_growth_mb"] = (peak - rss_before[name]) / 1024
+        return result
+    finally:
+        client.close()
+
+
+def idle_clients_rss(host: str, port: int, pid: int, count: int) -> Dict[str, float]:
+    """RSS of process `pid` before and with `count` idle client sessions open through it."""
+    before = memory_kb(pid)["VmRSS"]
+    clients: List[WireClient] = []
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            clients.append(WireClient(host, port))
+        connect_seconds = time.perf_counter() - started
+        time.sleep(1.0)
+        with_clients = memory_kb(pid)["VmRSS"]
+    finally:
+        for c in clients:
+            c.close()
+    return {"clients": count, "rss_before_mb": before / 1024, "rss_with_clients_mb": with_clients / 1024,
+            "growth_mb": (with_clients - before) / 1024, "per_client_kb": (with_clients - before) / count,
+            "connect_seconds": connect_seconds}
+
+
+# ---- the summary -----------------------------------------------------------------------------------
+
+def median(values: Sequence[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def summarize(runs: List[dict], idle: Dict[str, dict], settings: dict) -> List[dict]:
+    """One row per metric: the median of each target, and the ratios proxy/direct and proxy/PgBouncer as
+    the median of the per-round ratios (the three targets of a round ran back to back, so slow drift of
+    the machine cancels out), with the ratio of the medians kept alongside in the JSON."""
+
+    def per_round(kind: str, key: Callable[[str], str], **match: object) -> Dict[int, Dict[str, float]]:
+        table: Dict[int, Dict[str, float]] = {}
+        for r in runs:
+            if r["kind"] == kind and all(r.get(k) == v for k, v in match.items()) and key(r["target"]) in r:
+                table.setdefault(r["round"], {})[r["target"]] = r[key(r["target"])]
+        return table
+
+    rows: List[dict] = []
+
+    def add(metric: str, unit: str, table: Dict[int, Dict[str, float]], target: str = "",
+            check: Optional[Callable[[Optional[float], Optional[float], Dict[str, Optional[float]]],
+                                     Optional[bool]]] = None) -> None:
+        m = {t: median([v[t] for v in table.values() if t in v]) for t in TARGETS}
+
+        def paired(other: str) -> Optional[float]:
+            return median([v["proxy"] / v[other] for v in table.values() if v.get("proxy") is not None
+                           and v.get(other)])
+
+        vs_direct, vs_pgb = paired("direct"), paired("pgbouncer")
+        met = check(vs_direct, vs_pgb, m) if check else None
+        rows.append(dict(metric=metric, unit=unit, direct=m["direct"], pgbouncer=m["pgbouncer"], proxy=m["proxy"],
+                         proxy_vs_direct=vs_direct, proxy_vs_pgbouncer=vs_pgb,
+                         ratio_of_medians_vs_direct=ratio(m["proxy"], m["direct"]),
+                         ratio_of_medians_vs_pgbouncer=ratio(m["proxy"], m["pgbouncer"]),
+                         rounds=len(table), target=target, met=met))
+
+    def at_least(value: Optional[float], bound: float) -> Optional[bool]:
+        return None if value is None else value >= bound
+
+    def both(a: Optional[bool], b: Optional[bool]) -> Optional[bool]:
+        return None if a is None or b is None else a and b
+
+    tps = lambda target: "tps"  # noqa: E731
+    for clients in settings["clients"]:
+        table = per_round("pgbench", tps, script="select", clients=clients)
+        if clients == 1:
+            add(f"select-only, {clients} client", "TPS", table, ">=0.95x direct, >=1.10x pgb",
+                lambda d, p, m: both(at_least(d, 0.95), at_least(p, 1.10)))
+        else:
+            add(f"select-only, {clients} clients", "TPS", table, ">=1.10x pgb",
+                lambda d, p, m: at_least(p, 1.10))
+    wc = settings["write_clients"]
+    add(f"write txn, {wc} clients", "TPS", per_round("pgbench", tps, script="write", clients=wc))
+
+    rows_n = settings["stream_rows"]
+    add(f"stream {rows_n:,} rows, wall", "s", per_round("stream", lambda t: "seconds"), "<=1.05x direct",
+        lambda d, p, m: None if d is None else d <= 1.05)
+    add("stream throughput", "MB/s", per_round("stream", lambda t: "mb_per_s"))
+    add("stream CPU of the middle process", "ns/B", per_round("stream", lambda t: f"{t}_cpu_ns_per_byte"),
+        "< pgb", lambda d, p, m: None if p is None else p < 1.0)
+    add("stream RSS growth (peak - before)", "MB", per_round("stream", lambda t: f"{t}_rss_growth_mb"),
+        "proxy <= 8 MB", lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 8.0)
+    n = settings["idle_clients"]
+    add(f"RSS added by {n} idle clients", "MB",
+        {1: {t: v["growth_mb"] for t, v in idle.items()}}, "proxy <= 64 MB",
+        lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 64.0)
+    add("RSS at start, no clients", "MB", {1: {t: v["rss_before_mb"] for t, v in idle.items()}})
+    return rows
+
+
+def format_table(rows: List[dict]) -> str:
+    def num(v: Optional[float], unit: str = "") -> str:
+        if v is None:
+            return "-"
+        if unit == "TPS":
+            return f"{v:,.0f}"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+    def rat(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    header = ["metric", "unit", "direct", "pgbouncer", "proxy", "proxy/direct", "proxy/pgb", "target", "met"]
+    body = [[r["metric"], r["unit"], num(r["direct"], r["unit"]), num(r["pgbouncer"], r["unit"]),
+             num(r["proxy"], r["unit"]), rat(r["proxy_vs_direct"]), rat(r["proxy_vs_pgbouncer"]),
+             r["target"] or "-", {True: "yes", False: "NO", None: "-"}[r["met"]]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    right = {2, 3, 4, 5, 6}
+
+    def line(cells: List[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(header), "  ".join("-" * w for w in widths)]
+    out += [line(cells) for cells in body]
+    return "\n".join(out)
+
+
+# ---- machine -----------------------------------------------------------------------------------------
+
+def machine_info(bindir: Path, bouncer: PgBouncer, binary: Path) -> dict:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    pg = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "postgres": pg, "pgbouncer": bouncer.version(), "proxy_binary": str(binary),
+            "python": platform.python_version(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+# ---- main ----------------------------------------------------------------------------------------------
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="about a minute: 1 round, 2 s runs, pgbench scale 1, a 500,000-row stream")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
+    p.add_argument("--duration", type=int, help="seconds per pgbench run (default 10; quick 2)")
+    p.add_argument("--binary", type=Path, help="the pgwire-proxy binary (default: build one into build-bench/)")
+    p.add_argument("--build-dir", type=Path, default=REPO / "build-bench", help="where to build (default build-bench/)")
+    p.add_argument("--json", type=Path, help="write the results here as JSON")
+    p.add_argument("--clients", default="1,16,64", help="select-only client counts (default 1,16,64)")
+    p.add_argument("--write-clients", type=int, default=16, help="clients for the write script (default 16)")
+    p.add_argument("--scale", type=int, help="pgbench scale (default 10; quick 1)")
+    p.add_argument("--stream-rows", type=int, help="rows in the large result (default 2000000; quick 500000)")
+    p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
+    p.add_argument("--max-foreign", type=float, default=0.10,
+                   help="repeat a run when other processes used more than this share of the CPUs (default 0.10)")
+    p.add_argument("--retries", type=int, help="how often to repeat such a run (default 2; quick 0)")
+    p.add_argument("--retry-wait", type=float, default=5.0, help="seconds to wait before repeating (default 5)")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (2 if args.quick else 10)
+    args.scale = args.scale or (1 if args.quick else 10)
+    args.stream_rows = args.stream_rows or (500_000 if args.quick else 2_000_000)
+    args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
+    args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if args.rounds < 1 or args.duration < 1 or not args.clients or min(args.clients) < 1:
+        p.error("rounds, duration and client counts must be positive")
+    return args
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM/SIGHUP: unwind like Ctrl+C, so everything gets stopped
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    # Ctrl+C raises KeyboardInterrupt even when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    started = time.monotonic()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+
+    binary = args.binary.resolve() if args.binary else build_proxy(args.build_dir.resolve())
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        raise SystemExit(f"no pgwire-proxy binary at {binary}")
+    bindir = find_pg_bindir()
+    max_clients = max(args.clients + [args.write_clients])
+    settings = {"quick": args.quick, "rounds": args.rounds, "duration": args.duration, "scale": args.scale,
+                "clients": args.clients, "write_clients": args.write_clients, "stream_rows": args.stream_rows,
+                "idle_clients": args.idle_clients, "pgbench": "-M simple -n, -j min(clients, nproc)",
+                "write_script": str(WRITE_SCRIPT.relative_to(REPO))}
+
+    stack = contextlib.ExitStack()
+    try:
+        # -- start everything ------------------------------------------------------------------------
+        pg_conns = 3 * max_clients + args.idle_clients + 20
+        log(f"starting PostgreSQL (max_connections={pg_conns}) ...")
+        pg = ThrowawayPostgres(max_connections=pg_conns, settings={
+            "shared_buffers": "256MB" if not args.quick else "64MB", "work_mem": "64MB",
+            "max_wal_size": "4GB", "checkpoint_timeout": "30min", "autovacuum": "off"})
+        stack.callback(pg.stop)
+        pg.start()
+        log(f"pgbench -i -s {args.scale} (directly against PostgreSQL: the proxy refuses COPY) ...")
+        init = subprocess.run([str(bindir / "pgbench"), "-i", "-q", "-s", str(args.scale), "-h", pg.host,
+                               "-p", str(pg.port), "-U", "postgres", "postgres"],
+                              capture_output=True, text=True, env=client_env(), start_new_session=True)
+        if init.returncode != 0:
+            raise RuntimeError(f"pgbench -i failed:\n{init.stdout}{init.stderr}")
+        with contextlib.suppress(Exception):  # warm shared buffers (contrib may be missing: fine)
+            pg.execute("create extension if not exists pg_prewarm")
+            pg.execute("select pg_prewarm('pgbench_accounts'), pg_prewarm('pgbench_accounts_pkey')")
+
+        bouncer = PgBouncer(pg.host, pg.port, max_client_conn=max(1000, 2 * pg_conns), pool_size=pg_conns)
+        stack.callback(bouncer.cleanup)
+        bouncer.start()
+        log(f"PgBouncer on {bouncer.host}:{bouncer.port} (pid {bouncer.pid}, session mode)")
+
+        proxy = ProxyProcess(pg.dsn, binary=binary, max_connections=max(300, 3 * max_clients, args.idle_clients + 50),
+                             # guardrails on, limits far above what the benchmark sends
+                             max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning")
+        stack.callback(proxy.stop)
+        proxy.start()
+        proxy_pid = proxy.process.pid  # type: ignore[union-attr]
+        log(f"proxy {binary} on {proxy.host}:{proxy.port} (pid {proxy_pid})")
+
+        endpoints = {"direct": (pg.host, pg.port), "pgbouncer": (bouncer.host, bouncer.port),
+                     "proxy": (proxy.host, proxy.port)}
+        middle_pids = {"pgbouncer": bouncer.pid, "proxy": proxy_pid}
+
+        # -- idle clients, on fresh processes ------------------------------------------------------
+        idle: Dict[str, dict] = {}
+        for target in ("pgbouncer", "proxy"):
+            host, port = endpoints[target]
+            idle[target] = idle_clients_rss(host, port, middle_pids[target], args.idle_clients)
+            log(f"{args.idle_clients} idle clients via {target}: RSS {idle[target]['rss_before_mb']:.1f} -> "
+                f"{idle[target]['rss_with_clients_mb']:.1f} MB (+{idle[target]['growth_mb']:.1f} MB)")
+            time.sleep(1.0)  # let the upstream backends exit
+
+        # -- warm-up ---------------------------------------------------------------------------------
+        for target in TARGETS:
+            host, port = endpoints[target]
+            pgbench(bindir, host, port, clients=max_clients, duration=1, scale=args.scale, script=None)
+            stream_once(host, port, min(args.stream_rows, 100_000), {})
+
+        # -- interleaved rounds ------------------------------------------------------------------
+        postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])  # type: ignore[operator]
+        meter = CpuMeter(lambda: [postmaster, bouncer.pid, proxy_pid])
+
+        def measured(label: str, fn: Callable[[], object]) -> Tuple[object, dict]:
+            """fn() again (up to --retries times) while other processes (or other guests, through steal)
+            take more than --max-foreign of the CPUs; the least disturbed attempt counts."""
+            best: Optional[Tuple[float, object, dict]] = None
+            attempt = 0
+            for attempt in range(1, args.retries + 2):
+                before = meter.snapshot()
+                value = fn()
+                foreign, steal = meter.shares(before)
+                noise = {"foreign_cpu_share": round(foreign, 4), "steal_share": round(steal, 4)}
+                if best is None or foreign + steal < best[0]:
+                    best = (foreign + steal, value, noise)
+                if foreign + steal <= args.max_foreign:
+                    break
+                if attempt <= args.retries:
+                    log(f"    {label}: other processes used {foreign:.0%} of the CPUs, steal {steal:.0%}; "
+                        f"again in {args.retry_wait:g} s")
+                    time.sleep(args.retry_wait)
+            assert best is not None
+            return best[1], dict(best[2], attempts=attempt)
+
+        runs: List[dict] = []
+        workloads = [("select", c) for c in args.clients] + [("write", args.write_clients)]
+        for rnd in range(args.rounds):
+            order = TARGETS[rnd % 3:] + TARGETS[:rnd % 3]
+            for script, clients in workloads:
+                for target in order:
+                    host, port = endpoints[target]
+                    label = f"[round {rnd + 1}/{args.rounds}] {script:6} c={clients:<3} {target:9}"
+                    tps, noise = measured(label, lambda: pgbench(
+                        bindir, host, port, clients=clients, duration=args.duration, scale=args.scale,
+                        script=None if script == "select" else WRITE_SCRIPT))
+                    runs.append(dict(kind="pgbench", round=rnd + 1, target=target, script=script,
+                                     clients=clients, tps=tps, **noise))
+                    log(f"{label} {tps:10,.0f} TPS   (others {noise['foreign_cpu_share']:4.0%}, "
+                        f"steal {noise['steal_share']:.0%})")
+            for target in order:
+                host, port = endpoints[target]
+                watch = {name: pid for name, pid in middle_pids.items() if name == target}
+                label = f"[round {rnd + 1}/{args.rounds}] stream {args.stream_rows:,} rows {target:9}"
+                result, noise = measured(label, lambda: stream_once(host, port, args.stream_rows, watch))
+                runs.append(dict(kind="stream", round=rnd + 1, target=target, rows=args.stream_rows,
+                                 **noise, **result))
+                extra = ""
+                if target in middle_pids:
+                    extra = (f", {target} CPU {result[f'{target}_cpu_s']:.2f} s "
+                             f"({result[f'{target}_cpu_ns_per_byte']:.2f} ns/B), RSS "
+                             f"{result[f'{target}_rss_before_mb']:.1f} -> {result[f'{target}_rss_peak_mb']:.1f} MB")
+                log(f"{label} {result['seconds']:.3f} s, {result['bytes'] / 1e6:.1f} MB{extra}   (others {noise['foreign_cpu_share']:.0%}, "
+                    f"steal {noise['steal_share']:.0%})")
+
+        info = machine_info(bindir, bouncer, binary)
+        info["loadavg_at_start"] = load_at_start
+        summary = summarize(runs, idle, settings)
+        elapsed = time.monotonic() - started
+        print(f"\npgwire-proxy benchmark: {info['nproc']} CPUs ({info['cpu']}), {info['postgres']}, "
+              f"{info['pgbouncer']}; rounds={args.rounds} duration={args.duration}s scale={args.scale} "
+              f"({'quick, ' if args.quick else ''}medians; took {elapsed:.0f} s; load average "
+              f"{load_at_start[0]:.2f} at start, {info['loadavg_at_end'][0]:.2f} at end)\n")
+        print(format_table(summary))
+        shares = [r["foreign_cpu_share"] for r in runs]
+        steals = [r["steal_share"] for r in runs]
+        retried = sum(1 for r in runs if r["attempts"] > 1)
+        noisy = sum(1 for r in runs if r["foreign_cpu_share"] + r["steal_share"] > args.max_foreign)
+        print(f"\nduring the measured runs other processes used a median {statistics.median(shares):.1%} "
+              f"(max {max(shares):.1%}) of the CPUs, hypervisor steal a median {statistics.median(steals):.1%} "
+              f"(max {max(steals):.1%}); {retried} runs repeated, {noisy} still above {args.max_foreign:.0%}; "
+              f"ratios are medians of per-round ratios", flush=True)
+        info["foreign_cpu_share_median"] = round(statistics.median(shares), 4)
+        info["foreign_cpu_share_max"] = round(max(shares), 4)
+        info["steal_share_median"] = round(statistics.median(steals), 4)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
+                                             "idle_clients": idle, "runs": runs,
+                                             "seconds": round(elapsed, 1)}, indent=2) + "\n")
+            log(f"wrote {args.json}")
+        if proxy.returncode is not None:
+            raise RuntimeError(f"the proxy exited during the benchmark:\n{proxy.stderr_text()[-2000:]}")
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted; stopping everything")
+        return 130
+    finally:
+        # A second Ctrl+C must not cut the shutdown short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
