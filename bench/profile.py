@@ -145,7 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--binary", type=Path)
     p.add_argument("--build-dir", type=Path, default=bench.REPO / "build-bench")
     p.add_argument("--call-graph", choices=("none", "fp", "dwarf"), default="none",
-                   help="perf call graphs (a release build has no frame pointers: dwarf, or none)")
+                   help="perf call graphs: fp gives whole kernel stacks (which syscall a sample belongs to; "
+                        "user stacks stop early in a release build), dwarf also user stacks (heavier)")
     p.add_argument("--no-perf", action="store_true")
     p.add_argument("--no-strace", action="store_true")
     p.add_argument("--out", type=Path)

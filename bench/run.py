@@ -123,33 +123,45 @@ class CpuMeter:
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
         return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
 
-    def _ours(self) -> float:
+    def _scan(self) -> Tuple[float, frozenset]:
+        """CPU seconds of our processes, and the PIDs of the roots' live children."""
         import resource
         total = 0.0
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
             usage = resource.getrusage(who)
             total += usage.ru_utime + usage.ru_stime
         roots = set(self.roots())
-        parents: Dict[int, int] = {}
-        times: Dict[int, Tuple[int, int]] = {}
+        children = set()
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = _stat_fields(int(entry))
-                parents[int(entry)] = int(fields[1])
-                # own time, and the time of reaped children
-                times[int(entry)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
-        for pid, (own, reaped) in times.items():
-            if pid in roots:
-                total += (own + reaped) / CLK_TCK
-            elif parents.get(pid) in roots:  # live children of a root: PostgreSQL backends
-                total += own / CLK_TCK
-        return total
+                pid = int(entry)
+                fields = _stat_fields(pid)
+                own, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+                if pid in roots:  # own time, and that of its exited (reaped) children
+                    total += (own + reaped) / CLK_TCK
+                elif int(fields[1]) in roots:  # live children of a root: PostgreSQL backends
+                    total += own / CLK_TCK
+                    children.add(pid)
+        return total, frozenset(children)
+
+    def _settle(self, timeout: float = 2.0) -> None:
+        """Wait until no root gains or loses children for a moment: a backend exiting while /proc is
+        scanned would be counted twice or not at all (its time moves into the postmaster's cstime)."""
+        deadline = time.monotonic() + timeout
+        previous = self._scan()[1]
+        stable = 0
+        while stable < 2 and time.monotonic() < deadline:
+            time.sleep(0.03)
+            current = self._scan()[1]
+            stable = stable + 1 if current == previous else 0
+            previous = current
 
     def snapshot(self) -> Tuple[float, float, float, float]:
+        self._settle()
         busy, steal = self._busy_and_steal()
-        return time.monotonic(), busy, self._ours(), steal
+        return time.monotonic(), busy, self._scan()[0], steal
 
     def shares(self, before: Tuple[float, float, float, float]) -> Tuple[float, float]:
         """(foreign, steal) since `before`, as shares of all CPUs; steal is time the hypervisor gave
@@ -550,7 +562,8 @@ def format_table(rows: List[dict]) -> str:
     right = {2, 3, 4, 5, 6}
 
     def line(cells: List[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(header), "  ".join("-" * w for w in widths)]
     out += [line(cells) for cells in body]
@@ -591,7 +604,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--stream-rows", type=int, help="rows in the large result (default 2000000; quick 500000)")
     p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
     p.add_argument("--max-foreign", type=float, default=0.10,
-                   help="repeat a run when other processes used more than this share of the CPUs (default 0.10)")
+                   help="repeat a run when other processes (plus hypervisor steal) took more than this share "
+                        "of the CPUs (default 0.10)")
     p.add_argument("--retries", type=int, help="how often to repeat such a run (default 2; quick 0)")
     p.add_argument("--retry-wait", type=float, default=5.0, help="seconds to wait before repeating (default 5)")
     args = p.parse_args(argv)
