@@ -8,6 +8,7 @@ build made into build-bench/ unless --binary is given), all on 127.0.0.1, then m
 rounds (the three targets one after another, the starting target rotating each round):
 
   * `pgbench -M simple -S` at 1, 16 and 64 clients, and bench/write.sql (short write transactions);
+  * `pgbench -M extended -S` and `-M prepared -S` at 16 clients (the proxy runs --extended-protocol=relay);
   * a large result (2,000,000 rows of ~110 bytes) read by a raw-socket client that discards it: wall
     time, and the CPU time PgBouncer and the proxy spent on it (/proc/PID/stat), and the proxy's RSS
     during it (VmHWM after clear_refs, plus VmRSS samples) against its RSS just before;
@@ -401,9 +402,9 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
 
 
 def pgbench(bindir: Path, host: str, port: int, *, clients: int, duration: int, scale: int,
-            script: Optional[Path]) -> float:
-    """TPS of one pgbench run (simple protocol; select-only when script is None)."""
-    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", "simple",
+            script: Optional[Path], mode: str = "simple") -> float:
+    """TPS of one pgbench run (-M mode; select-only when script is None)."""
+    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", mode,
             "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(duration)]
     argv += ["-S"] if script is None else ["-f", str(script), "-s", str(scale)]
     argv.append("postgres")
@@ -515,13 +516,17 @@ def summarize(runs: List[dict], idle: Dict[str, dict], settings: dict) -> List[d
 
     tps = lambda target: "tps"  # noqa: E731
     for clients in settings["clients"]:
-        table = per_round("pgbench", tps, script="select", clients=clients)
+        table = per_round("pgbench", tps, script="select", clients=clients, mode="simple")
         if clients == 1:
             add(f"select-only, {clients} client", "TPS", table, ">=0.95x direct, >=1.10x pgb",
                 lambda d, p, m: both(at_least(d, 0.95), at_least(p, 1.10)))
         else:
             add(f"select-only, {clients} clients", "TPS", table, ">=1.10x pgb",
                 lambda d, p, m: at_least(p, 1.10))
+    for mode in ("extended", "prepared"):
+        ec = settings["extended_clients"]
+        add(f"select-only -M {mode}, {ec} clients", "TPS",
+            per_round("pgbench", tps, script="select", clients=ec, mode=mode))
     wc = settings["write_clients"]
     add(f"write txn, {wc} clients", "TPS", per_round("pgbench", tps, script="write", clients=wc))
 
@@ -600,6 +605,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the results here as JSON")
     p.add_argument("--clients", default="1,16,64", help="select-only client counts (default 1,16,64)")
     p.add_argument("--write-clients", type=int, default=16, help="clients for the write script (default 16)")
+    p.add_argument("--extended-clients", type=int, default=16,
+                   help="clients for the -M extended and -M prepared select-only runs (default 16)")
     p.add_argument("--scale", type=int, help="pgbench scale (default 10; quick 1)")
     p.add_argument("--stream-rows", type=int, help="rows in the large result (default 2000000; quick 500000)")
     p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
@@ -639,8 +646,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bindir = find_pg_bindir()
     max_clients = max(args.clients + [args.write_clients])
     settings = {"quick": args.quick, "rounds": args.rounds, "duration": args.duration, "scale": args.scale,
-                "clients": args.clients, "write_clients": args.write_clients, "stream_rows": args.stream_rows,
-                "idle_clients": args.idle_clients, "pgbench": "-M simple -n, -j min(clients, nproc)",
+                "clients": args.clients, "write_clients": args.write_clients,
+                "extended_clients": args.extended_clients, "stream_rows": args.stream_rows,
+                "idle_clients": args.idle_clients, "pgbench": "-M simple (and extended/prepared) -n, -j min(clients, nproc)",
                 "write_script": str(WRITE_SCRIPT.relative_to(REPO))}
 
     stack = contextlib.ExitStack()
@@ -670,7 +678,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         proxy = ProxyProcess(pg.dsn, binary=binary, max_connections=max(300, 3 * max_clients, args.idle_clients + 50),
                              # guardrails on, limits far above what the benchmark sends
-                             max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning")
+                             max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning",
+                             extended_protocol="relay")
         stack.callback(proxy.stop)
         proxy.start()
         proxy_pid = proxy.process.pid  # type: ignore[union-attr]
@@ -721,18 +730,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return best[1], dict(best[2], attempts=attempt)
 
         runs: List[dict] = []
-        workloads = [("select", c) for c in args.clients] + [("write", args.write_clients)]
+        workloads = ([("select", c, "simple") for c in args.clients] + [("write", args.write_clients, "simple")]
+                     + [("select", args.extended_clients, mode) for mode in ("extended", "prepared")])
         for rnd in range(args.rounds):
             order = TARGETS[rnd % 3:] + TARGETS[:rnd % 3]
-            for script, clients in workloads:
+            for script, clients, mode in workloads:
                 for target in order:
                     host, port = endpoints[target]
-                    label = f"[round {rnd + 1}/{args.rounds}] {script:6} c={clients:<3} {target:9}"
+                    label = f"[round {rnd + 1}/{args.rounds}] {script:6} -M {mode:8} c={clients:<3} {target:9}"
                     tps, noise = measured(label, lambda: pgbench(
                         bindir, host, port, clients=clients, duration=args.duration, scale=args.scale,
-                        script=None if script == "select" else WRITE_SCRIPT))
+                        script=None if script == "select" else WRITE_SCRIPT, mode=mode))
                     runs.append(dict(kind="pgbench", round=rnd + 1, target=target, script=script,
-                                     clients=clients, tps=tps, **noise))
+                                     clients=clients, mode=mode, tps=tps, **noise))
                     log(f"{label} {tps:10,.0f} TPS   (others {noise['foreign_cpu_share']:4.0%}, "
                         f"steal {noise['steal_share']:.0%})")
             for target in order:

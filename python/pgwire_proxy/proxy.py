@@ -197,7 +197,9 @@ class Proxy:
     The upstream's user, database and password come from upstream_dsn (else the environment variable
     PGWIRE_PROXY_UPSTREAM_DSN); the proxy does not authenticate clients. With enable_tls, clients
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
-    tls_required to refuse plain clients). metrics_address ('127.0.0.1:0' picks a port) serves
+    tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
+    protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
+    guardrails; the default 'reject' refuses it with 0A000. metrics_address ('127.0.0.1:0' picks a port) serves
     Prometheus metrics over HTTP. The log options (log_level, log_format, log_file, log_queries) set
     the process-wide logger, so the last proxy started decides them for every proxy in the process.
     config (the binary's --config file) is refused: pass the options as keyword arguments.
@@ -211,8 +213,8 @@ class Proxy:
                  idle_in_transaction_timeout: Optional[Duration] = None,
                  startup_timeout: Optional[Duration] = None, connect_timeout: Optional[Duration] = None,
                  shutdown_timeout: Optional[Duration] = None,
-                 max_message_size: Optional[Size] = None, max_rows: Optional[int] = None,
-                 max_bytes: Optional[Size] = None, deny: Patterns = (), allow: Patterns = (),
+                 max_message_size: Optional[Size] = None, extended_protocol: Optional[str] = None,
+                 max_rows: Optional[int] = None, max_bytes: Optional[Size] = None, deny: Patterns = (), allow: Patterns = (),
                  deny_file: Patterns = (), allow_file: Patterns = (), patterns_ignore_case: bool = False,
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
                  tls_key: Optional[PathLike] = None, tls_ca: Optional[PathLike] = None,
@@ -259,7 +261,8 @@ class Proxy:
                             ("log-file", log_file)):
             if value is not None:
                 options[name] = [_path(name.replace("-", "_"), value)]
-        for name, value in (("metrics-address", metrics_address), ("log-format", log_format)):
+        for name, value in (("metrics-address", metrics_address), ("log-format", log_format),
+                            ("extended-protocol", extended_protocol)):
             if value is not None:
                 options[name] = [_text(name.replace("-", "_"), value)]
         if isinstance(capture_size, bool) or not isinstance(capture_size, int):

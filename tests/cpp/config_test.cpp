@@ -1,6 +1,7 @@
 // Parsing and validation of the settings: durations, sizes, integers, the DSN.
 #include <boost/test/unit_test.hpp>
 
+#include "config/options.h"
 #include "config/server_config.h"
 #include "upstream/upstream_connection.h"
 
@@ -61,6 +62,19 @@ BOOST_AUTO_TEST_CASE(validation) {
   config.upstreamDsn = "host=x";
   config.maxConnections = 0;
   BOOST_CHECK_THROW(config.validate(), ConfigError);
+}
+
+BOOST_AUTO_TEST_CASE(extended_protocol_mode) {
+  OptionValues values{{"upstream-dsn", {"host=127.0.0.1"}}};
+  BOOST_CHECK(!configFromOptions(values).extendedProtocolRelay);  // reject is the default
+  values["extended-protocol"] = {"relay"};
+  BOOST_CHECK(configFromOptions(values).extendedProtocolRelay);
+  values["extended-protocol"] = {"reject"};
+  BOOST_CHECK(!configFromOptions(values).extendedProtocolRelay);
+  values["extended-protocol"] = {"Relay"};
+  BOOST_CHECK_EXCEPTION(configFromOptions(values), ConfigError, [](const ConfigError& error) {
+    return std::string(error.what()).find("extended-protocol: invalid value \"Relay\"") == 0;
+  });
 }
 
 BOOST_AUTO_TEST_SUITE_END()

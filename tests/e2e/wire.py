@@ -45,8 +45,17 @@ def parse(sql: str, name: str = "") -> bytes:
     return message(b"P", _cstr(name) + _cstr(sql) + struct.pack("!h", 0))
 
 
-def bind(portal: str = "", statement: str = "") -> bytes:
-    return message(b"B", _cstr(portal) + _cstr(statement) + struct.pack("!hhh", 0, 0, 0))
+def bind(portal: str = "", statement: str = "", params: Iterable[Optional[str]] = ()) -> bytes:
+    """Bind with text parameters (None is NULL) and text results."""
+    values = list(params)
+    body = _cstr(portal) + _cstr(statement) + struct.pack("!hh", 0, len(values))
+    for value in values:
+        body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value.encode())) + value.encode()
+    return message(b"B", body + struct.pack("!h", 0))
+
+
+def describe_statement(name: str = "") -> bytes:
+    return message(b"D", b"S" + _cstr(name))
 
 
 def describe_portal(portal: str = "") -> bytes:
@@ -59,6 +68,10 @@ def execute(portal: str = "", max_rows: int = 0) -> bytes:
 
 def close_statement(name: str = "") -> bytes:
     return message(b"C", b"S" + _cstr(name))
+
+
+def close_portal(name: str = "") -> bytes:
+    return message(b"C", b"P" + _cstr(name))
 
 
 def sync() -> bytes:

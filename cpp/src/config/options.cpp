@@ -32,6 +32,9 @@ const std::vector<OptionSpec>& optionSpecs() {
        "On SIGTERM/SIGINT, how long running queries may finish before they are cancelled (a second signal "
        "cuts it short). Default: 30s."},
       {"max-message-size", "size", "Largest client message (a Query) accepted (kB, MB). Default: 16MB."},
+      {"extended-protocol", "mode",
+       "reject: refuse Parse/Bind/Execute with 0A000 (simple-protocol clients only); relay: relay the extended "
+       "query protocol, pipelined, with the same guardrails. Default: reject."},
       {"max-rows", "n",
        "Most rows per statement sent to a client; past it the statement is cancelled with 54000 (0 = off). "
        "Default: 10000."},
@@ -94,6 +97,12 @@ ServerConfig configFromOptions(const OptionValues& values) {
     const auto size = parseSize(*v, "max-message-size");
     if (size > 1024ULL * 1024 * 1024) throw ConfigError("max-message-size: must be at most 1GB");
     config.maxMessageSize = static_cast<std::uint32_t>(size);
+  }
+  if (auto* v = value("extended-protocol")) {
+    if (*v != "reject" && *v != "relay") {
+      throw ConfigError("extended-protocol: invalid value \"" + *v + "\" (reject or relay)");
+    }
+    config.extendedProtocolRelay = *v == "relay";
   }
   if (auto* v = value("max-rows")) config.maxRows = static_cast<std::uint64_t>(parseInteger(*v, "max-rows", 0, INT64_MAX));
   if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");

@@ -29,6 +29,8 @@ struct ServerConfig {
   Milliseconds connectTimeout{10'000};  // upstream connection and authentication
   Milliseconds shutdownTimeout{30'000}; // how long running queries may finish after SIGTERM
   std::uint32_t maxMessageSize = 16U * 1024 * 1024;  // largest client message (a Query) accepted
+  // The extended query protocol (Parse/Bind/Execute ...): refused with 0A000 by default, or relayed.
+  bool extendedProtocolRelay = false;
 
   // Guardrails (0 turns a limit off).
   std::uint64_t maxRows = 10'000;                 // rows per statement sent to the client

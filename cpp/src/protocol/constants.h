@@ -42,6 +42,13 @@ inline constexpr char kCopyBothResponse = 'W';
 inline constexpr char kCopyData = 'd';
 inline constexpr char kCopyDone = 'c';
 inline constexpr char kNegotiateProtocolVersion = 'v';
+// Extended query protocol replies.
+inline constexpr char kParseComplete = '1';
+inline constexpr char kBindComplete = '2';
+inline constexpr char kCloseComplete = '3';
+inline constexpr char kParameterDescription = 't';
+inline constexpr char kNoData = 'n';
+inline constexpr char kPortalSuspended = 's';
 }  // namespace backend
 
 // Codes in the first int32 of an untyped startup-phase packet.

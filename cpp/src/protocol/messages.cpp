@@ -60,6 +60,35 @@ std::string_view parseQuery(std::span<const char> body) {
   return sql;
 }
 
+ParseMessage parseParseMessage(std::span<const char> body) {
+  MessageReader reader(body);
+  ParseMessage message;
+  message.statement = reader.readCString();
+  message.sql = reader.readCString();
+  return message;
+}
+
+BindMessage parseBindMessage(std::span<const char> body) {
+  MessageReader reader(body);
+  BindMessage message;
+  message.portal = reader.readCString();
+  message.statement = reader.readCString();
+  return message;
+}
+
+TargetMessage parseTargetMessage(std::span<const char> body) {
+  MessageReader reader(body);
+  TargetMessage message;
+  message.kind = static_cast<char>(reader.readByte());
+  message.name = reader.readCString();
+  return message;
+}
+
+std::string_view parseExecutePortal(std::span<const char> body) {
+  MessageReader reader(body);
+  return reader.readCString();
+}
+
 std::string_view ErrorFields::get(char code) const {
   for (const auto& [key, value] : fields) {
     if (key == code) return value;
@@ -150,6 +179,30 @@ void writeNegotiateProtocolVersion(MessageWriter& writer, std::int32_t newestMin
 void writeCopyFail(MessageWriter& writer, std::string_view reason) {
   writer.beginMessage(frontend::kCopyFail);
   writer.writeCString(reason);
+  writer.endMessage();
+}
+
+void writeUnnamedExecution(MessageWriter& writer, std::string_view sql) {
+  writer.beginMessage(frontend::kParse);
+  writer.writeCString("");
+  writer.writeCString(sql);
+  writer.writeInt16(0);  // no parameter types
+  writer.endMessage();
+  writer.beginMessage(frontend::kBind);
+  writer.writeCString("");
+  writer.writeCString("");
+  writer.writeInt16(0);  // no parameter formats
+  writer.writeInt16(0);  // no parameters
+  writer.writeInt16(0);  // text results
+  writer.endMessage();
+  writer.beginMessage(frontend::kExecute);
+  writer.writeCString("");
+  writer.writeInt32(0);  // all rows
+  writer.endMessage();
+}
+
+void writeSync(MessageWriter& writer) {
+  writer.beginMessage(frontend::kSync);
   writer.endMessage();
 }
 

@@ -39,6 +39,27 @@ struct StartupPacket {
 // The SQL text of a Query message body.
 [[nodiscard]] std::string_view parseQuery(std::span<const char> body);
 
+// What the relay reads of the extended-protocol messages (the rest of each goes upstream as it came).
+// Each throws ProtocolError when a name or the query text is not NUL-terminated inside the body.
+struct ParseMessage {
+  std::string_view statement;
+  std::string_view sql;
+};
+[[nodiscard]] ParseMessage parseParseMessage(std::span<const char> body);
+struct BindMessage {
+  std::string_view portal;
+  std::string_view statement;
+};
+[[nodiscard]] BindMessage parseBindMessage(std::span<const char> body);
+// Describe and Close: 'S' (a prepared statement) or 'P' (a portal), and its name.
+struct TargetMessage {
+  char kind = 0;
+  std::string_view name;
+};
+[[nodiscard]] TargetMessage parseTargetMessage(std::span<const char> body);
+// Execute: the portal's name (the row count that follows is PostgreSQL's business).
+[[nodiscard]] std::string_view parseExecutePortal(std::span<const char> body);
+
 // The identified fields of an ErrorResponse or NoticeResponse body, in order.
 struct ErrorFields {
   std::vector<std::pair<char, std::string>> fields;
@@ -60,6 +81,9 @@ void writeErrorResponse(MessageWriter& writer, const ProxyError& error);
 void writeNegotiateProtocolVersion(MessageWriter& writer, std::int32_t newestMinor,
                                    const std::vector<std::string>& unrecognizedOptions);
 void writeCopyFail(MessageWriter& writer, std::string_view reason);
+// Parse, Bind and Execute of `sql` as the unnamed statement and portal, no parameters, text results.
+void writeUnnamedExecution(MessageWriter& writer, std::string_view sql);
+void writeSync(MessageWriter& writer);
 void writeTerminate(MessageWriter& writer);
 
 }  // namespace pgwire_proxy::protocol

@@ -249,6 +249,7 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.connectTimeout != config_.connectTimeout) note(restart, "connect-timeout");
   if (next.shutdownTimeout != config_.shutdownTimeout) note(restart, "shutdown-timeout");
   if (next.maxMessageSize != config_.maxMessageSize) note(restart, "max-message-size");
+  if (next.extendedProtocolRelay != config_.extendedProtocolRelay) note(restart, "extended-protocol");
   if (next.tlsEnabled != config_.tlsEnabled || next.tlsRequired != config_.tlsRequired ||
       next.tlsCertFile != config_.tlsCertFile || next.tlsKeyFile != config_.tlsKeyFile ||
       next.tlsCaFile != config_.tlsCaFile) {

@@ -10,37 +10,15 @@
 #include "protocol/constants.h"
 #include "protocol/reader.h"
 #include "protocol/writer.h"
+#include "session/session_detail.h"
 #include "upstream/upstream_connection.h"
 
 namespace pgwire_proxy::session {
+using namespace detail;
 namespace {
 
 namespace fe = protocol::frontend;
 namespace be = protocol::backend;
-
-constexpr std::size_t kClientReadChunk = 16 * 1024;
-constexpr std::size_t kUpstreamReadChunk = 64 * 1024;
-constexpr std::size_t kIdleBufferCapacity = 64 * 1024;
-// Frames the proxy must hold whole (ErrorResponse ...) are small; anything past this is not PostgreSQL.
-constexpr std::uint32_t kMaxInspectedUpstreamMessage = 64U * 1024 * 1024;
-// Upper bound for any upstream frame length (PostgreSQL's MaxAllocSize-scale values), passed through.
-constexpr std::uint32_t kMaxUpstreamMessage = 0x7fffffffU;
-// How long the upstream has to answer a cancel sent by the backstop before it is given up as lost.
-constexpr auto kCancelGrace = std::chrono::seconds(5);
-// How much of a query's text goes into logs.
-constexpr std::size_t kQueryExcerptLength = 200;
-// Sent upstream when the proxy failed a statement but the upstream finished it inside a transaction
-// block (the cancel came too late): the transaction must end up failed, as the client was told.
-constexpr std::string_view kAbortTransactionSql =
-    "DO $pgwire_proxy$ BEGIN RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = "
-    "'pgwire-proxy failed the previous statement; the transaction is aborted'; END $pgwire_proxy$";
-// How long a best-effort error may wait for a client that does not read.
-constexpr auto kBestEffortWriteTimeout = std::chrono::seconds(1);
-
-// The session ends quietly (the reason is logged, nothing more is sent to the client).
-struct SessionEnded {
-  std::string reason;
-};
 
 // The backend messages the relay must see whole (all small); all others stream through untouched.
 // Inspected frames that go on unchanged still join the surrounding bytes in one write.
@@ -148,7 +126,7 @@ void Session::run() noexcept {
   }
 
   // A client gone mid-query must not leave its query running upstream.
-  if (state_ == State::kInQuery) cancelUpstream();
+  if (upstreamBusy()) cancelUpstream();
   if (cancelKey_) context_.registry.remove(cancelKey_->processId);
   if (canceller_) canceller_->detach();  // waits for a cancel in flight
   upstream_.reset();                     // Terminate, then close
@@ -317,52 +295,67 @@ void Session::relay() {
   const ProxyError shuttingDown(Severity::kFatal, sqlstate::kAdminShutdown,
                                 "terminating connection because pgwire-proxy is shutting down");
   while (state_ != State::kClosing) {
-    if (state_ != State::kInQuery) {
-      if (draining_) throw shuttingDown;  // the running query has finished; nothing new starts
+    const bool busy = upstreamBusy();
+    if (!busy && draining_) throw shuttingDown;  // the running query has finished; nothing new starts
+    if (acceptingClient()) {
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
         handleClientFrame(*frame);
         clientIn_.consume(frame->bytes.size());
         continue;
       }
       if (client_->hasPendingInput()) {  // decrypted bytes poll() cannot see
-        if (!readClient(std::nullopt)) state_ = State::kClosing;
+        if (!readClient(std::nullopt)) clientLeft();
         continue;
       }
     }
+    if (upstreamOutSent_ < upstreamOut_.size()) writeQueuedUpstream();
     if (upstreamLink_->hasPendingInput()) {
       pumpUpstream();
       continue;
     }
-    const bool inQuery = state_ == State::kInQuery;
-    if (!inQuery) {
+    if (!busy) {
       // Give back what an unusually large message or result made the buffers grow to. (Never while
       // frames are being processed: spans into the buffers would dangle.)
       clientIn_.shrinkTo(kIdleBufferCapacity);
       upstreamIn_.shrinkTo(kIdleBufferCapacity);
     }
-    // While a query runs the client is only watched for hanging up; its next messages wait in the kernel.
-    Wait waits[2] = {{upstreamLink_->fd(), upstreamLink_->readEvents(), 0},
-                     {clientFd_, static_cast<short>(inQuery ? POLLRDHUP : client_->readEvents()), 0}};
+    // While the upstream works on a query (or a Synced batch) the client is only watched for hanging
+    // up; its next messages wait in the kernel.
+    const bool reading = acceptingClient();
+    short upstreamEvents = upstreamLink_->readEvents();
+    if (upstreamOutSent_ < upstreamOut_.size()) upstreamEvents |= upstreamLink_->writeEvents();
+    Wait waits[2] = {{upstreamLink_->fd(), upstreamEvents, 0},
+                     {clientFd_, static_cast<short>(reading ? client_->readEvents() : POLLRDHUP), 0}};
     bool woken = false;
     // Once draining, the (still readable) shutdown fd is swapped for the immediate-shutdown one.
-    if (!waitAny(waits, draining_ ? context_.forceFd : context_.wakeFd, inQuery ? queryDeadline_ : std::nullopt,
+    if (!waitAny(waits, draining_ ? context_.forceFd : context_.wakeFd, busy ? queryDeadline_ : std::nullopt,
                  &woken)) {
       onQueryDeadline();
       continue;
     }
     if (woken) {
-      if (draining_ || !inQuery) throw shuttingDown;  // idle, or the drain time is up (the query is cancelled)
+      if (draining_ || !busy) throw shuttingDown;  // idle, or the drain time is up (the query is cancelled)
       draining_ = true;
       continue;
     }
-    if (waits[0].revents != 0) pumpUpstream();
+    if (waits[0].revents != 0) {
+      if (upstreamOutSent_ < upstreamOut_.size()) writeQueuedUpstream();
+      pumpUpstream();
+    }
     if (waits[1].revents == 0) continue;
-    if (inQuery) {
-      if (state_ == State::kInQuery) throw SessionEnded{"client disconnected during a query"};
+    if (!reading) {
+      if (upstreamBusy() && !acceptingClient()) throw SessionEnded{"client disconnected during a query"};
     } else if (!readClient(std::nullopt)) {
-      state_ = State::kClosing;
+      clientLeft();
     }
   }
+}
+
+void Session::setCancellable(bool cancellable) { canceller_->setInQuery(cancellable); }
+
+void Session::clientLeft() noexcept {
+  if (upstreamBusy()) cancelUpstream();  // an unfinished extended-protocol batch must not run on
+  state_ = State::kClosing;
 }
 
 void Session::handleClientFrame(const protocol::Frame& frame) {
@@ -377,6 +370,13 @@ void Session::handleClientFrame(const protocol::Frame& frame) {
       closeReason_ = "client terminated";
       state_ = State::kClosing;
     }
+    return;
+  }
+  if (context_.config.extendedProtocolRelay &&
+      (state_ == State::kExtended || frame.type() == fe::kParse || frame.type() == fe::kBind ||
+       frame.type() == fe::kDescribe || frame.type() == fe::kExecute || frame.type() == fe::kClose ||
+       frame.type() == fe::kSync || frame.type() == fe::kFlush)) {
+    relayExtendedFrame(frame);
     return;
   }
   switch (frame.type()) {
@@ -493,6 +493,10 @@ void Session::pumpUpstream() {
 }
 
 void Session::processUpstreamBytes() {
+  if (state_ == State::kExtended) {
+    processExtendedUpstreamBytes();
+    if (state_ == State::kExtended || upstreamIn_.empty()) return;
+  }
   ForwardRange range{upstreamIn_.readable()};
   // The rest of a frame whose start was already forwarded streams on without buffering.
   if (passThroughRemaining_ > 0) {
@@ -680,6 +684,10 @@ void Session::reportGuardrail(std::string_view limit, const std::string& value) 
 }
 
 void Session::onQueryDeadline() {
+  if (state_ == State::kExtended) {
+    onExtendedDeadline();
+    return;
+  }
   if (!backstopFired_) {
     // statement_timeout should have ended the query by now (a client may have SET it to 0).
     backstopFired_ = true;

@@ -3,14 +3,16 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <unordered_map>
 
-#include "config/server_config.h"
 #include <atomic>
 
+#include "config/server_config.h"
 #include "guardrails/guardrail_set.h"
 #include "guardrails/result_budget.h"
 #include "observability/session_observer.h"
@@ -57,6 +59,7 @@ class Session {
     kReady,               // ReadyForQuery sent; reading the client's next message
     kInQuery,             // a Query is upstream; relaying its results
     kDiscardingUntilSync, // an extended-protocol message was refused; skipping to Sync
+    kExtended,            // relay mode: extended-protocol messages are upstream; ReadyForQuery ends them
     kClosing,
   };
   class QueryCanceller;
@@ -87,7 +90,46 @@ class Session {
   void beginDraining(ProxyError error, bool cancelUpstream);
   void reportGuardrail(std::string_view limit, const std::string& value);
   void onQueryDeadline();
+  void onExtendedDeadline();
+  void clientLeft() noexcept;
+  // Whether a CancelRequest reaches the upstream now (waits while one for the last query is in flight).
+  void setCancellable(bool cancellable);
   void finishQuery();
+
+  // ---- the extended query protocol, relayed (extended_relay.cpp) ----
+  // A client message the upstream has yet to answer, oldest first, or the point at which the proxy
+  // failed the batch (type 0): its error reaches the client once everything before it has.
+  struct PendingReply {
+    explicit PendingReply(char replyTo = 0) : type(replyTo) {}
+    char type = 0;                           // Parse, Bind, Describe, Execute, Close, Sync; 0: failure
+    std::shared_ptr<const std::string> sql;  // Parse: its text; Bind, Execute: the statement's text
+    std::string statement;                   // Parse: the name it defines
+    std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
+    Clock::time_point sent{};
+    std::optional<ProxyError> failure;
+  };
+  [[nodiscard]] bool acceptingClient() const noexcept;
+  [[nodiscard]] bool upstreamBusy() const noexcept {
+    return state_ == State::kInQuery || state_ == State::kExtended;
+  }
+  void relayExtendedFrame(const protocol::Frame& frame);
+  void openBatch();
+  void closeBatch();
+  void pushPending(PendingReply reply);
+  void popPending();
+  // The proxy failed the batch at the client's current position (a denied Parse ...).
+  void failBatchAtClient(const ProxyError& error);
+  // The proxy failed the statement the upstream is answering (a limit, COPY, the backstop): the
+  // client gets `error` now, the upstream's answers are dropped until ReadyForQuery.
+  void failBatchAtFront(const ProxyError& error, bool cancel);
+  void processExtendedUpstreamBytes();
+  [[nodiscard]] bool handleExtendedReply(const protocol::Frame& frame, ForwardRange& range);
+  // A failure queued behind replies that have all gone out now reaches the client.
+  void reportQueuedFailure(ForwardRange& range);
+  void openExtendedRecord();
+  void finishExtendedRecord();
+  void queueUpstream(std::string_view bytes);
+  void writeQueuedUpstream();
 
   [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
   void startTls(Clock::time_point deadline);
@@ -142,6 +184,21 @@ class Session {
   bool abortingTransaction_ = false;  // a failing statement was sent to mark the upstream transaction failed
   std::optional<Clock::time_point> queryDeadline_;  // the backstop, then the wait for the cancel's effect
   bool backstopFired_ = false;
+
+  // The extended-protocol batch (messages since the last ReadyForQuery, relay mode).
+  std::shared_ptr<const guardrails::GuardrailSet> batchRails_;
+  std::deque<PendingReply> pending_;
+  std::size_t executesPending_ = 0;
+  bool syncSent_ = false;        // the batch's Sync is upstream: the client waits for ReadyForQuery
+  bool upstreamSkipping_ = false;  // the upstream reported an error: it ignores messages until Sync
+  bool clientSkipping_ = false;  // the proxy failed the batch: the client's messages are dropped until Sync
+  bool swallowing_ = false;      // the client has the proxy's error: upstream replies are dropped until ReadyForQuery
+  bool swallowedUpstreamError_ = false;
+  bool recordOpen_ = false;      // record_ is the Execute at the front of pending_
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
+  std::string upstreamOut_;      // bytes for the upstream, written as it reads (it never reads while writing)
+  std::size_t upstreamOutSent_ = 0;
 };
 
 }  // namespace pgwire_proxy::session
