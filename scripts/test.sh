@@ -2,9 +2,10 @@
 # Runs every test: installs what is missing, builds, then
 #   1. the C++ suites (ctest),
 #   2. the end-to-end suite (pytest against a throwaway PostgreSQL, or PGWIRE_PROXY_TEST_DSN),
-#   3. the C++ suites and the e2e suite again against an ASan+UBSan build (scripts/sanitize.sh),
-#   4. the libFuzzer targets for a bounded time (scripts/fuzz.sh),
-#   5. the benchmark's quick mode, only to prove it runs (bench/run.py --quick; no timing asserted).
+#   3. the C++ suites and the e2e suite again against an ASan+UBSan build (scripts/sanitize.sh address),
+#   4. the C++ suites and the concurrency e2e tests against a TSan build (scripts/sanitize.sh thread),
+#   5. the libFuzzer targets for a bounded time (scripts/fuzz.sh),
+#   6. the benchmark's quick mode, only to prove it runs (bench/run.py --quick; no timing asserted).
 # PGWIRE_PROXY_QUICK=1 stops after step 2. Extra arguments go to the step-2 pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,9 @@ fi
 echo "== sanitizers (ASan + UBSan)"
 # The fault matrix already ran at full size above; under ASan a shorter churn and load suffice.
 PGWIRE_PROXY_CHURN=2000 PGWIRE_PROXY_LOAD_SECONDS=15 scripts/sanitize.sh address
+
+echo "== sanitizers (TSan)"
+scripts/sanitize.sh thread
 
 echo "== fuzzing"
 scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-30}"
