@@ -2,7 +2,7 @@
 """Where does the middle process spend its time? Per-transaction costs, a perf profile and syscall counts.
 
     /usr/bin/python3 bench/profile.py [--target proxy|pgbouncer] [--workload select|write|stream]
-                                      [--clients 16] [--duration 5] [--binary PATH] [--call-graph dwarf]
+                                      [--clients 16] [--mode simple|extended|prepared] [--duration 5] [--binary PATH] [--call-graph dwarf]
 
 Starts a throwaway PostgreSQL and the target (the proxy: a release build in build-bench/ unless --binary
 is given; or PgBouncer in session mode, for comparison), then runs the workload through it three times:
@@ -71,7 +71,7 @@ class Workload:
                 client.close()
             return {"units": nbytes / 1e6, "seconds": seconds, "unit": "MB"}
         argv = [str(self.bindir / "pgbench"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-n",
-                "-M", "simple", "-c", str(a.clients), "-j", str(min(a.clients, os.cpu_count() or 2)),
+                "-M", a.mode, "-c", str(a.clients), "-j", str(min(a.clients, os.cpu_count() or 2)),
                 "-T", str(a.duration)]
         argv += ["-S"] if a.workload == "select" else ["-f", str(bench.WRITE_SCRIPT), "-s", str(a.scale)]
         argv.append("postgres")
@@ -139,6 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--target", choices=("proxy", "pgbouncer"), default="proxy")
     p.add_argument("--workload", choices=("select", "write", "stream"), default="select")
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple",
+                   help="pgbench -M (the proxy runs --extended-protocol=relay)")
     p.add_argument("--duration", type=int, default=5, help="seconds per pgbench run (default 5)")
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--stream-rows", type=int, default=2_000_000)
@@ -173,7 +175,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise RuntimeError(f"pgbench -i failed:\n{init.stdout}{init.stderr}")
         if args.target == "proxy":
             proxy = bench.ProxyProcess(pg.dsn, binary=binary, max_connections=max(100, args.clients + 10),
-                                       max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning")
+                                       max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning",
+                                       extended_protocol="relay")
             stack.callback(proxy.stop)
             proxy.start()
             host, port, pid = proxy.host, proxy.port, proxy.process.pid  # type: ignore[union-attr]

@@ -3,10 +3,13 @@
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
+#include <cstring>
+#include <string>
 
 #include "config/server_config.h"
 #include "observability/log.h"
 #include "server/server.h"
+#include "session/byte_buffer.h"
 #include "test_support.h"
 
 using namespace test_support;
@@ -384,6 +387,36 @@ BOOST_AUTO_TEST_CASE(denied_queries_never_reach_the_upstream) {
   BOOST_TEST(untilReady(client).size() == 2U);
   client.send(message('X', ""));
   upstream.join();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(byte_buffer)
+
+using pgwire_proxy::session::ByteBuffer;
+
+BOOST_AUTO_TEST_CASE(takes_memory_at_the_first_write_and_compacts_before_growing) {
+  ByteBuffer buffer(16);
+  BOOST_TEST(buffer.capacity() == 0U);  // an idle session's buffer costs nothing
+  BOOST_TEST(buffer.readable().empty());
+  auto room = buffer.prepareWrite(4);
+  BOOST_TEST(buffer.capacity() == 16U);
+  std::memcpy(room.data(), "abcdefghijkl", 12);
+  buffer.commitWrite(12);
+  buffer.consume(10);  // "kl" left at offset 10
+  room = buffer.prepareWrite(12);  // fits after moving "kl" to the front: no growth
+  BOOST_TEST(buffer.capacity() == 16U);
+  BOOST_TEST(std::string(buffer.readable().data(), buffer.size()) == "kl");
+  room = buffer.prepareWrite(100);  // grows, keeping the unread bytes
+  BOOST_TEST(buffer.capacity() >= 102U);
+  std::memcpy(room.data(), "mn", 2);
+  buffer.commitWrite(2);
+  BOOST_TEST(std::string(buffer.readable().data(), buffer.size()) == "klmn");
+  buffer.shrinkTo(16);
+  BOOST_TEST(buffer.capacity() == 16U);
+  BOOST_TEST(std::string(buffer.readable().data(), buffer.size()) == "klmn");
+  buffer.consume(4);
+  BOOST_TEST(buffer.empty());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

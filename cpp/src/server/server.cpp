@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstring>
 #include <system_error>
+#include <thread>
 
 #include "observability/log.h"
 
@@ -49,7 +50,7 @@ class SessionConnection final : public Poco::Net::TCPServerConnection {
     server_.connectionStarted(fd);
     {
       session::Session session(server_.sessionContext(), server_.nextSessionId(), fd, std::move(address));
-      session.run();
+      session.run(server_.eventLoop());
     }
     server_.connectionFinished(fd);
   }
@@ -107,7 +108,7 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &guardrailsVersion_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -141,6 +142,8 @@ void Server::start() {
   }
 
   const int threads = config_.maxConnections + kSpareThreads;
+  eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
+                                                   forceFd_);
   threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", 2, threads, 60);
   auto* params = new Poco::Net::TCPServerParams;
   params->setMaxThreads(threads);
@@ -211,6 +214,7 @@ void Server::stop(std::chrono::milliseconds grace) {
   }
   threadPool_->joinAll();
   threadPool_.reset();  // its idle threads end too: a stopped server holds no threads or descriptors
+  eventLoop_.reset();
   metricsEndpoint_.reset();
   ::close(wakeFd_);
   ::close(forceFd_);
@@ -260,6 +264,7 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logQueries != config_.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
+  guardrailsVersion_.fetch_add(1, std::memory_order_release);
   config_.maxRows = next.maxRows;
   config_.maxBytes = next.maxBytes;
   config_.denyPatterns = next.denyPatterns;

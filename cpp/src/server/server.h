@@ -15,6 +15,7 @@
 #include "observability/metrics.h"
 #include "observability/session_observer.h"
 #include "server/metrics_endpoint.h"
+#include "session/event_loop.h"
 #include "session/registry.h"
 #include "session/session.h"
 
@@ -67,6 +68,7 @@ class Server {
   void connectionStarted(int fd);
   void connectionFinished(int fd);
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
+  [[nodiscard]] session::EventLoop* eventLoop() noexcept { return eventLoop_.get(); }
   [[nodiscard]] session::SessionContext& sessionContext() noexcept { return context_; }
 
  private:
@@ -75,6 +77,7 @@ class Server {
   std::shared_ptr<observability::ObserverList> observer_;
   session::SessionRegistry registry_;
   std::atomic<std::shared_ptr<const guardrails::GuardrailSet>> guardrails_;
+  std::atomic<std::uint64_t> guardrailsVersion_{0};
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;
@@ -89,6 +92,7 @@ class Server {
   bool stopped_ = false;
 
   std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
+  std::unique_ptr<session::EventLoop> eventLoop_;  // the relays run here; outlives every session
   std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
   std::unique_ptr<Poco::Net::TCPServer> tcpServer_;
 };

@@ -199,7 +199,7 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
 void Session::openBatch() {
   setCancellable(true);
   state_ = State::kExtended;
-  batchRails_ = context_.guardrails.load();
+  batchRails_ = currentGuardrails();
   budget_ = guardrails::ResultBudget(batchRails_->maxRows, batchRails_->maxBytes);
   pending_.clear();
   executesPending_ = 0;

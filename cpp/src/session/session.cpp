@@ -10,6 +10,7 @@
 #include "protocol/constants.h"
 #include "protocol/reader.h"
 #include "protocol/writer.h"
+#include "session/event_loop.h"
 #include "session/session_detail.h"
 #include "upstream/upstream_connection.h"
 
@@ -95,13 +96,18 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
 
 Session::~Session() = default;
 
-void Session::run() noexcept {
+void Session::run(EventLoop* loop) noexcept {
   const auto started = Clock::now();
   try {
     setNonBlocking(clientFd_);
     if (negotiate()) {
       startSession();
-      relay();
+      if (loop != nullptr) {
+        loop->relay(*this);
+      } else {
+        relayHere();
+      }
+      if (relayError_) std::rethrow_exception(relayError_);
     }
   } catch (const SessionEnded& ended) {
     closeReason_ = ended.reason;
@@ -174,10 +180,10 @@ bool Session::negotiate() {
         if (!clientIn_.empty()) throw ProtocolError("received unencrypted data after SSL request");
         if (client_->encrypted()) throw ProtocolError("SSLRequest received on an encrypted connection");
         if (packet.kind == protocol::StartupKind::kSslRequest && context_.tls != nullptr) {
-          sendToClient("S");
+          sendToClientNow("S");
           startTls(deadline);
         } else {
-          sendToClient("N");
+          sendToClientNow("N");
         }
         continue;
       case protocol::StartupKind::kCancelRequest:
@@ -285,70 +291,160 @@ void Session::startSession() {
   // Observers know the session before the client can use it.
   opened_ = true;
   context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
-  sendToClient(out);
+  sendToClientNow(out);
   state_ = State::kReady;
 }
 
 // ---- the query loop --------------------------------------------------------------------------
 
-void Session::relay() {
+// ---- the relay: one step at a time, driven by an event loop or by relayHere ---------------------
+
+void Session::relayHere() {
+  Readiness ready;
+  for (;;) {
+    const auto interest = advance(ready);
+    if (!interest) return;
+    ready = Readiness{};
+    // The shutdown eventfd stays readable once written: watched until seen, then only the force one.
+    Wait waits[4] = {{clientFd_, interest->client, 0},
+                     {interest->upstream != 0 ? upstreamLink_->fd() : -1, interest->upstream, 0},
+                     {shutdownSeen_ ? -1 : context_.wakeFd, POLLIN, 0},
+                     {context_.forceFd, POLLIN, 0}};
+    if (!waitAny(waits, -1, interest->deadline, nullptr)) {
+      ready.timedOut = true;
+      continue;
+    }
+    ready.client = waits[0].revents;
+    ready.upstream = waits[1].revents;
+    ready.shutdown = waits[2].revents != 0;
+    ready.forced = waits[3].revents != 0;
+  }
+}
+
+std::optional<Session::Interest> Session::advance(const Readiness& ready) noexcept {
+  try {
+    return step(ready);
+  } catch (...) {
+    relayError_ = std::current_exception();  // rethrown on the session's own thread
+    return std::nullopt;
+  }
+}
+
+std::optional<Session::Interest> Session::step(const Readiness& ready) {
   const ProxyError shuttingDown(Severity::kFatal, sqlstate::kAdminShutdown,
                                 "terminating connection because pgwire-proxy is shutting down");
-  while (state_ != State::kClosing) {
-    const bool busy = upstreamBusy();
-    if (!busy && draining_) throw shuttingDown;  // the running query has finished; nothing new starts
-    if (acceptingClient()) {
+  shutdownSeen_ = shutdownSeen_ || ready.shutdown;
+  forcedSeen_ = forcedSeen_ || ready.forced;
+  if (ready.timedOut && upstreamBusy()) {
+    // A client that does not read must not hold the session past the query's deadline.
+    if (clientOutPending()) throw SessionEnded{"the client stopped reading; the query timeout expired"};
+    onQueryDeadline();
+  }
+  if (forcedSeen_) {
+    if (clientOutPending()) throw SessionEnded{"immediate shutdown while the client was not reading"};
+    throw shuttingDown;  // a running query is cancelled on the way out
+  }
+  if (shutdownSeen_) {
+    if (!upstreamBusy()) throw shuttingDown;  // idle: end now; a running query may finish first
+    draining_ = true;
+  }
+
+  bool clientReadable = ready.client != 0;
+  bool upstreamReadable = ready.upstream != 0;
+  for (;;) {
+    if (state_ == State::kClosing) return std::nullopt;
+    if (clientOutPending()) writeClientOut();
+    if (!upstreamBusy() && draining_) throw shuttingDown;  // the running query has finished
+    // The client's next message waits until its previous answer is out (and, in a query, in the kernel).
+    if (acceptingClient() && !clientOutPending()) {
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
         handleClientFrame(*frame);
         clientIn_.consume(frame->bytes.size());
         continue;
       }
-      if (client_->hasPendingInput()) {  // decrypted bytes poll() cannot see
-        if (!readClient(std::nullopt)) clientLeft();
-        continue;
-      }
+      if ((clientReadable || client_->hasPendingInput()) && tryReadClient(clientReadable)) continue;
     }
+    // Everything the client's buffered messages produced goes upstream in one write.
     if (upstreamOutSent_ < upstreamOut_.size()) writeQueuedUpstream();
-    if (upstreamLink_->hasPendingInput()) {
-      pumpUpstream();
+    // Upstream bytes are read once the client has taken the last ones (no unbounded buffering).
+    if (!clientOutPending() && (upstreamReadable || upstreamLink_->hasPendingInput()) &&
+        tryPumpUpstream(upstreamReadable)) {
       continue;
     }
-    if (!busy) {
-      // Give back what an unusually large message or result made the buffers grow to. (Never while
-      // frames are being processed: spans into the buffers would dangle.)
-      clientIn_.shrinkTo(kIdleBufferCapacity);
-      upstreamIn_.shrinkTo(kIdleBufferCapacity);
-    }
-    // While the upstream works on a query (or a Synced batch) the client is only watched for hanging
-    // up; its next messages wait in the kernel.
-    const bool reading = acceptingClient();
-    short upstreamEvents = upstreamLink_->readEvents();
-    if (upstreamOutSent_ < upstreamOut_.size()) upstreamEvents |= upstreamLink_->writeEvents();
-    Wait waits[2] = {{upstreamLink_->fd(), upstreamEvents, 0},
-                     {clientFd_, static_cast<short>(reading ? client_->readEvents() : POLLRDHUP), 0}};
-    bool woken = false;
-    // Once draining, the (still readable) shutdown fd is swapped for the immediate-shutdown one.
-    if (!waitAny(waits, draining_ ? context_.forceFd : context_.wakeFd, busy ? queryDeadline_ : std::nullopt,
-                 &woken)) {
-      onQueryDeadline();
-      continue;
-    }
-    if (woken) {
-      if (draining_ || !busy) throw shuttingDown;  // idle, or the drain time is up (the query is cancelled)
-      draining_ = true;
-      continue;
-    }
-    if (waits[0].revents != 0) {
-      if (upstreamOutSent_ < upstreamOut_.size()) writeQueuedUpstream();
-      pumpUpstream();
-    }
-    if (waits[1].revents == 0) continue;
-    if (!reading) {
-      if (upstreamBusy() && !acceptingClient()) throw SessionEnded{"client disconnected during a query"};
-    } else if (!readClient(std::nullopt)) {
-      clientLeft();
-    }
+    break;
   }
+  // While a query runs the client is only watched for hanging up; its next messages wait in the kernel.
+  if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0 && upstreamBusy() && !acceptingClient()) {
+    throw SessionEnded{"client disconnected during a query"};
+  }
+  if (!upstreamBusy()) {
+    // Give back what an unusually large message or result made the buffers grow to (no frame is
+    // being processed here, so no span into them is alive).
+    clientIn_.shrinkTo(kIdleBufferCapacity);
+    upstreamIn_.shrinkTo(kIdleBufferCapacity);
+  }
+  Interest interest;
+  interest.client = POLLRDHUP;
+  if (acceptingClient() && !clientOutPending()) interest.client |= client_->readEvents();
+  if (clientOutPending()) interest.client |= client_->writeEvents();
+  if (!clientOutPending()) interest.upstream = upstreamLink_->readEvents();
+  if (upstreamOutSent_ < upstreamOut_.size()) interest.upstream |= upstreamLink_->writeEvents();
+  if (upstreamBusy()) interest.deadline = queryDeadline_;
+  return interest;
+}
+
+bool Session::tryReadClient(bool& more) {
+  const std::span<char> into = clientIn_.prepareWrite(kClientReadChunk);
+  const auto count = client_->read(into);
+  more = false;
+  if (!count) return false;
+  if (*count == 0) {
+    clientLeft();
+    return true;
+  }
+  clientIn_.commitWrite(*count);
+  more = *count == into.size();  // a full read: there may be more
+  return true;
+}
+
+bool Session::tryPumpUpstream(bool& more) {
+  std::optional<std::size_t> count;
+  std::span<char> into;
+  try {
+    into = upstreamIn_.prepareWrite(kUpstreamReadChunk);
+    count = upstreamLink_->read(into);
+  } catch (const IoError& error) {
+    upstreamLost(error.what());
+  }
+  more = false;
+  if (!count) return false;
+  if (*count == 0) upstreamLost("the upstream server closed the connection");
+  upstreamIn_.commitWrite(*count);
+  more = *count == into.size();
+  processUpstreamBytes();
+  return true;
+}
+
+void Session::writeClient(std::span<const char> data) {
+  if (!clientOutPending()) data = data.subspan(client_->write(data));
+  if (data.empty()) return;
+  if (clientOutSent_ == clientOut_.size()) {
+    clientOut_.clear();
+    clientOutSent_ = 0;
+  }
+  clientOut_.append(data.data(), data.size());
+}
+
+void Session::writeClientOut() {
+  while (clientOutSent_ < clientOut_.size()) {
+    const std::size_t written =
+        client_->write(std::span<const char>(clientOut_.data() + clientOutSent_, clientOut_.size() - clientOutSent_));
+    if (written == 0) return;
+    clientOutSent_ += written;
+  }
+  clientOut_.clear();
+  clientOutSent_ = 0;
+  if (clientOut_.capacity() > kIdleBufferCapacity) clientOut_.shrink_to_fit();
 }
 
 void Session::setCancellable(bool cancellable) { canceller_->setInQuery(cancellable); }
@@ -436,7 +532,7 @@ void Session::startQuery(const protocol::Frame& frame) {
   record_.sql.assign(sql);
   record_.started = std::chrono::system_clock::now();
   context_.observer.queryStarted(id_, sql);
-  const auto rails = context_.guardrails.load();
+  const auto& rails = currentGuardrails();
   if (const auto verdict = rails->filter.check(sql)) {
     reportGuardrail(verdict->rule.starts_with("deny") ? "deny" : "allow", verdict->rule);
     const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
@@ -460,10 +556,21 @@ void Session::startQuery(const protocol::Frame& frame) {
   }
   state_ = State::kInQuery;
   try {
-    writeAll(*upstreamLink_, frame.bytes);
+    queueUpstream({frame.bytes.data(), frame.bytes.size()});
   } catch (const IoError& error) {
     upstreamLost(error.what());
   }
+}
+
+const std::shared_ptr<const guardrails::GuardrailSet>& Session::currentGuardrails() {
+  if (context_.guardrailsVersion == nullptr) {
+    rails_ = context_.guardrails.load();
+  } else if (const auto version = context_.guardrailsVersion->load(std::memory_order_acquire);
+             !rails_ || version != railsVersion_) {
+    rails_ = context_.guardrails.load();  // stored before the version was bumped: this one or newer
+    railsVersion_ = version;
+  }
+  return rails_;
 }
 
 void Session::finishQuery() {
@@ -479,18 +586,7 @@ void Session::finishQuery() {
 
 // ---- upstream to client ----------------------------------------------------------------------
 
-void Session::pumpUpstream() {
-  std::optional<std::size_t> count;
-  try {
-    count = upstreamLink_->read(upstreamIn_.prepareWrite(kUpstreamReadChunk));
-  } catch (const IoError& error) {
-    upstreamLost(error.what());
-  }
-  if (!count) return;
-  if (*count == 0) upstreamLost("the upstream server closed the connection");
-  upstreamIn_.commitWrite(*count);
-  processUpstreamBytes();
-}
+int Session::upstreamFd() const noexcept { return upstreamLink_ ? upstreamLink_->fd() : -1; }
 
 void Session::processUpstreamBytes() {
   if (state_ == State::kExtended) {
@@ -586,11 +682,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
         writer.beginMessage(fe::kQuery);
         writer.writeCString(kAbortTransactionSql);
         writer.endMessage();
-        try {
-          writeAll(*upstreamLink_, out);
-        } catch (const IoError& error) {
-          upstreamLost(error.what());
-        }
+        queueUpstream(out);
         return false;
       }
       // The query is recorded before the client can see its end (capture reads are then exact).
@@ -629,11 +721,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
       std::string out;
       protocol::MessageWriter writer(out);
       protocol::writeCopyFail(writer, "COPY FROM STDIN is not supported by pgwire-proxy");
-      try {
-        writeAll(*upstreamLink_, out);
-      } catch (const IoError& error) {
-        upstreamLost(error.what());
-      }
+      queueUpstream(out);
       if (!pendingError_) {
         flush(range);
         beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
@@ -662,7 +750,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
 
 void Session::flush(ForwardRange& range) {
   if (range.end > range.begin && !pendingError_) {
-    writeAll(*client_, range.data.subspan(range.begin, range.end - range.begin));
+    writeClient(range.data.subspan(range.begin, range.end - range.begin));
   }
   range.begin = range.end;
 }
@@ -774,6 +862,8 @@ void Session::writeAll(Channel& channel, std::span<const char> data) {
   }
 }
 
+void Session::sendToClientNow(std::string_view bytes) { writeAll(*client_, {bytes.data(), bytes.size()}); }
+
 void Session::sendError(const ProxyError& error, bool withReadyForQuery) {
   std::string out;
   protocol::MessageWriter writer(out);
@@ -784,7 +874,10 @@ void Session::sendError(const ProxyError& error, bool withReadyForQuery) {
 
 void Session::sendErrorBestEffort(const ProxyError& error) noexcept {
   try {
-    std::string out;
+    // Whatever the client has not taken yet goes first: the error must not land inside a message.
+    std::string out = clientOut_.substr(clientOutSent_);
+    clientOut_.clear();
+    clientOutSent_ = 0;
     protocol::MessageWriter writer(out);
     protocol::writeErrorResponse(writer, error);
     std::span<const char> data(out);

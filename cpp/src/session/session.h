@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <memory>
 #include <optional>
 #include <span>
@@ -30,6 +31,8 @@ class UpstreamConnection;
 
 namespace pgwire_proxy::session {
 
+class EventLoop;
+
 // What every session shares; owned by the server, outlives all sessions.
 struct SessionContext {
   const config::ServerConfig& config;
@@ -40,6 +43,9 @@ struct SessionContext {
   const TlsContextHolder* tls = nullptr;  // client-side TLS; null when off
   int wakeFd = -1;   // readable once shutdown begins: idle sessions end, running queries may finish
   int forceFd = -1;  // readable when shutdown turns immediate: running queries are cancelled too
+  // Bumped after each store to `guardrails`: a session re-reads the set only when it changed (loading
+  // an atomic shared_ptr takes a lock). Null: read it for every query.
+  const std::atomic<std::uint64_t>* guardrailsVersion = nullptr;
 };
 
 class Session {
@@ -50,8 +56,31 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   // Serves the client until it leaves, the upstream goes, or the server stops. Never throws: a
-  // failure ends this session only, logged with its id.
-  void run() noexcept;
+  // failure ends this session only, logged with its id. Startup runs on the calling thread; the relay
+  // runs on `loop` when given (this thread waits), else here.
+  void run(EventLoop* loop = nullptr) noexcept;
+
+  // ---- the relay, driven step by step (by an EventLoop, or relayHere) ----
+  // What happened since the last step: poll events of each socket, the query deadline passed, the
+  // server began shutting down, or shutdown turned immediate.
+  struct Readiness {
+    short client = 0;
+    short upstream = 0;
+    bool timedOut = false;
+    bool shutdown = false;
+    bool forced = false;
+  };
+  // What to wait for before the next step (upstream 0: do not watch it at all).
+  struct Interest {
+    short client = 0;
+    short upstream = 0;
+    std::optional<Clock::time_point> deadline;
+  };
+  // Does everything that can be done without blocking; returns what to wait for next, or nullopt once
+  // the relay has ended (run() then reports how). Only one thread may call it at a time.
+  [[nodiscard]] std::optional<Interest> advance(const Readiness& ready) noexcept;
+  [[nodiscard]] int clientFd() const noexcept { return clientFd_; }
+  [[nodiscard]] int upstreamFd() const noexcept;
 
  private:
   enum class State {
@@ -67,7 +96,11 @@ class Session {
   // Startup: returns false when the connection ends there (a CancelRequest, or the client left).
   [[nodiscard]] bool negotiate();
   void startSession();
-  void relay();
+  void relayHere();
+  [[nodiscard]] std::optional<Interest> step(const Readiness& ready);
+  // One read each; `more` says whether another could find bytes. False when nothing was there.
+  [[nodiscard]] bool tryReadClient(bool& more);
+  [[nodiscard]] bool tryPumpUpstream(bool& more);
 
   void handleClientFrame(const protocol::Frame& frame);
   void startQuery(const protocol::Frame& frame);
@@ -80,7 +113,6 @@ class Session {
     std::size_t begin = 0;
     std::size_t end = 0;
   };
-  void pumpUpstream();
   void processUpstreamBytes();
   void admitDataRow(const protocol::FrameHeader& header, ForwardRange& range);
   // Acts on a frame the relay inspects; returns whether its bytes go to the client unchanged.
@@ -109,6 +141,8 @@ class Session {
     std::optional<ProxyError> failure;
   };
   [[nodiscard]] bool acceptingClient() const noexcept;
+  // The guardrails for the next query (reloads apply from each session's next query on).
+  [[nodiscard]] const std::shared_ptr<const guardrails::GuardrailSet>& currentGuardrails();
   [[nodiscard]] bool upstreamBusy() const noexcept {
     return state_ == State::kInQuery || state_ == State::kExtended;
   }
@@ -135,8 +169,15 @@ class Session {
   void startTls(Clock::time_point deadline);
   // The metric label for a client turned away before its session opened.
   [[nodiscard]] std::string_view rejectReason(const ProxyError& error) const;
+  // Startup only: blocks until written (bounded by the force eventfd).
   void writeAll(Channel& channel, std::span<const char> data);
-  void sendToClient(const std::string& bytes) { writeAll(*client_, bytes); }
+  void sendToClientNow(std::string_view bytes);
+  // The relay's writes to the client: what the socket does not take now waits in clientOut_, and
+  // nothing more is read from the upstream (or the client) until it is out.
+  void writeClient(std::span<const char> data);
+  void writeClientOut();
+  [[nodiscard]] bool clientOutPending() const noexcept { return clientOutSent_ < clientOut_.size(); }
+  void sendToClient(const std::string& bytes) { writeClient(bytes); }
   // Sends an error of the proxy's own (observers are told by the caller: a query's errors arrive
   // with its QueryRecord, others through proxyError).
   void sendError(const ProxyError& error, bool withReadyForQuery);
@@ -186,6 +227,8 @@ class Session {
   bool backstopFired_ = false;
 
   // The extended-protocol batch (messages since the last ReadyForQuery, relay mode).
+  std::shared_ptr<const guardrails::GuardrailSet> rails_;
+  std::uint64_t railsVersion_ = 0;
   std::shared_ptr<const guardrails::GuardrailSet> batchRails_;
   std::deque<PendingReply> pending_;
   std::size_t executesPending_ = 0;
@@ -197,6 +240,11 @@ class Session {
   bool recordOpen_ = false;      // record_ is the Execute at the front of pending_
   std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
   std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
+  std::string clientOut_;
+  std::size_t clientOutSent_ = 0;
+  bool shutdownSeen_ = false;
+  bool forcedSeen_ = false;
+  std::exception_ptr relayError_;  // how the relay ended, when it failed
   std::string upstreamOut_;      // bytes for the upstream, written as it reads (it never reads while writing)
   std::size_t upstreamOutSent_ = 0;
 };
