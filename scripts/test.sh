@@ -35,7 +35,7 @@ echo "== sanitizers (TSan)"
 scripts/sanitize.sh thread
 
 echo "== fuzzing"
-scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-30}"
+scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-60}"
 
 echo "== benchmark, quick mode (proves it runs; times are not asserted)"
 /usr/bin/python3 bench/run.py --quick --binary build/pgwire-proxy
