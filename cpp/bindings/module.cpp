@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "config/options.h"
+#include "faults/fault_rules.h"
 #include "observability/session_observer.h"
 #include "observability/stats.h"
 #include "server/server.h"
@@ -42,6 +43,7 @@ py::dict toDict(const observability::QueryRecord& r) {
   d["command_tag"] = r.commandTag.empty() ? py::object(py::none()) : py::object(py::str(r.commandTag));
   d["sqlstate"] = r.sqlstate.empty() ? py::object(py::none()) : py::object(py::str(r.sqlstate));
   d["outcome"] = std::string(coarseOutcome(r.outcome));
+  d["injected"] = r.injected.empty() ? py::object(py::none()) : py::object(py::str(r.injected));
   return d;
 }
 
@@ -92,8 +94,42 @@ class Proxy {
     d["errors_by_sqlstate"] = stats_->errorsBySqlstate();
     d["errors_by_class"] = c.errorsByClass;
     d["limit_breaches"] = stats_->guardrailsByLimit();
+    d["faults_injected"] = c.faultsByAction;
     d["queries_by_outcome"] = c.queriesByOutcome;
     return d;
+  }
+
+  // Fault rules: `settings` are the --faults file's key=value pairs (match, action, sqlstate ...).
+  std::uint64_t addFault(const std::map<std::string, std::string>& settings) {
+    faults::RuleSpec spec;
+    try {
+      for (const auto& [key, value] : settings) faults::applySetting(spec, key, value);
+      return server_->faults().add(std::move(spec));
+    } catch (const config::ConfigError& error) {
+      throw py::value_error(error.what());
+    }
+  }
+  bool removeFault(std::uint64_t id) { return server_->faults().remove(id); }
+  void clearFaults() { server_->faults().clear(); }
+  py::list faultList() const {
+    py::list list;
+    for (const auto& rule : server_->faults().rules()) {
+      py::dict d;
+      d["id"] = rule->id();
+      d["action"] = std::string(faults::actionName(rule->spec().action));
+      d["when"] = std::string(faults::whenName(rule->spec().when));
+      d["match"] = rule->spec().pattern;
+      d["matches"] = rule->matches();
+      d["hits"] = rule->hits();
+      list.append(d);
+    }
+    return list;
+  }
+  py::object faultCounts(std::uint64_t id) const {
+    for (const auto& rule : server_->faults().rules()) {
+      if (rule->id() == id) return py::make_tuple(rule->matches(), rule->hits());
+    }
+    return py::none();
   }
 
   std::uint16_t metricsPort() const { return server_->metricsPort(); }
@@ -160,5 +196,12 @@ PYBIND11_MODULE(_core, m) {
       .def("queries", &Proxy::queries)
       .def("queries_since", &Proxy::queriesSince, py::arg("sequence"))
       .def("capture_sequence", &Proxy::captureSequence)
-      .def("clear_queries", &Proxy::clearQueries);
+      .def("clear_queries", &Proxy::clearQueries)
+      .def("add_fault", &Proxy::addFault, py::arg("settings"),
+           "Adds a fault rule from --faults-file settings; returns its id. ValueError for a bad rule.")
+      .def("remove_fault", &Proxy::removeFault, py::arg("id"))
+      .def("clear_faults", &Proxy::clearFaults)
+      .def("faults", &Proxy::faultList)
+      .def("fault_counts", &Proxy::faultCounts, py::arg("id"),
+           "(matches, hits) of a rule still in force, None once removed.");
 }

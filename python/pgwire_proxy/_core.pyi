@@ -1,7 +1,7 @@
 # Type stubs for the compiled extension pgwire_proxy._core (cpp/bindings/module.cpp); use pgwire_proxy.Proxy.
 """The pgwire-proxy core, in-process. Use pgwire_proxy.Proxy rather than this module."""
 
-from typing import Any, Dict, List, Mapping, Sequence, TypedDict
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, TypedDict
 
 class OptionSpec(TypedDict):
     name: str          # kebab-case, as on the command line
@@ -19,6 +19,7 @@ class QueryDict(TypedDict):
     command_tag: str | None
     sqlstate: str | None
     outcome: str
+    injected: str | None  # the fault injected: error, delay, drop, notice
 
 class SessionDict(TypedDict):
     id: int
@@ -56,3 +57,10 @@ class Proxy:
     def queries_since(self, sequence: int) -> List[QueryDict]: ...
     def capture_sequence(self) -> int: ...
     def clear_queries(self) -> None: ...
+    def add_fault(self, settings: Mapping[str, str]) -> int:
+        """Adds a fault rule from --faults-file settings; returns its id. ValueError for a bad rule."""
+    def remove_fault(self, id: int) -> bool: ...
+    def clear_faults(self) -> None: ...
+    def faults(self) -> List[Dict[str, Any]]: ...
+    def fault_counts(self, id: int) -> Optional[Tuple[int, int]]:
+        """(matches, hits) of a rule still in force, None once removed."""

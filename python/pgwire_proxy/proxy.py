@@ -20,14 +20,14 @@ import datetime as _dt
 import os
 from dataclasses import dataclass, fields
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from .cluster import make_dsn, parse_dsn
 
 if TYPE_CHECKING:
     from . import _core as _core_types
 
-__all__ = ["Proxy", "QueryRecord", "CapturedQueries", "ProxyError", "option_names", "Duration", "Size"]
+__all__ = ["Proxy", "QueryRecord", "CapturedQueries", "ProxyError", "Fault", "option_names", "Duration", "Size"]
 
 Duration = Union[str, int, float, _dt.timedelta]
 """Seconds (int/float), a timedelta, or the binary's strings: '500ms', '30s', '2min'."""
@@ -86,6 +86,8 @@ class QueryRecord:
     outcome: str
     """'ok', 'error', 'cancelled' (57014: a cancel or a timeout), 'limit' (max_rows/max_bytes) or
     'denied' (a deny/allow pattern refused it; it never reached the upstream)."""
+    injected: Optional[str] = None
+    """The fault a rule injected into it ('error', 'delay', 'drop', 'notice'); None when none did."""
 
     @property
     def ok(self) -> bool:
@@ -199,7 +201,8 @@ class Proxy:
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
-    guardrails; the default 'reject' refuses it with 0A000. metrics_address ('127.0.0.1:0' picks a port) serves
+    guardrails; the default 'reject' refuses it with 0A000. faults names a rules file (as the
+    binary's --faults; add_fault adds rules at runtime). metrics_address ('127.0.0.1:0' picks a port) serves
     Prometheus metrics over HTTP. The log options (log_level, log_format, log_file, log_queries) set
     the process-wide logger, so the last proxy started decides them for every proxy in the process.
     config (the binary's --config file) is refused: pass the options as keyword arguments.
@@ -219,6 +222,7 @@ class Proxy:
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
                  tls_key: Optional[PathLike] = None, tls_ca: Optional[PathLike] = None,
                  tls_required: bool = False, metrics_address: Optional[str] = None,
+                 faults: Optional[PathLike] = None,
                  log_level: str = "warning", log_format: Optional[str] = None,
                  log_file: Optional[PathLike] = None, log_queries: bool = False,
                  config: Optional[PathLike] = None, capture_size: int = 10000) -> None:
@@ -258,7 +262,7 @@ class Proxy:
             if value:
                 options[name] = [""]
         for name, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-ca", tls_ca),
-                            ("log-file", log_file)):
+                            ("log-file", log_file), ("faults", faults)):
             if value is not None:
                 options[name] = [_path(name.replace("-", "_"), value)]
         for name, value in (("metrics-address", metrics_address), ("log-format", log_format),
@@ -383,7 +387,8 @@ class Proxy:
         connections_total, active_sessions, queries_total, rows_total, bytes_total (result bytes sent
         to clients), cancel_requests, cancels_matched (requests whose key named a live session),
         errors_by_sqlstate (every error a client received, by SQLSTATE), limit_breaches (by guardrail:
-        max-rows, max-bytes, query-timeout, deny, allow) and queries_by_outcome. The same counters as
+        max-rows, max-bytes, query-timeout, deny, allow), faults_injected (by action: error, delay,
+        drop, notice) and queries_by_outcome. The same counters as
         metrics_text(), so tests and dashboards agree; queries_by_outcome therefore uses the metrics'
         finer labels (ok, error, cancelled, timeout, limit_rows, limit_bytes, denied) where
         QueryRecord.outcome says 'cancelled' or 'limit'.
@@ -404,6 +409,58 @@ class Proxy:
         """Forgets the captured queries (the counters of stats() are kept)."""
         self._core.clear_queries()
 
+    # ---- fault injection ----------------------------------------------------------------------------
+
+    def add_fault(self, match: Optional[str] = None, action: str = "error", *, when: Optional[str] = None,
+                  sqlstate: Optional[str] = None, severity: Optional[str] = None, message: Optional[str] = None,
+                  detail: Optional[str] = None, hint: Optional[str] = None, delay: Optional[Duration] = None,
+                  rows: Optional[int] = None, nth: Optional[int] = None, every: Optional[int] = None,
+                  per_session: bool = False, probability: Optional[float] = None, seed: Optional[int] = None,
+                  user: Optional[str] = None, database: Optional[str] = None,
+                  application_name: Optional[str] = None, ignore_case: bool = False) -> Fault:
+        """Injects a fault into the queries that `match` (a POSIX regex searched in the query text;
+        None: every query), from each session's next query on. Rules apply in the order added; the
+        first that fires wins. See docs/fault-injection.md.
+
+        action='error' answers with an ErrorResponse (sqlstate, message, detail, hint; severity
+        'FATAL' closes the connection) instead of running the query (when='before', the default) or
+        after running it with its results discarded (when='after': "the commit happened but the
+        client saw an error"). action='delay' holds the query (when='before') or its results
+        (when='first_row') for `delay`. action='drop' closes the client connection before the query,
+        after `rows` DataRows (when='after_rows') or in the middle of the first result message
+        (when='mid_message'). action='notice' sends a NoticeResponse first.
+
+        nth=N fires on the Nth match only, every=N on every Nth; counted across all sessions, or
+        within each session with per_session=True. probability=p fires with that chance, drawn from a
+        generator seeded with `seed` (the same seed gives the same sequence). user, database and
+        application_name narrow the match to sessions that sent those.
+
+        Returns a Fault (its .hits counts injections; .remove() or `with` takes it out). ValueError
+        for a rule that cannot work (a bad regex or SQLSTATE, an error without a message ...)."""
+        settings = _fault_settings(match, action, dict(
+            when=when, sqlstate=sqlstate, severity=severity, message=message, detail=detail, hint=hint,
+            delay=delay, rows=rows, nth=nth, every=every, per_session=per_session or None,
+            probability=probability, seed=seed, user=user, database=database,
+            application_name=application_name, ignore_case=ignore_case or None))
+        try:
+            rule_id = self._core.add_fault(settings)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return Fault(self, rule_id, settings)
+
+    def fault(self, match: Optional[str] = None, action: str = "error", **kwargs: Any) -> Fault:
+        """add_fault for a `with` block: `with proxy.fault("^commit", sqlstate="40001", message=...):`
+        -- the rule is removed when the block ends."""
+        return self.add_fault(match, action, **kwargs)
+
+    def faults(self) -> List[Dict[str, Any]]:
+        """The rules in force: id, action, when, match, matches, hits."""
+        return list(self._core.faults())
+
+    def clear_faults(self) -> None:
+        """Removes every fault rule."""
+        self._core.clear_faults()
+
     @contextlib.contextmanager
     def capture(self) -> Iterator[CapturedQueries]:
         """`with proxy.capture() as queries:` ... -- `queries` holds the queries that finished during
@@ -415,6 +472,67 @@ class Proxy:
             yield captured
         finally:
             captured.extend(QueryRecord._from_core(d) for d in self._core.queries_since(start))
+
+
+class Fault:
+    """A fault rule in force on a Proxy (from Proxy.add_fault); .hits counts the queries it fired on."""
+
+    def __init__(self, proxy: "Proxy", rule_id: int, settings: Mapping[str, str]):
+        self._proxy = proxy
+        self.id = rule_id
+        self.settings = dict(settings)
+
+    def _counts(self) -> Tuple[int, int]:
+        counts = self._proxy._core.fault_counts(self.id)
+        if counts is None:
+            raise LookupError(f"fault {self.id} is no longer in force (removed or cleared)")
+        return counts
+
+    @property
+    def hits(self) -> int:
+        """Queries the fault was injected into."""
+        return self._counts()[1]
+
+    @property
+    def matches(self) -> int:
+        """Queries that matched (before nth/every/probability decided whether it fires)."""
+        return self._counts()[0]
+
+    def remove(self) -> None:
+        """Takes the rule out (idempotent); sessions stop applying it from their next query."""
+        self._proxy._core.remove_fault(self.id)
+
+    def __enter__(self) -> "Fault":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"<pgwire_proxy.Fault {self.id}: {shown}>"
+
+
+def _fault_settings(match: Optional[str], action: str, kwargs: Mapping[str, object]) -> Dict[str, str]:
+    settings: Dict[str, str] = {"action": _text("action", action)}
+    if match is not None:
+        settings["match"] = _text("match", match)
+    for name, value in kwargs.items():
+        if value is None:
+            continue
+        if name == "delay":
+            settings[name] = _duration(name, value)
+        elif isinstance(value, bool):
+            settings[name] = "true" if value else "false"
+        elif name in ("nth", "every", "rows", "seed"):
+            settings[name] = _count(name, value)
+        elif name == "probability":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"probability: expected a number, got {value!r}")
+            settings[name] = repr(float(value))
+        else:
+            settings[name] = _text(name, value)
+    return settings
 
 
 def option_names() -> List[str]:

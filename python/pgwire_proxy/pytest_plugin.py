@@ -4,6 +4,7 @@ pg_upstream                    session scope: a throwaway initdb cluster, or PGW
 pgwire_proxy                   a started in-process Proxy in front of pg_upstream on a free port
 pgwire_proxy_factory           make(**options) -> started in-process Proxy; all stopped at teardown
 pgwire_proxy_process_factory   the same with the pgwire-proxy binary as a subprocess (signals, argv, env)
+pgwire_faults                  add(match, action, **rule) -> Fault on pgwire_proxy; removed at teardown
 assert_queries                 assert_queries(proxy, count=, max=, match=): a context manager
 
 Registered through the `pytest11` entry point when the package is installed; the project's own suite
@@ -21,7 +22,7 @@ import pytest
 
 from .cluster import from_environment
 from .process import ProxyProcess, find_binary
-from .proxy import CapturedQueries, Proxy
+from .proxy import CapturedQueries, Fault, Proxy
 
 __all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_factory", "pgwire_proxy_process_factory",
            "assert_queries", "check_queries"]
@@ -60,6 +61,26 @@ def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
 def pgwire_proxy(pgwire_proxy_factory) -> Proxy:
     """A started proxy with default options in front of pg_upstream, on a free port."""
     return pgwire_proxy_factory()
+
+
+@pytest.fixture
+def pgwire_faults(pgwire_proxy) -> Iterator[Callable[..., "Fault"]]:
+    """add(match=None, action="error", **rule) puts a fault rule on `pgwire_proxy` (see
+    Proxy.add_fault) and returns its Fault; every rule added is removed at teardown.
+
+        def test_retry(pgwire_proxy, pgwire_faults):
+            pgwire_faults("^commit", sqlstate="40001", message="could not serialize access", nth=1)
+    """
+    added: List["Fault"] = []
+
+    def add(match: Optional[str] = None, action: str = "error", **rule) -> "Fault":
+        fault = pgwire_proxy.add_fault(match, action, **rule)
+        added.append(fault)
+        return fault
+
+    yield add
+    for fault in added:
+        fault.remove()
 
 
 if os.environ.get("PGWIRE_PROXY_FIXTURE") == "process":

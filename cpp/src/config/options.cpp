@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "faults/fault_rules.h"
 #include "guardrails/query_filter.h"
 #include "observability/log.h"
 #include "session/tls_context.h"
@@ -49,6 +50,9 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"tls-key", "path", "PEM private key of --tls-cert; must not be group or world readable."},
       {"tls-ca", "path", "PEM CA certificates; when given, clients must present a certificate signed by one."},
       {"tls-required", nullptr, "Refuse clients that do not use TLS (FATAL 28000). Default: off."},
+      {"faults", "path",
+       "Fault rules to inject, one a line (match=REGEX; action=error|delay|drop|notice; ...), re-read on "
+       "SIGHUP. See docs/fault-injection.md. Default: none."},
       {"metrics-address", "host:port",
        "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one). Default: off."},
       {"log-level", "level", "debug, info, warning, error or off. Default: info."},
@@ -147,6 +151,10 @@ ServerConfig configFromOptions(const OptionValues& values) {
   if (auto* v = value("log-file")) config.logFile = *v;
   config.logQueries = flag("log-queries");
   if (auto* v = value("metrics-address")) config.metricsAddress = *v;
+  if (auto* v = value("faults")) {
+    config.faultsFile = *v;
+    (void)faults::readFaultFile(*v);  // a bad rule fails before anything listens
+  }
   config.validate();
   // Patterns and TLS files are loaded here too, so a bad one fails before anything listens.
   const guardrails::QueryFilter check(config.denyPatterns, config.allowPatterns, config.patternsIgnoreCase);

@@ -47,6 +47,7 @@ struct ServerConfig {
   std::string tlsCaFile;     // when set, clients must present a certificate signed by it
 
   std::string metricsAddress;     // HOST:PORT for the Prometheus endpoint; empty = off
+  std::string faultsFile;         // fault rules, one a line (faults/fault_rules.h); re-read on reload
 
   // Logging (process-wide: the last proxy started in a process decides).
   std::string logLevel = "info";  // debug, info, warning, error, off

@@ -13,6 +13,7 @@ constexpr std::array<QueryOutcome, 7> kOutcomes = {QueryOutcome::kOk,        Que
                                                    QueryOutcome::kCancelled, QueryOutcome::kTimeout,
                                                    QueryOutcome::kLimitRows, QueryOutcome::kLimitBytes,
                                                    QueryOutcome::kDenied};
+constexpr std::array<std::string_view, 4> kFaultActions = {"error", "delay", "drop", "notice"};
 constexpr std::array<CancelResult, 3> kCancelResults = {CancelResult::kForwarded, CancelResult::kUnmatched,
                                                         CancelResult::kIdle};
 
@@ -211,7 +212,19 @@ std::string Metrics::render() const {
   sample(out, "pgwire_proxy_tls_handshakes_total", "", tlsHandshakes_.load(kRelaxed));
   header(out, "pgwire_proxy_tls_handshake_failures_total", "counter", "Client TLS handshakes that failed.");
   sample(out, "pgwire_proxy_tls_handshake_failures_total", "", tlsFailures_.load(kRelaxed));
+  header(out, "pgwire_proxy_faults_injected_total", "counter",
+         "Faults injected by fault rules (--faults, Proxy.add_fault), by action.");
+  for (std::size_t i = 0; i < kFaultActions.size(); ++i) {
+    sample(out, "pgwire_proxy_faults_injected_total", "action=\"" + std::string(kFaultActions[i]) + "\"",
+           faults_[i].load(kRelaxed));
+  }
   return out;
+}
+
+void Metrics::faultInjected(std::uint64_t, std::uint64_t, std::string_view action, std::string_view) {
+  for (std::size_t i = 0; i < kFaultActions.size(); ++i) {
+    if (kFaultActions[i] == action) faults_[i].fetch_add(1, kRelaxed);
+  }
 }
 
 Metrics::Counts Metrics::counts() const {
@@ -233,6 +246,9 @@ Metrics::Counts Metrics::counts() const {
     if (const auto n = errorsByClass_[i].load(kRelaxed)) {
       c.errorsByClass[{digitChar(static_cast<int>(i / 36)), digitChar(static_cast<int>(i % 36))}] = n;
     }
+  }
+  for (std::size_t i = 0; i < kFaultActions.size(); ++i) {
+    c.faultsByAction[std::string(kFaultActions[i])] = faults_[i].load(kRelaxed);
   }
   return c;
 }

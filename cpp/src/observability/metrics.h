@@ -44,6 +44,8 @@ class Metrics final : public SessionObserver {
   void cancelRequested(CancelResult result) override;
   void queryFinished(const QueryRecord& record) override;
   void proxyError(std::uint64_t sessionId, const ProxyError& error) override;
+  void faultInjected(std::uint64_t sessionId, std::uint64_t ruleId, std::string_view action,
+                     std::string_view queryExcerpt) override;
 
   // The whole exposition, text format 0.0.4.
   [[nodiscard]] std::string render() const;
@@ -51,7 +53,7 @@ class Metrics final : public SessionObserver {
   // For the Python API's stats().
   struct Counts {
     std::uint64_t connectionsAccepted, connectionsActive, connectionsRejected, queries, rows, bytes;
-    std::map<std::string, std::uint64_t> queriesByOutcome, cancelsByResult, errorsByClass;
+    std::map<std::string, std::uint64_t> queriesByOutcome, cancelsByResult, errorsByClass, faultsByAction;
   };
   [[nodiscard]] Counts counts() const;
 
@@ -72,6 +74,7 @@ class Metrics final : public SessionObserver {
   std::array<std::atomic<std::uint64_t>, 3> cancels_{};
   std::atomic<std::uint64_t> tlsHandshakes_{0};
   std::atomic<std::uint64_t> tlsFailures_{0};
+  std::array<std::atomic<std::uint64_t>, 4> faults_{};  // by faults::Action: error, delay, drop, notice
 };
 
 [[nodiscard]] RejectReason rejectReasonFromName(std::string_view name) noexcept;

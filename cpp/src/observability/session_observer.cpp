@@ -63,6 +63,13 @@ void LoggingObserver::proxyError(std::uint64_t sessionId, const ProxyError& erro
            {{"session", sessionId}, {"sqlstate", error.sqlstate()}, {"message", error.message()}});
 }
 
+void LoggingObserver::faultInjected(std::uint64_t sessionId, std::uint64_t ruleId, std::string_view action,
+                                    std::string_view excerpt) {
+  logEvent(LogLevel::kInfo, "fault_injected",
+           {{"session", sessionId}, {"rule", static_cast<std::int64_t>(ruleId)}, {"action", std::string(action)},
+            {"query", std::string(excerpt)}});
+}
+
 void LoggingObserver::queryFinished(const QueryRecord& r) {
   const bool failed = r.outcome != QueryOutcome::kOk;
   if (!logQueries_ && !failed) return;

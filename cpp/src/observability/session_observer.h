@@ -29,6 +29,7 @@ struct QueryRecord {
   std::string sqlstate;      // the first error's SQLSTATE; empty when none
   std::string errorMessage;  // and its primary message
   QueryOutcome outcome = QueryOutcome::kOk;
+  std::string injected;      // the fault injected into it ("error", "delay", "drop", "notice"); empty: none
 };
 
 // A session at its end.
@@ -75,6 +76,9 @@ class SessionObserver {
   virtual void guardrailTripped(std::uint64_t /*sessionId*/, std::string_view /*limit*/,
                                 std::string_view /*value*/, double /*seconds*/,
                                 std::string_view /*queryExcerpt*/) {}
+  // A fault rule fired on a query (`action`: error, delay, drop, notice).
+  virtual void faultInjected(std::uint64_t /*sessionId*/, std::uint64_t /*ruleId*/, std::string_view /*action*/,
+                             std::string_view /*queryExcerpt*/) {}
 };
 
 // Forwards every event to each observer in turn.
@@ -115,6 +119,10 @@ class ObserverList final : public SessionObserver {
     for (auto& o : observers_) o->guardrailTripped(id, limit, value, seconds, excerpt);
   }
 
+  void faultInjected(std::uint64_t id, std::uint64_t rule, std::string_view action, std::string_view excerpt) override {
+    for (auto& o : observers_) o->faultInjected(id, rule, action, excerpt);
+  }
+
  private:
   std::vector<std::shared_ptr<SessionObserver>> observers_;
 };
@@ -133,6 +141,8 @@ class LoggingObserver final : public SessionObserver {
                        const ProxyError& error) override;
   void proxyError(std::uint64_t sessionId, const ProxyError& error) override;
   void queryFinished(const QueryRecord& record) override;
+  void faultInjected(std::uint64_t sessionId, std::uint64_t ruleId, std::string_view action,
+                     std::string_view queryExcerpt) override;
 
  private:
   const bool logQueries_;

@@ -167,6 +167,19 @@ void writeErrorResponse(MessageWriter& writer, const ProxyError& error) {
   writer.endMessage();
 }
 
+void writeNoticeResponse(MessageWriter& writer, std::string_view severity, std::string_view sqlstate,
+                         std::string_view message, std::string_view detail, std::string_view hint) {
+  writer.beginMessage(backend::kNoticeResponse);
+  for (const auto& [code, value] : {std::pair<char, std::string_view>{'S', severity}, {'V', severity}, {'C', sqlstate},
+                                    {'M', message}, {'D', detail}, {'H', hint}}) {
+    if (value.empty()) continue;
+    writer.writeByte(static_cast<std::uint8_t>(code));
+    writer.writeCString(value);
+  }
+  writer.writeByte(0);
+  writer.endMessage();
+}
+
 void writeNegotiateProtocolVersion(MessageWriter& writer, std::int32_t newestMinor,
                                    const std::vector<std::string>& unrecognizedOptions) {
   writer.beginMessage(backend::kNegotiateProtocolVersion);

@@ -78,6 +78,9 @@ void writeParameterStatus(MessageWriter& writer, std::string_view name, std::str
 void writeBackendKeyData(MessageWriter& writer, std::int32_t processId, std::int32_t secretKey);
 void writeReadyForQuery(MessageWriter& writer, char transactionStatus);
 void writeErrorResponse(MessageWriter& writer, const ProxyError& error);
+// A NoticeResponse (severity NOTICE, WARNING, INFO ...); empty detail/hint are left out.
+void writeNoticeResponse(MessageWriter& writer, std::string_view severity, std::string_view sqlstate,
+                         std::string_view message, std::string_view detail, std::string_view hint);
 void writeNegotiateProtocolVersion(MessageWriter& writer, std::int32_t newestMinor,
                                    const std::vector<std::string>& unrecognizedOptions);
 void writeCopyFail(MessageWriter& writer, std::string_view reason);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 #include <regex>
 #include <chrono>
 #include <cstring>
@@ -108,7 +109,7 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &guardrailsVersion_} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &guardrailsVersion_, &faults_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -141,6 +142,7 @@ void Server::start() {
     });
   }
 
+  if (!config_.faultsFile.empty()) faults_.replace(faults::readFaultFile(config_.faultsFile));
   const int threads = config_.maxConnections + kSpareThreads;
   eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
                                                    forceFd_);
@@ -231,6 +233,9 @@ void Server::reload(const config::ServerConfig& next) {
     throw config::ConfigError("log-level/log-format: invalid value");
   }
   if (tls_) tls_->reload();  // re-reads the files; throws (keeping the old ones) when they are bad
+  // Fault rules are re-read on every reload (their counts start over); a bad file keeps the old rules.
+  std::optional<std::vector<faults::RuleSpec>> faultSpecs;
+  if (!next.faultsFile.empty()) faultSpecs = faults::readFaultFile(next.faultsFile);
 
   std::string changed;
   std::string restart;
@@ -243,6 +248,7 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logLevel != config_.logLevel) note(changed, "log-level");
   if (next.logFormat != config_.logFormat) note(changed, "log-format");
   if (tls_) note(changed, "tls-files");
+  if (faultSpecs || !config_.faultsFile.empty()) note(changed, "faults");
   if (next.listenAddress != config_.listenAddress) note(restart, "listen-address");
   if (next.port != config_.port && next.port != 0) note(restart, "port");
   if (next.upstreamDsn != config_.upstreamDsn) note(restart, "upstream-dsn");
@@ -265,6 +271,12 @@ void Server::reload(const config::ServerConfig& next) {
 
   guardrails_.store(std::move(rails));
   guardrailsVersion_.fetch_add(1, std::memory_order_release);
+  if (faultSpecs) {
+    faults_.replace(std::move(*faultSpecs));
+  } else if (!config_.faultsFile.empty()) {
+    faults_.clear();  // --faults was dropped from the configuration
+  }
+  config_.faultsFile = next.faultsFile;
   config_.maxRows = next.maxRows;
   config_.maxBytes = next.maxBytes;
   config_.denyPatterns = next.denyPatterns;

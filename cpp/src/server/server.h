@@ -11,6 +11,7 @@
 #include <string>
 
 #include "config/server_config.h"
+#include "faults/fault_rules.h"
 #include "guardrails/guardrail_set.h"
 #include "observability/metrics.h"
 #include "observability/session_observer.h"
@@ -69,6 +70,8 @@ class Server {
   void connectionFinished(int fd);
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
   [[nodiscard]] session::EventLoop* eventLoop() noexcept { return eventLoop_.get(); }
+  // The fault rules in force (Python's add_fault; the binary's --faults file).
+  [[nodiscard]] faults::FaultRegistry& faults() noexcept { return faults_; }
   [[nodiscard]] session::SessionContext& sessionContext() noexcept { return context_; }
 
  private:
@@ -78,6 +81,7 @@ class Server {
   session::SessionRegistry registry_;
   std::atomic<std::shared_ptr<const guardrails::GuardrailSet>> guardrails_;
   std::atomic<std::uint64_t> guardrailsVersion_{0};
+  faults::FaultRegistry faults_;
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;

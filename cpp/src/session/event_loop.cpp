@@ -2,6 +2,7 @@
 #include "session/event_loop.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -126,6 +127,9 @@ class EventLoop::Worker {
       if (slots_.size() == 1 && relaying_.load(std::memory_order_relaxed) == 1 &&
           Clock::now() - lastEvent < kLoneSessionSpin) {
         timeout = 0;
+        // Spinning must not take the core from the client or the backend when they share it: other
+        // runnable threads on this CPU go first.
+        sched_yield();
       }
       const int count = ::epoll_wait(epoll_, events.data(), kMaxEvents, timeout);
       if (count < 0 && errno != EINTR) {

@@ -57,6 +57,7 @@ class Session::QueryCanceller final : public CancelTarget {
   bool cancelRunningQuery() override {
     std::lock_guard lock(mutex_);
     if (upstream_ == nullptr || !inQuery_) return false;  // idle: nothing to cancel, as in PostgreSQL
+    requested_.store(true, std::memory_order_release);  // for a query the proxy itself holds (a fault's delay)
     std::string error;
     if (upstream_->cancel(error)) {
       observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded", {{"session", sessionId_}});
@@ -70,7 +71,11 @@ class Session::QueryCanceller final : public CancelTarget {
   void setInQuery(bool inQuery) {
     std::lock_guard lock(mutex_);
     inQuery_ = inQuery;
+    requested_.store(false, std::memory_order_relaxed);
   }
+
+  // Whether a cancel arrived for the running query since the last call.
+  bool takeRequest() noexcept { return requested_.exchange(false, std::memory_order_acquire); }
 
   void detach() {
     std::lock_guard lock(mutex_);
@@ -82,6 +87,7 @@ class Session::QueryCanceller final : public CancelTarget {
   upstream::UpstreamConnection* upstream_;
   const std::uint64_t sessionId_;
   bool inQuery_ = false;
+  std::atomic<bool> requested_{false};
 };
 
 Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::string clientAddress)
@@ -335,7 +341,10 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
                                 "terminating connection because pgwire-proxy is shutting down");
   shutdownSeen_ = shutdownSeen_ || ready.shutdown;
   forcedSeen_ = forcedSeen_ || ready.forced;
-  if (ready.timedOut && upstreamBusy()) {
+  const auto now = Clock::now();
+  if (holdUntil_ && canceller_->takeRequest()) cancelHold();  // the client cancelled a held query
+  if (holdUntil_ && now >= *holdUntil_) releaseHold();  // an injected delay is over
+  if (ready.timedOut && upstreamBusy() && queryDeadline_ && now >= *queryDeadline_) {
     // A client that does not read must not hold the session past the query's deadline.
     if (clientOutPending()) throw SessionEnded{"the client stopped reading; the query timeout expired"};
     onQueryDeadline();
@@ -367,7 +376,7 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
     // Everything the client's buffered messages produced goes upstream in one write.
     if (upstreamOutSent_ < upstreamOut_.size()) writeQueuedUpstream();
     // Upstream bytes are read once the client has taken the last ones (no unbounded buffering).
-    if (!clientOutPending() && (upstreamReadable || upstreamLink_->hasPendingInput()) &&
+    if (!clientOutPending() && !holdUntil_ && (upstreamReadable || upstreamLink_->hasPendingInput()) &&
         tryPumpUpstream(upstreamReadable)) {
       continue;
     }
@@ -387,9 +396,14 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
   interest.client = POLLRDHUP;
   if (acceptingClient() && !clientOutPending()) interest.client |= client_->readEvents();
   if (clientOutPending()) interest.client |= client_->writeEvents();
-  if (!clientOutPending()) interest.upstream = upstreamLink_->readEvents();
+  if (!clientOutPending() && !holdUntil_) interest.upstream = upstreamLink_->readEvents();
   if (upstreamOutSent_ < upstreamOut_.size()) interest.upstream |= upstreamLink_->writeEvents();
   if (upstreamBusy()) interest.deadline = queryDeadline_;
+  if (holdUntil_) {
+    // A cancel request for a held query is noticed within kHoldPollInterval.
+    const auto wake = std::min(*holdUntil_, Clock::now() + kHoldPollInterval);
+    if (!interest.deadline || wake < *interest.deadline) interest.deadline = wake;
+  }
   return interest;
 }
 
@@ -545,6 +559,9 @@ void Session::startQuery(const protocol::Frame& frame) {
     sendError(error, true);
     return;
   }
+  std::shared_ptr<faults::Rule> fault;
+  if (context_.faults != nullptr) fault = firingFault(sql);
+  if (fault && injectFault(*fault, frame)) return;
   canceller_->setInQuery(true);  // waits while a cancel for the previous query is in flight
   budget_ = guardrails::ResultBudget(rails->maxRows, rails->maxBytes);
   upstreamCancelled_ = false;
@@ -555,10 +572,135 @@ void Session::startQuery(const protocol::Frame& frame) {
     queryDeadline_ = queryStart_ + config::backstopDelay(context_.config.queryTimeout);
   }
   state_ = State::kInQuery;
-  try {
-    queueUpstream({frame.bytes.data(), frame.bytes.size()});
-  } catch (const IoError& error) {
-    upstreamLost(error.what());
+  if (fault) {
+    const auto& spec = fault->spec();
+    if (spec.action == faults::Action::kError) {
+      // After: the query runs, its results are discarded, and the client gets the error instead.
+      record_.outcome = observability::QueryOutcome::kError;
+      beginDraining(ProxyError(spec.severity == "FATAL" ? Severity::kFatal : Severity::kError, spec.sqlstate,
+                               spec.message, spec.detail, spec.hint),
+                    false);
+      if (spec.when == faults::When::kBefore) {
+        // Before, inside a transaction block: an error fails the transaction, so the upstream's must
+        // fail too. The query is not sent; a failing statement is (its error is discarded).
+        abortingTransaction_ = true;
+        std::string out;
+        protocol::MessageWriter writer(out);
+        writer.beginMessage(fe::kQuery);
+        writer.writeCString(kAbortTransactionSql);
+        writer.endMessage();
+        queueUpstream(out);
+        return;
+      }
+    } else if (spec.action == faults::Action::kDelay && spec.when == faults::When::kBefore) {
+      heldQuery_.assign(frame.bytes.data(), frame.bytes.size());
+      holdUntil_ = Clock::now() + spec.delay;
+      queryDeadline_.reset();  // the backstop starts when the query goes upstream
+      return;
+    } else if (spec.action == faults::Action::kDelay) {
+      holdUntil_ = Clock::now() + spec.delay;  // the results wait
+    } else if (spec.action == faults::Action::kDrop && spec.when == faults::When::kAfterRows) {
+      dropAfterRows_ = spec.rows;
+    } else if (spec.action == faults::Action::kDrop) {
+      dropMidMessage_ = true;
+    }
+  }
+  queueUpstream({frame.bytes.data(), frame.bytes.size()});
+}
+
+std::shared_ptr<faults::Rule> Session::firingFault(std::string_view sql) {
+  if (const auto version = context_.faults->version(); !faultsLoaded_ || version != faultsVersion_) {
+    faultRules_ = context_.faults->rules();
+    faultsVersion_ = version;
+    faultsLoaded_ = true;
+  }
+  if (faultRules_.empty()) return nullptr;
+  const std::string* user = startup_.parameter("user");
+  const std::string* database = startup_.parameter("database");
+  const faults::QueryContext who{user != nullptr ? std::string_view(*user) : std::string_view(),
+                                 database != nullptr ? std::string_view(*database) : std::string_view(),
+                                 clientApplicationName_};
+  for (const auto& rule : faultRules_) {
+    if (rule->fires(sql, who, faultMatches_[rule->id()])) return rule;
+  }
+  return nullptr;
+}
+
+bool Session::injectFault(const faults::Rule& rule, const protocol::Frame& frame) {
+  const auto& spec = rule.spec();
+  record_.injected.assign(faults::actionName(spec.action));
+  context_.observer.faultInjected(id_, rule.id(), faults::actionName(spec.action),
+                                  std::string_view(record_.sql).substr(0, kQueryExcerptLength));
+  (void)frame;
+  const bool fatal = spec.severity == "FATAL";
+  switch (spec.action) {
+    case faults::Action::kError: {
+      if (spec.when == faults::When::kAfter) return false;
+      if (!fatal && transactionStatus_ == protocol::kTxInBlock) return false;  // startQuery fails it upstream
+      const ProxyError error(fatal ? Severity::kFatal : Severity::kError, spec.sqlstate, spec.message, spec.detail,
+                             spec.hint);
+      record_.sqlstate = error.sqlstate();
+      record_.errorMessage = error.message();
+      record_.outcome = observability::QueryOutcome::kError;
+      ++totals_.queries;
+      context_.observer.queryFinished(record_);
+      if (fatal) throw error;  // sent as the session's last words, then the connection closes
+      sendError(error, true);
+      return true;
+    }
+    case faults::Action::kDrop:
+      if (spec.when != faults::When::kBefore) return false;
+      record_.outcome = observability::QueryOutcome::kError;
+      ++totals_.queries;
+      context_.observer.queryFinished(record_);
+      throw SessionEnded{"fault injected: connection dropped before the query"};
+    case faults::Action::kNotice: {
+      std::string out;
+      protocol::MessageWriter writer(out);
+      protocol::writeNoticeResponse(writer, spec.severity.empty() ? "NOTICE" : spec.severity, spec.sqlstate,
+                                    spec.message, spec.detail, spec.hint);
+      sendToClient(out);
+      return false;
+    }
+    case faults::Action::kDelay:
+      return false;
+  }
+  return false;
+}
+
+void Session::dropWithRecord(const std::string& reason) {
+  // The query stays "running" (state kInQuery), so the way out cancels it upstream.
+  record_.outcome = observability::QueryOutcome::kError;
+  record_.seconds = std::chrono::duration<double>(Clock::now() - queryStart_).count();
+  ++totals_.queries;
+  totals_.rows += record_.rows;
+  totals_.bytes += record_.bytes;
+  context_.observer.queryFinished(record_);
+  throw SessionEnded{reason};
+}
+
+void Session::cancelHold() {
+  holdUntil_.reset();
+  const ProxyError cancelled(Severity::kError, sqlstate::kQueryCanceled, "canceling statement due to user request");
+  record_.outcome = observability::QueryOutcome::kCancelled;
+  if (!heldQuery_.empty()) {  // it never went upstream
+    heldQuery_.clear();
+    record_.sqlstate = cancelled.sqlstate();
+    record_.errorMessage = cancelled.message();
+    finishQuery();
+    sendError(cancelled, true);
+    return;
+  }
+  beginDraining(cancelled, false);  // its results are dropped; the error comes at their end
+}
+
+void Session::releaseHold() {
+  holdUntil_.reset();
+  if (heldQuery_.empty()) return;
+  queueUpstream(heldQuery_);
+  heldQuery_.clear();
+  if (context_.config.queryTimeout.count() > 0) {
+    queryDeadline_ = Clock::now() + config::backstopDelay(context_.config.queryTimeout);
   }
 }
 
@@ -574,6 +716,8 @@ const std::shared_ptr<const guardrails::GuardrailSet>& Session::currentGuardrail
 }
 
 void Session::finishQuery() {
+  dropAfterRows_.reset();
+  dropMidMessage_ = false;
   canceller_->setInQuery(false);
   state_ = State::kReady;
   const std::chrono::duration<double> elapsed = Clock::now() - queryStart_;
@@ -608,6 +752,11 @@ void Session::processUpstreamBytes() {
     }
     if (!header) break;
     const std::size_t available = range.data.size() - range.end;
+    if (dropMidMessage_) {
+      range.end += std::min(available, std::max<std::size_t>(1, header->frameSize() / 2));
+      flush(range);  // half a message, then nothing
+      dropWithRecord("fault injected: connection dropped in the middle of a message");
+    }
     if (!needsInspection(header->type)) {
       if (header->type == be::kDataRow) admitDataRow(*header, range);
       if (header->frameSize() <= available) {
@@ -638,6 +787,10 @@ void Session::processUpstreamBytes() {
 
 void Session::admitDataRow(const protocol::FrameHeader& header, ForwardRange& range) {
   if (pendingError_) return;  // draining: nothing is counted or sent
+  if (dropAfterRows_ && record_.rows >= *dropAfterRows_) {
+    flush(range);  // the rows before this one reach the client, then the connection goes
+    dropWithRecord("fault injected: connection dropped after " + std::to_string(*dropAfterRows_) + " rows");
+  }
   if (const auto breach = budget_.admitRow(header.frameSize())) {
     // Rows before this one go out; this one and the rest are discarded while draining.
     flush(range);
@@ -691,6 +844,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
       flush(range);
       const ProxyError error = std::move(*pendingError_);
       pendingError_.reset();
+      if (error.severity() == Severity::kFatal) throw error;  // an injected FATAL: the session ends with it
       sendError(error, true);
       return false;
     }

@@ -14,6 +14,7 @@
 #include <atomic>
 
 #include "config/server_config.h"
+#include "faults/fault_rules.h"
 #include "guardrails/guardrail_set.h"
 #include "guardrails/result_budget.h"
 #include "observability/session_observer.h"
@@ -46,6 +47,7 @@ struct SessionContext {
   // Bumped after each store to `guardrails`: a session re-reads the set only when it changed (loading
   // an atomic shared_ptr takes a lock). Null: read it for every query.
   const std::atomic<std::uint64_t>* guardrailsVersion = nullptr;
+  faults::FaultRegistry* faults = nullptr;  // fault rules to apply to queries; null: none
 };
 
 class Session {
@@ -127,6 +129,13 @@ class Session {
   // Whether a CancelRequest reaches the upstream now (waits while one for the last query is in flight).
   void setCancellable(bool cancellable);
   void finishQuery();
+  // Fault injection: the rule that fires for this query, if any (first match wins).
+  [[nodiscard]] std::shared_ptr<faults::Rule> firingFault(std::string_view sql);
+  // Carries out the fault's part at query start; returns true when the query is not to go upstream now.
+  [[nodiscard]] bool injectFault(const faults::Rule& rule, const protocol::Frame& frame);
+  void releaseHold();
+  void cancelHold();
+  [[noreturn]] void dropWithRecord(const std::string& reason);
 
   // ---- the extended query protocol, relayed (extended_relay.cpp) ----
   // A client message the upstream has yet to answer, oldest first, or the point at which the proxy
@@ -240,6 +249,15 @@ class Session {
   bool recordOpen_ = false;      // record_ is the Execute at the front of pending_
   std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
   std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
+  // Fault injection.
+  std::vector<std::shared_ptr<faults::Rule>> faultRules_;
+  std::uint64_t faultsVersion_ = 0;
+  bool faultsLoaded_ = false;
+  std::unordered_map<std::uint64_t, std::uint64_t> faultMatches_;  // per-session match counts by rule
+  std::optional<Clock::time_point> holdUntil_;  // delay: the query (heldQuery_) or its results wait until then
+  std::string heldQuery_;
+  std::optional<std::uint64_t> dropAfterRows_;  // drop after_rows
+  bool dropMidMessage_ = false;
   std::string clientOut_;
   std::size_t clientOutSent_ = 0;
   bool shutdownSeen_ = false;

@@ -1,0 +1,72 @@
+"""The binary's fault rules: --faults FILE, re-read on SIGHUP (also run against the sanitizer builds)."""
+
+from __future__ import annotations
+
+import signal
+
+import psycopg
+import pytest
+from psycopg import errors
+
+import wire
+from support import wait_until
+
+
+def test_faults_file_and_sighup_reload(pgwire_proxy_process_factory, tmp_path):
+    rules = tmp_path / "faults.rules"
+    rules.write_text("# retry testing\n"
+                     "match=^select 'file_probe'; nth=1; action=error; sqlstate=40001; message=from the file\n")
+    proxy = pgwire_proxy_process_factory(faults=str(rules))
+    with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        with pytest.raises(errors.SerializationFailure, match="from the file"):
+            conn.execute("select 'file_probe'")
+        conn.execute("select 'file_probe'")  # nth=1: once only
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        rules.write_text("match=reloaded_probe; action=notice; message=reloaded rule\n")
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: conn.execute("select 'reloaded_probe'") and notices, what="the reloaded rule")
+        assert notices[0] == "reloaded rule"
+        conn.execute("select 'file_probe'")  # the old rule is gone
+
+
+def test_a_bad_faults_file_is_refused_at_start(pgwire_proxy_process_factory, tmp_path):
+    rules = tmp_path / "bad.rules"
+    rules.write_text("match=x; action=error\n")
+    with pytest.raises(RuntimeError, match=r"bad.rules:1: fault: an error needs a message"):
+        pgwire_proxy_process_factory(faults=str(rules))
+
+
+def test_every_action_through_the_binary(pgwire_proxy_process_factory, tmp_path):
+    # The same session paths as test_fault_injection.py, here through the binary so that the
+    # sanitizer runs (scripts/sanitize.sh) cover them.
+    rules = tmp_path / "all.rules"
+    rules.write_text(
+        "match=drop_rows_probe; action=drop; when=after_rows; rows=3\n"
+        "match=mid_probe; action=drop; when=mid_message\n"
+        "match=fatal_after_probe; action=error; when=after; severity=FATAL; sqlstate=57P01; message=bye\n"
+        "match=hold_probe; action=delay; when=first_row; delay=200ms\n"
+        "match=hold_query_probe; action=delay; delay=200ms\n"
+        "match=block_probe; action=error; sqlstate=40001; message=serialization (file)\n")
+    proxy = pgwire_proxy_process_factory(faults=str(rules))
+    with wire.RawConnection(proxy.host, proxy.port, timeout=20) as conn:
+        conn.startup({"user": "postgres", "database": "postgres"})
+        conn.send(wire.query("select g, 'drop_rows_probe' from generate_series(1, 50000) g"))
+        assert wire.kinds(conn.read_until_eof()) == "TDDD"
+    with wire.RawConnection(proxy.host, proxy.port, timeout=20) as conn:
+        conn.startup({"user": "postgres", "database": "postgres"})
+        conn.send(wire.query("select 'mid_probe' as a_long_enough_column_name"))
+        with pytest.raises(wire.ProtocolError, match="EOF inside message"):
+            conn.read_until_eof()
+    with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        assert conn.execute("select 'hold_probe'").fetchone() == ("hold_probe",)
+        assert conn.execute("select 'hold_query_probe'").fetchone() == ("hold_query_probe",)
+        conn.execute("begin")
+        with pytest.raises(errors.SerializationFailure):
+            conn.execute("select 'block_probe'")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.execute("rollback")
+        with pytest.raises(psycopg.OperationalError, match="bye"):
+            conn.execute("select 'fatal_after_probe'")
+    with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
