@@ -54,7 +54,8 @@ const std::vector<OptionSpec>& optionSpecs() {
        "Fault rules to inject, one a line (match=REGEX; action=error|delay|drop|notice; ...), re-read on "
        "SIGHUP. See docs/fault-injection.md. Default: none."},
       {"metrics-address", "host:port",
-       "Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one). Default: off."},
+       "Serve Prometheus metrics at http://HOST:PORT/metrics, and /healthz and /readyz (port 0 picks one). "
+       "Default: off."},
       {"log-level", "level", "debug, info, warning, error or off. Default: info."},
       {"log-format", "format", "text (key=value) or json, one event per line. Default: text."},
       {"log-file", "path", "Append logs to this file instead of stderr."},

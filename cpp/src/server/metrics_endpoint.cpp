@@ -1,4 +1,4 @@
-// The Prometheus scrape endpoint: GET /metrics on its own small Poco HTTP server.
+// The HTTP side door: /metrics, /healthz and /readyz on their own small Poco HTTP server.
 #include "server/metrics_endpoint.h"
 
 #include <Poco/Net/HTTPRequestHandler.h>
@@ -14,16 +14,21 @@
 namespace pgwire_proxy::server {
 namespace {
 
+struct Callbacks {
+  std::function<std::string()> render;
+  std::function<Readiness()> readiness;
+};
+
 class MetricsHandler final : public Poco::Net::HTTPRequestHandler {
  public:
-  explicit MetricsHandler(const std::function<std::string()>& render) : render_(render) {}
+  explicit MetricsHandler(const Callbacks& callbacks) : callbacks_(callbacks) {}
 
   void handleRequest(Poco::Net::HTTPServerRequest& request, Poco::Net::HTTPServerResponse& response) override {
     const std::string path = request.getURI().substr(0, request.getURI().find('?'));
-    if (path != "/metrics") {
+    if (path != "/metrics" && path != "/healthz" && path != "/readyz") {
       response.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_NOT_FOUND);
       response.setContentType("text/plain");
-      response.send() << "not found; metrics are at /metrics\n";
+      response.send() << "not found; this serves /metrics, /healthz and /readyz\n";
       return;
     }
     if (request.getMethod() != "GET" && request.getMethod() != "HEAD") {
@@ -31,31 +36,41 @@ class MetricsHandler final : public Poco::Net::HTTPRequestHandler {
       response.send();
       return;
     }
-    const std::string body = render_();
-    response.setContentType("text/plain; version=0.0.4; charset=utf-8");
+    std::string body;
+    if (path == "/metrics") {
+      body = callbacks_.render();
+      response.setContentType("text/plain; version=0.0.4; charset=utf-8");
+    } else {
+      // /healthz: answering at all is the proof of life. /readyz: whether new clients should come.
+      const Readiness readiness = path == "/readyz" ? callbacks_.readiness() : Readiness{};
+      body = readiness.ready ? "ok\n" : "not ready: " + readiness.reason + "\n";
+      if (!readiness.ready) response.setStatusAndReason(Poco::Net::HTTPResponse::HTTP_SERVICE_UNAVAILABLE);
+      response.setContentType("text/plain; charset=utf-8");
+    }
     response.setContentLength(static_cast<std::streamsize>(body.size()));
     auto& out = response.send();
     if (request.getMethod() == "GET") out << body;
   }
 
  private:
-  const std::function<std::string()>& render_;
+  const Callbacks& callbacks_;
 };
 
 class MetricsHandlerFactory final : public Poco::Net::HTTPRequestHandlerFactory {
  public:
-  explicit MetricsHandlerFactory(std::function<std::string()> render) : render_(std::move(render)) {}
+  explicit MetricsHandlerFactory(Callbacks callbacks) : callbacks_(std::move(callbacks)) {}
   Poco::Net::HTTPRequestHandler* createRequestHandler(const Poco::Net::HTTPServerRequest&) override {
-    return new MetricsHandler(render_);
+    return new MetricsHandler(callbacks_);
   }
 
  private:
-  std::function<std::string()> render_;
+  Callbacks callbacks_;
 };
 
 }  // namespace
 
-MetricsEndpoint::MetricsEndpoint(const std::string& hostPort, std::function<std::string()> render) {
+MetricsEndpoint::MetricsEndpoint(const std::string& hostPort, std::function<std::string()> render,
+                                 std::function<Readiness()> readiness) {
   Poco::Net::SocketAddress address;
   try {
     address = Poco::Net::SocketAddress(hostPort);
@@ -75,7 +90,8 @@ MetricsEndpoint::MetricsEndpoint(const std::string& hostPort, std::function<std:
   params->setMaxThreads(2);
   params->setMaxQueued(16);
   params->setKeepAlive(false);
-  server_ = std::make_unique<Poco::Net::HTTPServer>(new MetricsHandlerFactory(std::move(render)), socket, params);
+  server_ = std::make_unique<Poco::Net::HTTPServer>(
+      new MetricsHandlerFactory(Callbacks{std::move(render), std::move(readiness)}), socket, params);
   server_->start();
 }
 

@@ -8,6 +8,7 @@
 #include <Poco/Net/TCPServerConnectionFactory.h>
 #include <Poco/Net/TCPServerParams.h>
 #include <Poco/ThreadPool.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
@@ -137,9 +138,8 @@ void Server::start() {
   if (observability::parseLogFormat(config_.logFormat, format)) logger.setFormat(format);
   if (!config_.logFile.empty()) logger.setFile(config_.logFile);
   if (!config_.metricsAddress.empty()) {
-    metricsEndpoint_ = std::make_unique<MetricsEndpoint>(config_.metricsAddress, [metrics = metrics_] {
-      return metrics->render();
-    });
+    metricsEndpoint_ = std::make_unique<MetricsEndpoint>(
+        config_.metricsAddress, [metrics = metrics_] { return metrics->render(); }, [this] { return readiness(); });
   }
 
   if (!config_.faultsFile.empty()) faults_.replace(faults::readFaultFile(config_.faultsFile));
@@ -184,6 +184,24 @@ void Server::beginShutdown() {
   (void)::write(wakeFd_, &one, sizeof one);  // every session's wait returns
   observability::logEvent(observability::LogLevel::kInfo, "shutdown_begun",
                           {{"sessions", static_cast<std::int64_t>(registry_.activeSessions())}});
+}
+
+Readiness Server::readiness() {
+  {
+    std::lock_guard lock(mutex_);
+    if (shutdownBegun_ || !tcpServer_) return {false, "shutting down"};
+  }
+  // The upstream: a libpq ping (no authentication), at most one a second whatever the probe rate.
+  std::lock_guard lock(readinessMutex_);
+  const auto now = std::chrono::steady_clock::now();
+  if (now - lastUpstreamCheck_ >= std::chrono::seconds(1)) {
+    const char* keywords[] = {"dbname", "connect_timeout", nullptr};
+    const char* values[] = {config_.upstreamDsn.c_str(), "2", nullptr};
+    upstreamReachable_ = PQpingParams(keywords, values, 1) == PQPING_OK;
+    lastUpstreamCheck_ = std::chrono::steady_clock::now();
+  }
+  if (!upstreamReachable_) return {false, "the upstream server is not reachable"};
+  return {true, {}};
 }
 
 void Server::forceShutdown() {

@@ -66,6 +66,8 @@ class Server {
   [[nodiscard]] std::uint16_t metricsPort() const noexcept { return metricsEndpoint_ ? metricsEndpoint_->port() : 0; }
 
   // Used by the connection objects: tracks live connections so stop() can wait for them.
+  // For /readyz: accepting, not shutting down, the upstream answering a ping.
+  [[nodiscard]] Readiness readiness();
   void connectionStarted(int fd);
   void connectionFinished(int fd);
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
@@ -95,6 +97,9 @@ class Server {
   std::set<int> connections_;
   bool stopped_ = false;
 
+  std::mutex readinessMutex_;
+  std::chrono::steady_clock::time_point lastUpstreamCheck_{};
+  bool upstreamReachable_ = false;
   std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
   std::unique_ptr<session::EventLoop> eventLoop_;  // the relays run here; outlives every session
   std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
