@@ -8,7 +8,7 @@ packages=(
   pybind11-dev python3-pybind11 python3-dev python3-setuptools python3-pip python3-venv
   python3-pytest python3-psycopg python3-pexpect python3-yaml openssl
   prometheus-cpp-dev
-  postgresql-15 postgresql-client-15 pgbouncer
+  postgresql-15 postgresql-client-15 pgbouncer haproxy
 )
 
 missing=()

@@ -29,7 +29,8 @@ ignore=(--ignore=tests/e2e/test_python_module.py --ignore=tests/e2e/test_packagi
         --ignore=tests/e2e/test_docker_files.py)
 if [[ $kind == thread ]]; then
   set -- tests/e2e/test_cancel.py tests/e2e/test_shutdown.py tests/e2e/test_guardrails.py \
-         tests/e2e/test_limits_connections.py tests/e2e/test_extended_protocol.py tests/e2e/test_fault_file.py "$@"
+         tests/e2e/test_limits_connections.py tests/e2e/test_extended_protocol.py tests/e2e/test_fault_file.py \
+         tests/e2e/test_scale_out.py "$@"
 else
   set -- tests/e2e "$@"
 fi

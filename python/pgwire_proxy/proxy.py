@@ -202,7 +202,9 @@ class Proxy:
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
     guardrails; the default 'reject' refuses it with 0A000. faults names a rules file (as the
-    binary's --faults; add_fault adds rules at runtime). metrics_address ('127.0.0.1:0' picks a port) serves
+    binary's --faults; add_fault adds rules at runtime). instance_id and peers ({id: 'host:port'}
+    or the binary's 'ID=HOST:PORT,...') route cancel requests between instances (docs/scaling.md).
+    metrics_address ('127.0.0.1:0' picks a port) serves
     Prometheus metrics over HTTP. The log options (log_level, log_format, log_file, log_queries) set
     the process-wide logger, so the last proxy started decides them for every proxy in the process.
     config (the binary's --config file) is refused: pass the options as keyword arguments.
@@ -222,7 +224,8 @@ class Proxy:
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
                  tls_key: Optional[PathLike] = None, tls_ca: Optional[PathLike] = None,
                  tls_required: bool = False, metrics_address: Optional[str] = None,
-                 faults: Optional[PathLike] = None,
+                 faults: Optional[PathLike] = None, instance_id: Optional[int] = None,
+                 peers: Union[None, str, Mapping[int, str]] = None,
                  log_level: str = "warning", log_format: Optional[str] = None,
                  log_file: Optional[PathLike] = None, log_queries: bool = False,
                  config: Optional[PathLike] = None, capture_size: int = 10000) -> None:
@@ -250,6 +253,11 @@ class Proxy:
                 options[name] = [_size(name.replace("-", "_"), value)]
         if max_rows is not None:
             options["max-rows"] = [_count("max_rows", max_rows)]
+        if instance_id is not None:
+            options["instance-id"] = [_count("instance_id", instance_id)]
+        if peers is not None:
+            options["peers"] = [peers if isinstance(peers, str) else
+                                ",".join(f"{_count('peers', i)}={_text('peers', a)}" for i, a in peers.items())]
         for name, value in (("deny", deny), ("allow", allow), ("deny-file", deny_file),
                             ("allow-file", allow_file)):
             items = _patterns(name.replace("-", "_"), value)

@@ -53,6 +53,12 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"faults", "path",
        "Fault rules to inject, one a line (match=REGEX; action=error|delay|drop|notice; ...), re-read on "
        "SIGHUP. See docs/fault-injection.md. Default: none."},
+      {"instance-id", "n",
+       "This instance's id (0-255) when several run behind a balancer: encoded in the cancel keys it issues "
+       "(the top 8 bits of the 31-bit process id). Default: none."},
+      {"peers", "id=host:port,...",
+       "The other instances: a CancelRequest for a key another instance issued is forwarded to it (once; "
+       "keys of unknown instances are dropped). Needs --instance-id. Re-read on SIGHUP."},
       {"metrics-address", "host:port",
        "Serve Prometheus metrics at http://HOST:PORT/metrics, and /healthz and /readyz (port 0 picks one). "
        "Default: off."},
@@ -152,6 +158,25 @@ ServerConfig configFromOptions(const OptionValues& values) {
   if (auto* v = value("log-file")) config.logFile = *v;
   config.logQueries = flag("log-queries");
   if (auto* v = value("metrics-address")) config.metricsAddress = *v;
+  if (auto* v = value("instance-id")) config.instanceId = static_cast<int>(parseInteger(*v, "instance-id", 0, 255));
+  if (auto* v = value("peers")) {
+    if (config.instanceId < 0) throw ConfigError("peers: needs --instance-id");
+    std::string_view rest = *v;
+    while (!rest.empty()) {
+      const std::size_t comma = rest.find(',');
+      const std::string_view item = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      const std::size_t equals = item.find('=');
+      const std::size_t colon = item.rfind(':');
+      if (equals == std::string_view::npos || colon == std::string_view::npos || colon < equals) {
+        throw ConfigError("peers: expected ID=HOST:PORT, got \"" + std::string(item) + "\"");
+      }
+      const int id = static_cast<int>(parseInteger(item.substr(0, equals), "peers", 0, 255));
+      (void)parseInteger(item.substr(colon + 1), "peers", 1, 65535);
+      if (id == config.instanceId) throw ConfigError("peers: " + std::to_string(id) + " is this instance's own id");
+      config.peers.emplace_back(id, std::string(item.substr(equals + 1)));
+    }
+  }
   if (auto* v = value("faults")) {
     config.faultsFile = *v;
     (void)faults::readFaultFile(*v);  // a bad rule fails before anything listens

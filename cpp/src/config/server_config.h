@@ -47,7 +47,11 @@ struct ServerConfig {
   std::string tlsCaFile;     // when set, clients must present a certificate signed by it
 
   std::string metricsAddress;     // HOST:PORT for the Prometheus endpoint; empty = off
-  std::string faultsFile;         // fault rules, one a line (faults/fault_rules.h); re-read on reload
+  std::string faultsFile;
+  // Scale-out: this instance's id (0-255; -1 = none) is encoded in the cancel keys it issues, and
+  // CancelRequests for another instance's keys go to that peer (id -> "host:port").
+  int instanceId = -1;
+  std::vector<std::pair<int, std::string>> peers;         // fault rules, one a line (faults/fault_rules.h); re-read on reload
 
   // Logging (process-wide: the last proxy started in a process decides).
   std::string logLevel = "info";  // debug, info, warning, error, off

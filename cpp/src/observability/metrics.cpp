@@ -14,8 +14,8 @@ constexpr std::array<QueryOutcome, 7> kOutcomes = {QueryOutcome::kOk,        Que
                                                    QueryOutcome::kLimitRows, QueryOutcome::kLimitBytes,
                                                    QueryOutcome::kDenied};
 constexpr std::array<std::string_view, 4> kFaultActions = {"error", "delay", "drop", "notice"};
-constexpr std::array<CancelResult, 3> kCancelResults = {CancelResult::kForwarded, CancelResult::kUnmatched,
-                                                        CancelResult::kIdle};
+constexpr std::array<CancelResult, 4> kCancelResults = {CancelResult::kForwarded, CancelResult::kUnmatched,
+                                                        CancelResult::kIdle, CancelResult::kPeer};
 
 int classDigit(char c) noexcept {
   if (c >= '0' && c <= '9') return c - '0';

@@ -71,7 +71,7 @@ class Metrics final : public SessionObserver {
   std::atomic<std::uint64_t> rowsSent_{0};
   std::atomic<std::uint64_t> bytesSent_{0};
   std::array<std::atomic<std::uint64_t>, 36 * 36> errorsByClass_{};
-  std::array<std::atomic<std::uint64_t>, 3> cancels_{};
+  std::array<std::atomic<std::uint64_t>, 4> cancels_{};
   std::atomic<std::uint64_t> tlsHandshakes_{0};
   std::atomic<std::uint64_t> tlsFailures_{0};
   std::array<std::atomic<std::uint64_t>, 4> faults_{};  // by faults::Action: error, delay, drop, notice

@@ -25,6 +25,7 @@ std::string_view cancelResultName(CancelResult result) noexcept {
     case CancelResult::kUnmatched: return "unmatched";
     case CancelResult::kIdle: return "idle";
     case CancelResult::kForwarded: return "matched";
+    case CancelResult::kPeer: return "peer";
   }
   return "unknown";
 }

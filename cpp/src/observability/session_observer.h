@@ -46,7 +46,8 @@ struct SessionSummary {
   std::string_view reason;
 };
 
-enum class CancelResult { kUnmatched, kIdle, kForwarded };
+// kPeer: the key belongs to another instance and the request was forwarded to it (--peers).
+enum class CancelResult { kUnmatched, kIdle, kForwarded, kPeer };
 [[nodiscard]] std::string_view cancelResultName(CancelResult result) noexcept;
 
 // Every method has an empty default so an observer implements only what it needs. Called on session

@@ -56,6 +56,9 @@ inline constexpr std::int32_t kProtocolVersion3 = 196608;  // 3.0
 inline constexpr std::int32_t kSslRequestCode = 80877103;
 inline constexpr std::int32_t kGssEncRequestCode = 80877104;
 inline constexpr std::int32_t kCancelRequestCode = 80877102;
+// pgwire-proxy's own: a CancelRequest one instance forwards to the peer that owns the key. A peer never
+// forwards one of these again (the hop limit). Same layout as CancelRequest.
+inline constexpr std::int32_t kForwardedCancelCode = 80877114;
 
 // Header sizes: a typed message is 1 type byte plus an int32 length that counts itself.
 inline constexpr std::size_t kTypedHeaderSize = 5;

@@ -27,7 +27,9 @@ StartupPacket parseStartupPacket(std::span<const char> body) {
       reader.expectEnd();
       return packet;
     case kCancelRequestCode:
+    case kForwardedCancelCode:
       packet.kind = StartupKind::kCancelRequest;
+      packet.forwardedCancel = packet.protocolVersion == kForwardedCancelCode;
       packet.cancelProcessId = reader.readInt32();
       packet.cancelSecretKey = reader.readInt32();
       reader.expectEnd();

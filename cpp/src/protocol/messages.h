@@ -23,9 +23,11 @@ struct StartupPacket {
   std::int32_t protocolVersion = 0;
   // StartupMessage: name/value pairs in the order sent.
   std::vector<std::pair<std::string, std::string>> parameters;
-  // CancelRequest: the key the client was issued.
+  // CancelRequest: the key the client was issued; forwarded: sent by a peer instance (not to be
+  // forwarded again).
   std::int32_t cancelProcessId = 0;
   std::int32_t cancelSecretKey = 0;
+  bool forwardedCancel = false;
 
   [[nodiscard]] const std::string* parameter(std::string_view name) const;
 };

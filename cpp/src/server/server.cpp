@@ -103,14 +103,14 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
     : config_(validated(std::move(config))),
       metrics_(std::make_shared<observability::Metrics>()),
       observer_(observers(config_, metrics_, std::move(extra))),
-      registry_(config_.maxConnections),
+      registry_(config_.maxConnections, config_.instanceId),
       guardrails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &guardrailsVersion_, &faults_} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &guardrailsVersion_, &faults_, &peers_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -143,6 +143,7 @@ void Server::start() {
   }
 
   if (!config_.faultsFile.empty()) faults_.replace(faults::readFaultFile(config_.faultsFile));
+  peers_.replace(config_.peers);
   const int threads = config_.maxConnections + kSpareThreads;
   eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
                                                    forceFd_);
@@ -278,6 +279,7 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.shutdownTimeout != config_.shutdownTimeout) note(restart, "shutdown-timeout");
   if (next.maxMessageSize != config_.maxMessageSize) note(restart, "max-message-size");
   if (next.extendedProtocolRelay != config_.extendedProtocolRelay) note(restart, "extended-protocol");
+  if (next.instanceId != config_.instanceId) note(restart, "instance-id");
   if (next.tlsEnabled != config_.tlsEnabled || next.tlsRequired != config_.tlsRequired ||
       next.tlsCertFile != config_.tlsCertFile || next.tlsKeyFile != config_.tlsKeyFile ||
       next.tlsCaFile != config_.tlsCaFile) {
@@ -295,6 +297,9 @@ void Server::reload(const config::ServerConfig& next) {
     faults_.clear();  // --faults was dropped from the configuration
   }
   config_.faultsFile = next.faultsFile;
+  if (next.peers != config_.peers) note(changed, "peers");
+  peers_.replace(next.peers);
+  config_.peers = next.peers;
   config_.maxRows = next.maxRows;
   config_.maxBytes = next.maxBytes;
   config_.denyPatterns = next.denyPatterns;

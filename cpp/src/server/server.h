@@ -84,6 +84,7 @@ class Server {
   std::atomic<std::shared_ptr<const guardrails::GuardrailSet>> guardrails_;
   std::atomic<std::uint64_t> guardrailsVersion_{0};
   faults::FaultRegistry faults_;
+  session::PeerDirectory peers_;
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;

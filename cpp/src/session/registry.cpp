@@ -44,6 +44,12 @@ CancelKey SessionRegistry::add(std::shared_ptr<CancelTarget> target) {
   do {
     key.processId = nextProcessId_;
     nextProcessId_ = nextProcessId_ == 0x7fffffff ? 1 : nextProcessId_ + 1;
+    if (instanceId_ >= 0) {
+      // The instance in the top 8 bits, a non-zero counter below.
+      const auto counter = static_cast<std::uint32_t>(key.processId) & ((1U << kCounterBits) - 1);
+      key.processId = static_cast<std::int32_t>((static_cast<std::uint32_t>(instanceId_) << kCounterBits) |
+                                                (counter == 0 ? 1U : counter));
+    }
   } while (entries_.contains(key.processId));
   entries_.emplace(key.processId, Entry{key.secretKey, std::move(target)});
   return key;

@@ -5,7 +5,11 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "observability/session_observer.h"
 
@@ -27,7 +31,16 @@ struct CancelKey {
 
 class SessionRegistry {
  public:
-  explicit SessionRegistry(int maxSessions) : maxSessions_(maxSessions) {}
+  // instanceId >= 0: the issued process ids carry it in their top 8 bits (scale-out, see --instance-id).
+  explicit SessionRegistry(int maxSessions, int instanceId = -1) : maxSessions_(maxSessions), instanceId_(instanceId) {}
+
+  // Which instance issued a process id; -1 when this registry does not use instance ids.
+  [[nodiscard]] int instanceOf(std::int32_t processId) const noexcept {
+    return instanceId_ < 0 ? -1 : static_cast<int>((static_cast<std::uint32_t>(processId) >> kCounterBits) & 0xffU);
+  }
+  [[nodiscard]] int instanceId() const noexcept { return instanceId_; }
+  // Process id = instance (8 bits) << 23 | a counter (23 bits); the 32-bit secret stays all random.
+  static constexpr int kCounterBits = 23;
 
   // Takes one of the --max-connections slots; false when all are taken.
   [[nodiscard]] bool tryAdmit() noexcept;
@@ -49,10 +62,31 @@ class SessionRegistry {
   };
 
   const int maxSessions_;
+  const int instanceId_;
   std::atomic<int> active_{0};
   std::mutex mutex_;
   std::int32_t nextProcessId_ = 0;
   std::unordered_map<std::int32_t, Entry> entries_;
+};
+
+// The other instances (--peers): id -> "host:port"; replaced on reload, read by cancel connections.
+class PeerDirectory {
+ public:
+  void replace(std::vector<std::pair<int, std::string>> peers) {
+    std::lock_guard lock(mutex_);
+    peers_ = std::move(peers);
+  }
+  [[nodiscard]] std::optional<std::string> addressOf(int id) const {
+    std::lock_guard lock(mutex_);
+    for (const auto& [peer, address] : peers_) {
+      if (peer == id) return address;
+    }
+    return std::nullopt;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::vector<std::pair<int, std::string>> peers_;
 };
 
 // Fills `data` from getrandom(2); throws std::system_error if the kernel cannot.

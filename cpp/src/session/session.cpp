@@ -1,6 +1,9 @@
 // One client's life: SSL negotiation, startup, the query loop and the end, as an explicit state machine.
 #include "session/session.h"
 
+#include <Poco/Exception.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/Net/StreamSocket.h>
 #include <openssl/ssl.h>
 #include <poll.h>
 
@@ -194,7 +197,7 @@ bool Session::negotiate() {
         continue;
       case protocol::StartupKind::kCancelRequest:
         closeReason_ = "cancel request";
-        context_.observer.cancelRequested(context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
+        handleCancelRequest(packet);
         return false;
       case protocol::StartupKind::kStartup:
         if (context_.config.tlsRequired && !client_->encrypted()) {
@@ -205,6 +208,47 @@ bool Session::negotiate() {
         startup_ = std::move(packet);
         return true;
     }
+  }
+}
+
+void Session::handleCancelRequest(const protocol::StartupPacket& packet) {
+  const int owner = context_.registry.instanceOf(packet.cancelProcessId);
+  if (owner < 0 || owner == context_.registry.instanceId()) {
+    context_.observer.cancelRequested(context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
+    return;
+  }
+  // Another instance issued the key. A forwarded request is never forwarded again (the hop limit: a
+  // peer map pointing at the wrong instance cannot make requests circle), an unknown instance's dropped.
+  const auto address = packet.forwardedCancel || context_.peers == nullptr
+                           ? std::nullopt
+                           : context_.peers->addressOf(owner);
+  if (!address) {
+    observability::logEvent(observability::LogLevel::kInfo, "cancel_dropped",
+                            {{"session", id_}, {"instance", owner}, {"forwarded", packet.forwardedCancel}});
+    context_.observer.cancelRequested(observability::CancelResult::kUnmatched);
+    return;
+  }
+  // On this connection's own pool thread (never the acceptor), bounded by a short timeout.
+  std::string out;
+  protocol::MessageWriter writer(out);
+  writer.beginUntypedMessage();
+  writer.writeInt32(protocol::kForwardedCancelCode);
+  writer.writeInt32(packet.cancelProcessId);
+  writer.writeInt32(packet.cancelSecretKey);
+  writer.endMessage();
+  try {
+    Poco::Net::StreamSocket peer;
+    peer.connect(Poco::Net::SocketAddress(*address), Poco::Timespan(kPeerCancelTimeout.count() * 1000));
+    peer.setSendTimeout(Poco::Timespan(kPeerCancelTimeout.count() * 1000));
+    peer.sendBytes(out.data(), static_cast<int>(out.size()));
+    peer.shutdownSend();
+    context_.observer.cancelRequested(observability::CancelResult::kPeer);
+    observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded_to_peer",
+                            {{"session", id_}, {"instance", owner}, {"peer", *address}});
+  } catch (const Poco::Exception& error) {
+    context_.observer.cancelRequested(observability::CancelResult::kUnmatched);
+    observability::logEvent(observability::LogLevel::kWarning, "cancel_forward_failed",
+                            {{"session", id_}, {"instance", owner}, {"peer", *address}, {"error", error.displayText()}});
   }
 }
 

@@ -48,6 +48,7 @@ struct SessionContext {
   // an atomic shared_ptr takes a lock). Null: read it for every query.
   const std::atomic<std::uint64_t>* guardrailsVersion = nullptr;
   faults::FaultRegistry* faults = nullptr;  // fault rules to apply to queries; null: none
+  const PeerDirectory* peers = nullptr;       // the other instances, for cancel keys they issued
 };
 
 class Session {
@@ -97,6 +98,8 @@ class Session {
 
   // Startup: returns false when the connection ends there (a CancelRequest, or the client left).
   [[nodiscard]] bool negotiate();
+  // A CancelRequest: matched here, or forwarded to the instance that issued the key.
+  void handleCancelRequest(const protocol::StartupPacket& packet);
   void startSession();
   void relayHere();
   [[nodiscard]] std::optional<Interest> step(const Readiness& ready);

@@ -26,6 +26,8 @@ constexpr std::size_t kQueryExcerptLength = 200;
 constexpr std::string_view kAbortTransactionSql =
     "DO $pgwire_proxy$ BEGIN RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = "
     "'pgwire-proxy failed the previous statement; the transaction is aborted'; END $pgwire_proxy$";
+// How long forwarding a CancelRequest to a peer instance may take (connect, then send).
+constexpr auto kPeerCancelTimeout = std::chrono::milliseconds(1000);
 // How often a query held by an injected delay checks for a cancel request.
 constexpr auto kHoldPollInterval = std::chrono::milliseconds(50);
 // How long a best-effort error may wait for a client that does not read.

@@ -1,0 +1,150 @@
+"""Several instances: --instance-id in the cancel keys, --peers forwarding a CancelRequest to the
+instance that owns the key, once; through HAProxy in TCP round-robin when it is installed."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+
+import psycopg
+import pytest
+from psycopg import errors
+
+import wire
+from pgwire_proxy.cluster import free_port
+from support import upstream_active, wait_until
+
+FORWARDED_CANCEL_CODE = 80877114
+
+
+def cancel_packet(pid: int, secret: int, code: int = wire.CANCEL_REQUEST_CODE) -> bytes:
+    return struct.pack("!iiii", 16, code, pid, secret)
+
+
+def send_cancel(port: int, packet: bytes) -> None:
+    """Sends a cancel packet and waits for the proxy to close the connection (it answers nothing)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(packet)
+        assert sock.recv(1) == b""
+
+
+@pytest.fixture
+def instances(pgwire_proxy_process_factory):
+    """Three instances (ids 0, 1, 2), each with the other two as peers."""
+    ports = [free_port() for _ in range(3)]
+    proxies = []
+    for i, port in enumerate(ports):
+        peers = ",".join(f"{j}=127.0.0.1:{p}" for j, p in enumerate(ports) if j != i)
+        proxies.append(pgwire_proxy_process_factory(port=port, instance_id=i, peers=peers))
+    return proxies
+
+
+def running_session(proxy, probe: str):
+    """A raw session on `proxy` running pg_sleep(60) tagged with `probe`; returns (conn, pid, secret)."""
+    conn = wire.RawConnection(proxy.host, proxy.port, timeout=30)
+    hello = conn.startup({"user": "postgres", "database": "postgres"})
+    pid, secret = next(m.backend_key() for m in hello if m.kind == "K")
+    conn.send(wire.query(f"select pg_sleep(60) /* {probe} */"))
+    return conn, pid, secret
+
+
+def test_keys_carry_the_instance_id(instances):
+    for i, proxy in enumerate(instances):
+        with wire.RawConnection(proxy.host, proxy.port) as conn:
+            hello = conn.startup({"user": "postgres", "database": "postgres"})
+            pid, _ = next(m.backend_key() for m in hello if m.kind == "K")
+            assert pid >> 23 == i and pid & ((1 << 23) - 1) != 0
+
+
+def test_a_cancel_landing_on_another_instance_reaches_the_owner(instances, pg_upstream):
+    conn, pid, secret = running_session(instances[0], "peer_cancel_probe")
+    with conn:
+        wait_until(lambda: upstream_active(pg_upstream, "peer_cancel_probe"), what="the query to run")
+        send_cancel(instances[2].port, cancel_packet(pid, secret))  # lands on instance 2
+        reply = conn.read_until_ready()
+        assert wire.errors_in(reply)[0]["C"] == "57014"
+
+
+def test_a_forged_key_is_forwarded_and_dropped_by_the_owner(instances, pg_upstream):
+    conn, pid, secret = running_session(instances[0], "forged_probe")
+    with conn:
+        wait_until(lambda: upstream_active(pg_upstream, "forged_probe"), what="the query to run")
+        send_cancel(instances[1].port, cancel_packet(pid, secret ^ 0x5A5A5A5A))
+        # A forwarded request is never forwarded again, even when it names a third instance.
+        send_cancel(instances[1].port, cancel_packet(pid, secret, FORWARDED_CANCEL_CODE))
+        assert upstream_active(pg_upstream, "forged_probe")
+        send_cancel(instances[0].port, cancel_packet(pid, secret))  # the real one, to the owner itself
+        assert wire.errors_in(conn.read_until_ready())[0]["C"] == "57014"
+
+
+def test_a_peer_that_is_down_does_not_hang_the_forwarder(pgwire_proxy_process_factory):
+    dead = free_port()
+    proxy = pgwire_proxy_process_factory(instance_id=1, peers=f"0=127.0.0.1:{dead},7=127.0.0.1:{free_port()}")
+    send_cancel(proxy.port, cancel_packet((0 << 23) | 5, 1234))   # peer 0 refuses the connection
+    send_cancel(proxy.port, cancel_packet((9 << 23) | 5, 1234))   # instance 9 is unknown: dropped
+    with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        assert conn.execute("select 'still serving'").fetchone() == ("still serving",)
+
+
+@pytest.mark.parametrize("peers, message", [
+    ("1=127.0.0.1", "expected ID=HOST:PORT"),
+    ("0=127.0.0.1:5432", "this instance's own id"),
+    ("300=127.0.0.1:5432", "peers"),
+])
+def test_bad_peer_lists_are_refused(pgwire_proxy_process_factory, peers, message):
+    with pytest.raises(RuntimeError, match=message):
+        pgwire_proxy_process_factory(instance_id=0, peers=peers)
+
+
+# ---- through HAProxy --------------------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (scripts/install-deps.sh installs it)")
+def test_hundred_cancels_through_a_round_robin_balancer(instances, tmp_path, pg_upstream):
+    port = free_port()
+    servers = "\n".join(f"    server i{i} 127.0.0.1:{p.port}" for i, p in enumerate(instances))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""global
+    maxconn 512
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen pg
+    bind 127.0.0.1:{port}
+    balance roundrobin
+{servers}
+""")
+    balancer = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+    try:
+        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+        wait_until(lambda: _connects(dsn), what="haproxy to listen")
+        for i in range(100):
+            with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+                pid = conn.info.backend_pid  # the proxy's key pid: which instance owns the session
+                assert 0 <= pid >> 23 <= 2
+
+                def cancel_when_running(probe=f"lb_probe_{i} "):
+                    wait_until(lambda: upstream_active(pg_upstream, probe), what="the query to run")
+                    conn.cancel()  # a new connection through the balancer: any instance
+
+                thread = threading.Thread(target=cancel_when_running)
+                thread.start()
+                with pytest.raises(errors.QueryCanceled):
+                    conn.execute(f"select pg_sleep(60) /* lb_probe_{i} */")  # probe: "lb_probe_7 " not "_70"
+                thread.join()
+    finally:
+        balancer.terminate()
+        balancer.wait(timeout=10)
+
+
+def _connects(dsn: str) -> bool:
+    try:
+        psycopg.connect(dsn, connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
