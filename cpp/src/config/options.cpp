@@ -57,8 +57,9 @@ const std::vector<OptionSpec>& optionSpecs() {
        "This instance's id (0-255) when several run behind a balancer: encoded in the cancel keys it issues "
        "(the top 8 bits of the 31-bit process id). Default: none."},
       {"peers", "id=host:port,...",
-       "The other instances: a CancelRequest for a key another instance issued is forwarded to it (once; "
-       "keys of unknown instances are dropped). Needs --instance-id. Re-read on SIGHUP."},
+       "The instances: a CancelRequest for a key another instance issued is forwarded to it (once; keys of "
+       "unknown instances are dropped; this instance's own entry is skipped). Needs --instance-id. Re-read "
+       "on SIGHUP."},
       {"metrics-address", "host:port",
        "Serve Prometheus metrics at http://HOST:PORT/metrics, and /healthz and /readyz (port 0 picks one). "
        "Default: off."},
@@ -173,8 +174,8 @@ ServerConfig configFromOptions(const OptionValues& values) {
       }
       const int id = static_cast<int>(parseInteger(item.substr(0, equals), "peers", 0, 255));
       (void)parseInteger(item.substr(colon + 1), "peers", 1, 65535);
-      if (id == config.instanceId) throw ConfigError("peers: " + std::to_string(id) + " is this instance's own id");
-      config.peers.emplace_back(id, std::string(item.substr(equals + 1)));
+      // This instance's own entry is skipped: every instance can share one peer list (one ConfigMap).
+      if (id != config.instanceId) config.peers.emplace_back(id, std::string(item.substr(equals + 1)));
     }
   }
   if (auto* v = value("faults")) {
