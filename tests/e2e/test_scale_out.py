@@ -217,3 +217,24 @@ listen pg
         holder.close()
         balancer.terminate()
         balancer.wait(timeout=10)
+
+
+def test_peers_are_reloaded_on_sighup(pgwire_proxy_process_factory, pg_upstream, tmp_path):
+    owner = pgwire_proxy_process_factory(instance_id=0)
+    config = tmp_path / "proxy.conf"
+    config.write_text("instance-id = 1\n")
+    other = pgwire_proxy_process_factory(config=str(config))
+    conn, pid, secret = running_session(owner, "reload_peers_probe")
+    with conn:
+        wait_until(lambda: upstream_active(pg_upstream, "reload_peers_probe"), what="the query to run")
+        send_cancel(other.port, cancel_packet(pid, secret))  # instance 1 does not know instance 0 yet
+        assert upstream_active(pg_upstream, "reload_peers_probe")
+        config.write_text(f"instance-id = 1\npeers = 0=127.0.0.1:{owner.port}\n")
+        other.process.send_signal(signal.SIGHUP)
+
+        def cancelled():
+            send_cancel(other.port, cancel_packet(pid, secret))
+            return not upstream_active(pg_upstream, "reload_peers_probe")
+
+        wait_until(cancelled, what="the reloaded peer list to route the cancel")
+        assert wire.errors_in(conn.read_until_ready())[0]["C"] == "57014"
