@@ -430,6 +430,9 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
   if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0 && upstreamBusy() && !acceptingClient()) {
     throw SessionEnded{"client disconnected during a query"};
   }
+  // Seen once is enough: level-triggered, a half-closed client would otherwise wake every wait (say
+  // while it does not read the rest of an answer).
+  if ((ready.client & POLLRDHUP) != 0) clientHalfClosed_ = true;
   if (!upstreamBusy()) {
     // Give back what an unusually large message or result made the buffers grow to (no frame is
     // being processed here, so no span into them is alive).
@@ -437,7 +440,7 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
     upstreamIn_.shrinkTo(kIdleBufferCapacity);
   }
   Interest interest;
-  interest.client = POLLRDHUP;
+  interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;
   if (acceptingClient() && !clientOutPending()) interest.client |= client_->readEvents();
   if (clientOutPending()) interest.client |= client_->writeEvents();
   if (!clientOutPending() && !holdUntil_) interest.upstream = upstreamLink_->readEvents();

@@ -263,6 +263,7 @@ class Session {
   bool dropMidMessage_ = false;
   std::string clientOut_;
   std::size_t clientOutSent_ = 0;
+  bool clientHalfClosed_ = false;  // POLLRDHUP seen: the client sends nothing more
   bool shutdownSeen_ = false;
   bool forcedSeen_ = false;
   std::exception_ptr relayError_;  // how the relay ended, when it failed
