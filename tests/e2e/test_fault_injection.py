@@ -308,3 +308,28 @@ def test_in_process_proxy_reads_a_rules_file(pgwire_proxy_factory, tmp_path):
         with pytest.raises(errors.DeadlockDetected, match=r"deadlock detected \(file\)"):
             conn.execute("select 'file_probe'")
     assert [(f["action"], f["match"], f["hits"]) for f in proxy.faults()] == [("error", "file_probe", 1)]
+
+
+def test_error_and_drop_at_an_extended_protocol_execute(pgwire_proxy_factory, pg_upstream, items):
+    proxy = pgwire_proxy_factory(extended_protocol="relay")
+    fault = proxy.add_fault("^insert", **SERIALIZATION)
+    ignored = proxy.add_fault("^select", action="notice", message="simple protocol only")
+    with psycopg.connect(proxy.dsn) as conn:  # psycopg's defaults: Parse/Bind/Execute, transactions
+        conn.execute(f"select count(*) from {items} where id > %s", [0])
+        with pytest.raises(errors.SerializationFailure):
+            conn.execute(f"insert into {items} values (%s)", [1])
+        assert conn.info.transaction_status == TransactionStatus.INERROR
+        conn.rollback()
+        assert fault.hits == 1 and ignored.hits == 0
+        fault.remove()
+        conn.execute(f"insert into {items} values (%s)", [2])
+        conn.commit()
+    assert count_rows(pg_upstream, items) == 1
+    record = [q for q in proxy.queries() if q.injected][-1]
+    assert (record.sql, record.injected, record.sqlstate) == (f"insert into {items} values ($1)", "error", "40001")
+    proxy.add_fault("^delete", action="drop")
+    conn = psycopg.connect(proxy.dsn, autocommit=True)
+    with pytest.raises(psycopg.OperationalError):
+        conn.execute(f"delete from {items} where id = %s", [2])
+    assert conn.closed
+    assert count_rows(pg_upstream, items) == 1

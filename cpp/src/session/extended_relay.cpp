@@ -152,6 +152,7 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
         reply.sql = it->second;
       }
       reply.sent = Clock::now();
+      if (context_.faults != nullptr && injectExtendedFault(reply.sql)) return;
       context_.observer.queryStarted(id_, reply.sql ? std::string_view(*reply.sql) : std::string_view());
       if (!queryDeadline_ && context_.config.queryTimeout.count() > 0) {
         queryDeadline_ = reply.sent + config::backstopDelay(context_.config.queryTimeout);
@@ -194,6 +195,37 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
       throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(type)));
   }
   queueUpstream({frame.bytes.data(), frame.bytes.size()});
+}
+
+bool Session::injectExtendedFault(const std::shared_ptr<const std::string>& sql) {
+  const std::string_view text = sql ? std::string_view(*sql) : std::string_view();
+  const auto rule = firingFault(text, true);
+  if (!rule) return false;
+  const auto& spec = rule->spec();
+  context_.observer.faultInjected(id_, rule->id(), faults::actionName(spec.action), text.substr(0, kQueryExcerptLength));
+  // Its own record: record_ may be the Execute still answering before this one.
+  observability::QueryRecord record;
+  record.sessionId = id_;
+  record.sql.assign(text);
+  record.started = std::chrono::system_clock::now();
+  record.outcome = observability::QueryOutcome::kError;
+  record.injected.assign(faults::actionName(spec.action));
+  if (spec.action == faults::Action::kDrop) {
+    ++totals_.queries;
+    context_.observer.queryFinished(record);
+    throw SessionEnded{"fault injected: connection dropped before the query"};
+  }
+  const ProxyError error(spec.severity == "FATAL" ? Severity::kFatal : Severity::kError, spec.sqlstate, spec.message,
+                         spec.detail, spec.hint);
+  record.sqlstate = error.sqlstate();
+  record.errorMessage = error.message();
+  ++totals_.queries;
+  context_.observer.queryFinished(record);
+  if (error.severity() == Severity::kFatal) throw error;
+  // As if the statement had failed: the error in order, the rest of the batch ignored up to the Sync,
+  // what the batch already ran rolled back.
+  failBatchAtClient(error);
+  return true;
 }
 
 void Session::openBatch() {

@@ -655,7 +655,7 @@ void Session::startQuery(const protocol::Frame& frame) {
   queueUpstream({frame.bytes.data(), frame.bytes.size()});
 }
 
-std::shared_ptr<faults::Rule> Session::firingFault(std::string_view sql) {
+std::shared_ptr<faults::Rule> Session::firingFault(std::string_view sql, bool extended) {
   if (const auto version = context_.faults->version(); !faultsLoaded_ || version != faultsVersion_) {
     faultRules_ = context_.faults->rules();
     faultsVersion_ = version;
@@ -668,6 +668,11 @@ std::shared_ptr<faults::Rule> Session::firingFault(std::string_view sql) {
                                  database != nullptr ? std::string_view(*database) : std::string_view(),
                                  clientApplicationName_};
   for (const auto& rule : faultRules_) {
+    // At an extended-protocol Execute only the faults that replace the statement apply.
+    if (extended && (rule->spec().when != faults::When::kBefore ||
+                     (rule->spec().action != faults::Action::kError && rule->spec().action != faults::Action::kDrop))) {
+      continue;
+    }
     if (rule->fires(sql, who, faultMatches_[rule->id()])) return rule;
   }
   return nullptr;

@@ -133,7 +133,9 @@ class Session {
   void setCancellable(bool cancellable);
   void finishQuery();
   // Fault injection: the rule that fires for this query, if any (first match wins).
-  [[nodiscard]] std::shared_ptr<faults::Rule> firingFault(std::string_view sql);
+  [[nodiscard]] std::shared_ptr<faults::Rule> firingFault(std::string_view sql, bool extended = false);
+  // Relay mode: an error or drop rule firing on an Execute (true: the Execute is not forwarded).
+  [[nodiscard]] bool injectExtendedFault(const std::shared_ptr<const std::string>& sql);
   // Carries out the fault's part at query start; returns true when the query is not to go upstream now.
   [[nodiscard]] bool injectFault(const faults::Rule& rule, const protocol::Frame& frame);
   void releaseHold();
