@@ -29,12 +29,12 @@ struct World {
     config.startupTimeout = std::chrono::milliseconds(200);
     config.connectTimeout = std::chrono::milliseconds(200);
     config.maxMessageSize = 64 * 1024;
-    rails = std::make_shared<const guardrails::GuardrailSet>(config);
+    rails.store(std::make_shared<const guardrails::GuardrailSet>(config));
   }
   config::ServerConfig config;
   session::SessionRegistry registry{4};
   observability::SessionObserver observer;
-  std::atomic<std::shared_ptr<const guardrails::GuardrailSet>> rails;
+  guardrails::GuardrailHolder rails{nullptr};
 };
 
 // One long-lived server thread runs every input's session, as the proxy's pooled threads do. A thread

@@ -110,7 +110,7 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &guardrailsVersion_, &faults_, &peers_} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -290,7 +290,6 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logQueries != config_.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
-  guardrailsVersion_.fetch_add(1, std::memory_order_release);
   if (faultSpecs) {
     faults_.replace(std::move(*faultSpecs));
   } else if (!config_.faultsFile.empty()) {

@@ -81,8 +81,7 @@ class Server {
   std::shared_ptr<observability::Metrics> metrics_;
   std::shared_ptr<observability::ObserverList> observer_;
   session::SessionRegistry registry_;
-  std::atomic<std::shared_ptr<const guardrails::GuardrailSet>> guardrails_;
-  std::atomic<std::uint64_t> guardrailsVersion_{0};
+  guardrails::GuardrailHolder guardrails_;
   faults::FaultRegistry faults_;
   session::PeerDirectory peers_;
   std::unique_ptr<session::TlsContextHolder> tls_;

@@ -757,10 +757,7 @@ void Session::releaseHold() {
 }
 
 const std::shared_ptr<const guardrails::GuardrailSet>& Session::currentGuardrails() {
-  if (context_.guardrailsVersion == nullptr) {
-    rails_ = context_.guardrails.load();
-  } else if (const auto version = context_.guardrailsVersion->load(std::memory_order_acquire);
-             !rails_ || version != railsVersion_) {
+  if (const auto version = context_.guardrails.version(); !rails_ || version != railsVersion_) {
     rails_ = context_.guardrails.load();  // stored before the version was bumped: this one or newer
     railsVersion_ = version;
   }

@@ -39,14 +39,11 @@ struct SessionContext {
   const config::ServerConfig& config;
   SessionRegistry& registry;
   observability::SessionObserver& observer;
-  // Read once per query, so a reload applies from each session's next query on.
-  const std::atomic<std::shared_ptr<const guardrails::GuardrailSet>>& guardrails;
+  // Read once per query (its version), so a reload applies from each session's next query on.
+  const guardrails::GuardrailHolder& guardrails;
   const TlsContextHolder* tls = nullptr;  // client-side TLS; null when off
   int wakeFd = -1;   // readable once shutdown begins: idle sessions end, running queries may finish
   int forceFd = -1;  // readable when shutdown turns immediate: running queries are cancelled too
-  // Bumped after each store to `guardrails`: a session re-reads the set only when it changed (loading
-  // an atomic shared_ptr takes a lock). Null: read it for every query.
-  const std::atomic<std::uint64_t>* guardrailsVersion = nullptr;
   faults::FaultRegistry* faults = nullptr;  // fault rules to apply to queries; null: none
   const PeerDirectory* peers = nullptr;       // the other instances, for cancel keys they issued
 };
