@@ -112,21 +112,13 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
     case fe::kParse: {
       const auto parse = protocol::parseParseMessage(frame.body());
       if (const auto verdict = batchRails_->filter.check(parse.sql)) {
-        queryStart_ = Clock::now();
-        record_ = observability::QueryRecord{};
-        record_.sessionId = id_;
-        record_.sql.assign(parse.sql);
-        record_.started = std::chrono::system_clock::now();
+        // Its own record: record_ may be an earlier Execute still answering.
+        observability::QueryRecord record;
+        record.sessionId = id_;
+        record.sql.assign(parse.sql);
+        record.started = std::chrono::system_clock::now();
         context_.observer.queryStarted(id_, parse.sql);
-        reportGuardrail(verdict->rule.starts_with("deny") ? "deny" : "allow", verdict->rule);
-        const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
-                               "The proxy's --deny/--allow patterns decide which queries may run.");
-        record_.sqlstate = error.sqlstate();
-        record_.errorMessage = error.message();
-        record_.outcome = observability::QueryOutcome::kDenied;
-        ++totals_.queries;
-        context_.observer.queryFinished(record_);  // recorded before the client can see the outcome
-        failBatchAtClient(error);
+        failBatchAtClient(recordDenied(record, *verdict));
         return;
       }
       PendingReply reply(fe::kParse);
@@ -381,13 +373,7 @@ bool Session::handleExtendedReply(const protocol::Frame& frame, ForwardRange& ra
       // The batch's Sync went upstream before the proxy failed it, and the upstream finished the
       // statement inside a transaction block: fail the transaction there too (the next
       // ReadyForQuery says 'E', as the client expects after an error).
-      abortingTransaction_ = true;
-      std::string out;
-      protocol::MessageWriter writer(out);
-      writer.beginMessage(fe::kQuery);
-      writer.writeCString(kAbortTransactionSql);
-      writer.endMessage();
-      queueUpstream(out);
+      queueAbortingQuery();
       return false;
     }
     transactionStatus_ = status;

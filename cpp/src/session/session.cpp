@@ -587,23 +587,10 @@ void Session::rejectExtendedProtocol(char type) {
 
 void Session::startQuery(const protocol::Frame& frame) {
   const std::string_view sql = protocol::parseQuery(frame.body());  // a malformed Query never goes upstream
-  queryStart_ = Clock::now();
-  record_ = observability::QueryRecord{};
-  record_.sessionId = id_;
-  record_.sql.assign(sql);
-  record_.started = std::chrono::system_clock::now();
-  context_.observer.queryStarted(id_, sql);
+  beginRecord(sql);
   const auto& rails = currentGuardrails();
   if (const auto verdict = rails->filter.check(sql)) {
-    reportGuardrail(verdict->rule.starts_with("deny") ? "deny" : "allow", verdict->rule);
-    const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict->message, {},
-                           "The proxy's --deny/--allow patterns decide which queries may run.");
-    record_.sqlstate = error.sqlstate();
-    record_.errorMessage = error.message();
-    record_.outcome = observability::QueryOutcome::kDenied;
-    ++totals_.queries;
-    context_.observer.queryFinished(record_);  // recorded before the client can see the outcome
-    sendError(error, true);
+    sendError(recordDenied(record_, *verdict), true);
     return;
   }
   std::shared_ptr<faults::Rule> fault;
@@ -630,13 +617,7 @@ void Session::startQuery(const protocol::Frame& frame) {
       if (spec.when == faults::When::kBefore) {
         // Before, inside a transaction block: an error fails the transaction, so the upstream's must
         // fail too. The query is not sent; a failing statement is (its error is discarded).
-        abortingTransaction_ = true;
-        std::string out;
-        protocol::MessageWriter writer(out);
-        writer.beginMessage(fe::kQuery);
-        writer.writeCString(kAbortTransactionSql);
-        writer.endMessage();
-        queueUpstream(out);
+        queueAbortingQuery();
         return;
       }
     } else if (spec.action == faults::Action::kDelay && spec.when == faults::When::kBefore) {
@@ -764,6 +745,39 @@ const std::shared_ptr<const guardrails::GuardrailSet>& Session::currentGuardrail
   return rails_;
 }
 
+void Session::beginRecord(std::string_view sql) {
+  queryStart_ = Clock::now();
+  record_ = observability::QueryRecord{};
+  record_.sessionId = id_;
+  record_.sql.assign(sql);
+  record_.started = std::chrono::system_clock::now();
+  context_.observer.queryStarted(id_, sql);
+}
+
+ProxyError Session::recordDenied(observability::QueryRecord& record, const guardrails::FilterVerdict& verdict) {
+  // Refused before anything ran: no time went by that the guardrail report could show.
+  context_.observer.guardrailTripped(id_, verdict.rule.starts_with("deny") ? "deny" : "allow", verdict.rule, 0.0,
+                                     std::string_view(record.sql).substr(0, kQueryExcerptLength));
+  ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege, verdict.message, {},
+                   "The proxy's --deny/--allow patterns decide which queries may run.");
+  record.sqlstate = error.sqlstate();
+  record.errorMessage = error.message();
+  record.outcome = observability::QueryOutcome::kDenied;
+  ++totals_.queries;
+  context_.observer.queryFinished(record);  // recorded before the client can see the outcome
+  return error;
+}
+
+void Session::queueAbortingQuery() {
+  abortingTransaction_ = true;
+  std::string out;
+  protocol::MessageWriter writer(out);
+  writer.beginMessage(fe::kQuery);
+  writer.writeCString(kAbortTransactionSql);
+  writer.endMessage();
+  queueUpstream(out);
+}
+
 void Session::finishQuery() {
   dropAfterRows_.reset();
   dropMidMessage_ = false;
@@ -878,13 +892,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
           state_ == State::kInQuery) {
         // The statement finished upstream before the cancel landed, inside a transaction block: fail
         // the transaction there too, then report (the next ReadyForQuery says 'E').
-        abortingTransaction_ = true;
-        std::string out;
-        protocol::MessageWriter writer(out);
-        writer.beginMessage(fe::kQuery);
-        writer.writeCString(kAbortTransactionSql);
-        writer.endMessage();
-        queueUpstream(out);
+        queueAbortingQuery();
         return false;
       }
       // The query is recorded before the client can see its end (capture reads are then exact).

@@ -129,6 +129,13 @@ class Session {
   // Whether a CancelRequest reaches the upstream now (waits while one for the last query is in flight).
   void setCancellable(bool cancellable);
   void finishQuery();
+  // A query's record from its start (the client sent it now).
+  void beginRecord(std::string_view sql);
+  // Records a query the deny/allow patterns refused; returns the client's 42501.
+  [[nodiscard]] ProxyError recordDenied(observability::QueryRecord& record, const guardrails::FilterVerdict& verdict);
+  // Sends upstream a statement that always fails (an open transaction ends failed); its answers are
+  // not the client's.
+  void queueAbortingQuery();
   // Fault injection: the rule that fires for this query, if any (first match wins).
   [[nodiscard]] std::shared_ptr<faults::Rule> firingFault(std::string_view sql, bool extended = false);
   // Relay mode: an error or drop rule firing on an Execute (true: the Execute is not forwarded).
