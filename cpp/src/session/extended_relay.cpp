@@ -303,17 +303,11 @@ void Session::onExtendedDeadline() {
     reportGuardrail("query-timeout", config::formatDuration(context_.config.queryTimeout));
     if (!recordOpen_ && !pending_.empty() && pending_.front().type == fe::kExecute) openExtendedRecord();
     record_.outcome = observability::QueryOutcome::kTimeout;
-    failBatchAtFront(ProxyError(Severity::kError, sqlstate::kQueryCanceled,
-                                "canceling statement due to the proxy's query timeout of " +
-                                    config::formatDuration(context_.config.queryTimeout),
-                                "The upstream server did not stop the statement at its statement_timeout; "
-                                "pgwire-proxy cancelled it.",
-                                "Raise --query-timeout, or make the query faster."),
+    failBatchAtFront(backstopError(),
                      true);
     return;
   }
-  upstreamLost("the upstream server did not end a cancelled statement within " +
-               config::formatDuration(std::chrono::duration_cast<config::Milliseconds>(kCancelGrace)));
+  cancelGraceExpired();
 }
 
 // ---- upstream replies ------------------------------------------------------------------------------
@@ -443,10 +437,7 @@ bool Session::handleExtendedReply(const protocol::Frame& frame, ForwardRange& ra
         record_.outcome = breach->kind == guardrails::Breach::Kind::kRows
                               ? observability::QueryOutcome::kLimitRows
                               : observability::QueryOutcome::kLimitBytes;
-        failBatchAtFront(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach->message(),
-                                    "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
-                                        " rows and cancelled the statement.",
-                                    breach->hint()),
+        failBatchAtFront(breachError(*breach),
                          true);
         return false;
       }
@@ -493,14 +484,7 @@ bool Session::handleExtendedReply(const protocol::Frame& frame, ForwardRange& ra
       }
       flush(range);
       if (executing) openExtendedRecord();
-      failBatchAtFront(copyIn ? ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
-                                           "COPY FROM STDIN is not supported by pgwire-proxy",
-                                           "The COPY was aborted on the upstream server; nothing was copied.",
-                                           "Use INSERT statements, or connect to PostgreSQL directly for bulk loads.")
-                              : ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
-                                           "COPY TO STDOUT is not supported by pgwire-proxy",
-                                           "The COPY was cancelled on the upstream server.",
-                                           "Use SELECT, or connect to PostgreSQL directly for bulk exports."),
+      failBatchAtFront(copyRefused(copyIn),
                        !copyIn);
       return false;
     }

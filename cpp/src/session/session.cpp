@@ -862,10 +862,7 @@ void Session::admitDataRow(const protocol::FrameHeader& header, ForwardRange& ra
                                              : guardrails::formatBytes(breach->limit));
     record_.outcome = breach->kind == guardrails::Breach::Kind::kRows ? observability::QueryOutcome::kLimitRows
                                                                        : observability::QueryOutcome::kLimitBytes;
-    beginDraining(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach->message(),
-                             "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
-                                 " rows and cancelled the statement.",
-                             breach->hint()),
+    beginDraining(breachError(*breach),
                   true);
     return;
   }
@@ -935,10 +932,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
       queueUpstream(out);
       if (!pendingError_) {
         flush(range);
-        beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
-                                 "COPY FROM STDIN is not supported by pgwire-proxy",
-                                 "The COPY was aborted on the upstream server; nothing was copied.",
-                                 "Use INSERT statements, or connect to PostgreSQL directly for bulk loads."),
+        beginDraining(copyRefused(true),
                       false);
       }
       return false;
@@ -947,10 +941,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
     case be::kCopyBothResponse:
       if (!pendingError_) {
         flush(range);
-        beginDraining(ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
-                                 "COPY TO STDOUT is not supported by pgwire-proxy",
-                                 "The COPY was cancelled on the upstream server.",
-                                 "Use SELECT, or connect to PostgreSQL directly for bulk exports."),
+        beginDraining(copyRefused(false),
                       true);
       }
       return false;
@@ -995,12 +986,7 @@ void Session::onQueryDeadline() {
     upstreamCancelled_ = false;  // a cancel sent earlier evidently did not stop it; send another
     if (!wasDraining) {
       record_.outcome = observability::QueryOutcome::kTimeout;
-      beginDraining(ProxyError(Severity::kError, sqlstate::kQueryCanceled,
-                               "canceling statement due to the proxy's query timeout of " +
-                                   config::formatDuration(context_.config.queryTimeout),
-                               "The upstream server did not stop the statement at its statement_timeout; "
-                               "pgwire-proxy cancelled it.",
-                               "Raise --query-timeout, or make the query faster."),
+      beginDraining(backstopError(),
                     true);
     } else {
       cancelUpstream();
@@ -1008,6 +994,37 @@ void Session::onQueryDeadline() {
     queryDeadline_ = Clock::now() + kCancelGrace;
     return;
   }
+  cancelGraceExpired();
+}
+
+ProxyError Session::backstopError() const {
+  return ProxyError(Severity::kError, sqlstate::kQueryCanceled,
+                    "canceling statement due to the proxy's query timeout of " +
+                        config::formatDuration(context_.config.queryTimeout),
+                    "The upstream server did not stop the statement at its statement_timeout; "
+                    "pgwire-proxy cancelled it.",
+                    "Raise --query-timeout, or make the query faster.");
+}
+
+ProxyError Session::breachError(const guardrails::Breach& breach) const {
+  return ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded, breach.message(),
+                    "pgwire-proxy stopped the result after " + std::to_string(budget_.rows()) +
+                        " rows and cancelled the statement.",
+                    breach.hint());
+}
+
+ProxyError Session::copyRefused(bool copyIn) {
+  return copyIn ? ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
+                             "COPY FROM STDIN is not supported by pgwire-proxy",
+                             "The COPY was aborted on the upstream server; nothing was copied.",
+                             "Use INSERT statements, or connect to PostgreSQL directly for bulk loads.")
+                : ProxyError(Severity::kError, sqlstate::kFeatureNotSupported,
+                             "COPY TO STDOUT is not supported by pgwire-proxy",
+                             "The COPY was cancelled on the upstream server.",
+                             "Use SELECT, or connect to PostgreSQL directly for bulk exports.");
+}
+
+void Session::cancelGraceExpired() {
   upstreamLost("the upstream server did not end a cancelled statement within " +
                config::formatDuration(std::chrono::duration_cast<config::Milliseconds>(kCancelGrace)));
 }

@@ -201,6 +201,12 @@ class Session {
   void sendError(const ProxyError& error, bool withReadyForQuery);
   void sendErrorBestEffort(const ProxyError& error) noexcept;
   void cancelUpstream() noexcept;
+  // The proxy's own errors, one wording for both protocols.
+  [[nodiscard]] ProxyError backstopError() const;
+  [[nodiscard]] ProxyError breachError(const guardrails::Breach& breach) const;
+  [[nodiscard]] static ProxyError copyRefused(bool copyIn);
+  // The upstream did not end a statement the proxy cancelled within kCancelGrace: the session ends.
+  [[noreturn]] void cancelGraceExpired();
   [[noreturn]] void upstreamLost(const std::string& why);
 
   SessionContext& context_;
