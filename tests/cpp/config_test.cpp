@@ -91,6 +91,20 @@ BOOST_AUTO_TEST_CASE(audit_application_name_fits_namedatalen) {
   BOOST_TEST(auditApplicationName("caf\xc3\xa9", "::1") == "pgwire-proxy/caf??@::1");
 }
 
+BOOST_AUTO_TEST_CASE(a_clients_statement_timeout_is_read_from_its_options) {
+  using pgwire_proxy::upstream::statementTimeoutIn;
+  using std::chrono::milliseconds;
+  BOOST_TEST(!statementTimeoutIn("").has_value());
+  BOOST_TEST(!statementTimeoutIn("-c search_path=public").has_value());
+  BOOST_TEST(statementTimeoutIn("-c statement_timeout=5s").value() == milliseconds(5000));
+  BOOST_TEST(statementTimeoutIn("-cstatement_timeout=250").value() == milliseconds(250));
+  BOOST_TEST(statementTimeoutIn("--statement-timeout=2min").value() == milliseconds(120'000));
+  BOOST_TEST(statementTimeoutIn("-c statement_timeout=1h -c statement_timeout=1.5s").value() == milliseconds(1500));
+  BOOST_TEST(statementTimeoutIn("-c statement_timeout=0").value() == milliseconds(0));
+  BOOST_TEST(!statementTimeoutIn("-c statement_timeout=soon").has_value());  // PostgreSQL refuses it
+  BOOST_TEST(!statementTimeoutIn("-c application_name=a\\ -c\\ statement_timeout=1").has_value());
+}
+
 BOOST_AUTO_TEST_CASE(option_values_are_escaped) {
   using pgwire_proxy::upstream::escapeOptionValue;
   BOOST_TEST(escapeOptionValue("public") == "public");

@@ -342,3 +342,56 @@ def test_bad_extended_protocol_option_is_refused(pgwire_proxy_factory):
     # ValueError from the in-process Proxy; the binary (PGWIRE_PROXY_FIXTURE=process) exits with the message.
     with pytest.raises((ValueError, RuntimeError), match=r"extended.protocol: invalid value \"sometimes\""):
         pgwire_proxy_factory(extended_protocol="sometimes")
+
+
+# ---- messages real drivers send that the suite above does not: Close, a Query in a batch, huge Binds
+
+CLOSE_THEN_QUERY = (
+    wire.parse("select generate_series(1, 3)", "cur_s") + wire.bind("cur_p", "cur_s") + wire.execute("cur_p", 1)
+    + wire.flush()
+)
+
+
+def test_close_then_a_query_without_sync_matches_direct(relay, pg_upstream):
+    """pg-cursor after a failed read: Close of its portal, then a simple Query, with no Sync between."""
+    results = []
+    for conn in (raw_direct(pg_upstream), raw_proxy(relay)):
+        with conn:
+            conn.send(CLOSE_THEN_QUERY)
+            first = conn.read_until("s")
+            conn.send(wire.close_portal("cur_p") + wire.flush())
+            closed = conn.read_until("3")
+            conn.send(wire.query("select 'after close' as a"))
+            after = conn.read_until_ready()
+            conn.send(wire.query("select 2"))
+            again = conn.read_until_ready()
+            results.append(([m.kind for m in first], [m.kind for m in closed], wire.kinds(after), wire.rows(after),
+                             after[-1].body, wire.rows(again)))
+    assert results[0] == results[1]
+    assert results[1][2] == "TDCZ" and results[1][3] == [["after close"]]
+
+
+def test_a_proxy_refusal_then_a_query_without_sync_is_answered(limited, pg_upstream):
+    """The proxy failed the batch (a denied Parse); the client sends a Query instead of a Sync."""
+    with raw_proxy(limited) as conn:
+        conn.send(wire.parse("select 'forbidden_probe'") + wire.bind() + wire.execute() + wire.flush())
+        refused = conn.read_until("E")
+        assert refused[-1].error_fields()["C"] == "42501"
+        conn.send(wire.query("select 'served'"))
+        served = conn.read_until_ready()
+        assert wire.kinds(served) == "TDCZ" and wire.rows(served) == [["served"]]
+
+
+@pytest.mark.parametrize("size", [1 << 20, 8 << 20])
+def test_a_bind_of_megabytes_is_relayed(relay, pg_upstream, size):
+    """asyncpg's `fetchval("select length($1::text)", "x" * 1048576)` once hung: the Bind was read whole
+    while the upstream queue was full, and nothing decoded it once the queue drained."""
+    script = wire.parse("select length($1::text)") + wire.bind("", "", ["x" * size]) + wire.execute() + wire.sync()
+    with raw_proxy(relay) as conn:
+        conn.send(script)
+        got = conn.read_until_ready()
+        assert wire.kinds(got) == "12DCZ" and wire.rows(got) == [[str(size)]]
+        # pipelined twice in one write, then a simple query
+        conn.send(script + script + wire.query("select 'next'"))
+        got = conn.read_until_ready() + conn.read_until_ready() + conn.read_until_ready()
+        assert wire.rows(got) == [[str(size)], [str(size)], ["next"]]

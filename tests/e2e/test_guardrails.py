@@ -11,6 +11,7 @@ from psycopg.pq import TransactionStatus
 
 from psql import run_psql
 from support import connect, upstream_active, wait_until
+from wire import RawConnection
 
 
 def rows(conn, sql):
@@ -117,6 +118,33 @@ def test_statement_timeout_comes_from_the_proxy(pgwire_proxy_factory):
             conn.execute("select pg_sleep(30)")
         assert "statement timeout" in excinfo.value.diag.message_primary
         assert rows(conn, "select 1") == [(1,)]
+
+
+def test_a_clients_lower_statement_timeout_in_its_options_wins(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(query_timeout="30s")
+    # libpq's options, as psql, psycopg and pgjdbc send them.
+    with psycopg.connect(proxy.dsn, autocommit=True, options="-c statement_timeout=1500ms") as conn:
+        assert rows(conn, "show statement_timeout") == [("1500ms",)]
+        with pytest.raises(errors.QueryCanceled) as excinfo:
+            conn.execute("select pg_sleep(30)")
+        assert "statement timeout" in excinfo.value.diag.message_primary
+
+
+def test_a_clients_lower_statement_timeout_as_a_startup_parameter_wins(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(query_timeout="30s")
+    # A startup parameter of its own, as asyncpg's server_settings and node-pg's statement_timeout send it.
+    with RawConnection(proxy.host, proxy.port) as raw:
+        raw.startup({"user": "postgres", "database": "postgres", "statement_timeout": "1500"})
+        shown = [m.data_row() for m in raw.simple_query("show statement_timeout") if m.kind == "D"]
+        assert shown == [["1500ms"]]
+
+
+def test_a_clients_higher_statement_timeout_gives_way_to_the_proxys(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(query_timeout="2s")
+    with psycopg.connect(proxy.dsn, autocommit=True, options="-c statement_timeout=1h") as conn:
+        assert rows(conn, "show statement_timeout") == [("2s",)]
+    with psycopg.connect(proxy.dsn, autocommit=True, options="-c statement_timeout=0") as conn:
+        assert rows(conn, "show statement_timeout") == [("2s",)]  # 0 is "no timeout": the proxy's wins
 
 
 def test_backstop_cancels_a_query_that_escaped_statement_timeout(pgwire_proxy_factory, pg_upstream):

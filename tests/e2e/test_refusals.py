@@ -145,3 +145,26 @@ def test_psycopg_copy_from_stdin_refused(pgwire_proxy):
         conn.execute("INSERT INTO copy_target VALUES (3)")
         conn.execute("COMMIT")
         assert conn.execute("SELECT array_agg(a) FROM copy_target").fetchone() == ([3],)
+
+
+def test_close_is_answered_in_the_default_mode(pgwire_proxy, pg_upstream):
+    """node-pg with pg-query-stream closes its portal after a refused stream: CloseComplete, as
+    PostgreSQL answers a Close of something that does not exist, and the session goes on."""
+    with _raw_session(pgwire_proxy) as conn:
+        conn.send(wire.close_portal("stream") + wire.close_statement("nothing") + wire.flush())
+        closed = conn.read_until("3")
+        closed += conn.read_until("3")
+        assert wire.kinds(closed) == "33", closed
+        conn.send(wire.query("select 'after close'"))
+        after = conn.read_until_ready()
+        assert wire.kinds(after) == "TDCZ" and wire.rows(after) == [["after close"]]
+
+
+def test_a_query_after_a_refusal_without_sync_is_answered(pgwire_proxy):
+    with _raw_session(pgwire_proxy) as conn:
+        conn.send(wire.parse("select 1") + wire.bind() + wire.execute() + wire.flush())
+        refused = conn.read_until("E")
+        assert refused[-1].error_fields()["C"] == "0A000"
+        conn.send(wire.query("select 'served'"))
+        served = conn.read_until_ready()
+        assert wire.kinds(served) == "TDCZ" and wire.rows(served) == [["served"]]

@@ -120,6 +120,20 @@ ErrorFields parseErrorFields(std::span<const char> body) {
   return result;
 }
 
+ErrorFields parseErrorFieldsPrefix(std::span<const char> prefix) {
+  ErrorFields result;
+  std::size_t at = 0;
+  while (at < prefix.size() && prefix[at] != '\0') {
+    const char code = prefix[at++];
+    const std::string_view rest(prefix.data() + at, prefix.size() - at);
+    const std::size_t end = rest.find('\0');
+    result.fields.emplace_back(code, std::string(rest.substr(0, end)));
+    if (end == std::string_view::npos) break;
+    at += end + 1;
+  }
+  return result;
+}
+
 void writeAuthenticationOk(MessageWriter& writer) {
   writer.beginMessage(backend::kAuthentication);
   writer.writeInt32(0);

@@ -72,6 +72,9 @@ struct ErrorFields {
   [[nodiscard]] bool isFatal() const;
 };
 [[nodiscard]] ErrorFields parseErrorFields(std::span<const char> body);
+// The fields found in the first bytes of a body too large to hold whole: those complete within
+// `prefix`, the last one cut where the prefix ends (PostgreSQL sends severity and SQLSTATE first).
+[[nodiscard]] ErrorFields parseErrorFieldsPrefix(std::span<const char> prefix);
 
 // ---- messages the proxy builds -----------------------------------------------------------------
 

@@ -34,7 +34,8 @@ class ByteBuffer {
         end_ -= begin_;
         begin_ = 0;
       }
-      if (capacity_ - end_ < minimum) reallocate(std::max(end_ + minimum, initialCapacity_));
+      // Geometric growth: a message of n bytes read in chunks costs O(n) copies, not O(n^2).
+      if (capacity_ - end_ < minimum) reallocate(std::max({end_ + minimum, initialCapacity_, capacity_ * 2}));
     }
     return {data_.get() + end_, capacity_ - end_};
   }

@@ -66,26 +66,30 @@ bool Session::acceptingClient() const noexcept {
   }
 }
 
-void Session::relayExtendedFrame(const protocol::Frame& frame) {
+bool Session::relayExtendedFrame(const protocol::Frame& frame) {
   const char type = frame.type();
   if (type == fe::kTerminate) {
     closeReason_ = "client terminated";
     clientLeft();
-    return;
+    return true;
   }
   if (clientSkipping_) {
-    // The proxy failed this batch; PostgreSQL would ignore everything up to the Sync.
-    if (type == fe::kSync) {
+    // The proxy failed this batch; PostgreSQL would ignore everything up to the Sync. A Query the
+    // client sends instead of the Sync is served after the batch (see endBatchForQuery).
+    if (type == fe::kSync || type == fe::kQuery) {
       clientSkipping_ = false;
       syncSent_ = true;
       upstreamSkipping_ = false;
-      pushPending(PendingReply(fe::kSync));
+      PendingReply sync(fe::kSync);
+      sync.ownSync = type == fe::kQuery;
+      pushPending(std::move(sync));
       queueUpstream(abortingSync());
+      return type == fe::kSync;
     }
-    return;
+    return true;
   }
   if (state_ != State::kExtended) {
-    if (type == fe::kFlush) return;  // nothing is owed: PostgreSQL would send nothing
+    if (type == fe::kFlush) return true;  // nothing is owed: PostgreSQL would send nothing
     openBatch();
   }
   if (upstreamSkipping_) {
@@ -98,12 +102,15 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
       case fe::kClose:
       case fe::kFlush:
         queueUpstream({frame.bytes.data(), frame.bytes.size()});
-        return;
+        return true;
+      case fe::kQuery:
+        endBatchForQuery();  // the upstream would ignore it until a Sync; the proxy sends one
+        return false;
       case fe::kFunctionCall:
       case fe::kCopyData:
       case fe::kCopyDone:
       case fe::kCopyFail:
-        return;
+        return true;
       default:
         break;
     }
@@ -119,7 +126,7 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
         record.started = std::chrono::system_clock::now();
         context_.observer.queryStarted(id_, parse.sql);
         failBatchAtClient(recordDenied(record, *verdict));
-        return;
+        return true;
       }
       PendingReply reply(fe::kParse);
       reply.sql = std::make_shared<const std::string>(parse.sql);
@@ -144,10 +151,10 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
         reply.sql = it->second;
       }
       reply.sent = Clock::now();
-      if (context_.faults != nullptr && injectExtendedFault(reply.sql)) return;
+      if (context_.faults != nullptr && injectExtendedFault(reply.sql)) return true;
       context_.observer.queryStarted(id_, reply.sql ? std::string_view(*reply.sql) : std::string_view());
-      if (!queryDeadline_ && context_.config.queryTimeout.count() > 0) {
-        queryDeadline_ = reply.sent + config::backstopDelay(context_.config.queryTimeout);
+      if (!queryDeadline_ && queryTimeout_.count() > 0) {
+        queryDeadline_ = reply.sent + config::backstopDelay(queryTimeout_);
       }
       pushPending(std::move(reply));
       break;
@@ -175,18 +182,36 @@ void Session::relayExtendedFrame(const protocol::Frame& frame) {
                              "the function call protocol is not supported by pgwire-proxy");
       context_.observer.proxyError(id_, error);
       failBatchAtClient(error);
-      return;
+      return true;
     }
     case fe::kCopyData:
     case fe::kCopyDone:
     case fe::kCopyFail:
-      return;  // PostgreSQL ignores these outside COPY
+      return true;  // PostgreSQL ignores these outside COPY
     case fe::kQuery:
-      throw ProtocolError("a Query message arrived inside an unfinished extended-protocol batch (send Sync first)");
+      endBatchForQuery();
+      return false;  // served once the batch has ended
     default:
       throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(type)));
   }
   queueUpstream({frame.bytes.data(), frame.bytes.size()});
+  return true;
+}
+
+// PostgreSQL runs a Query sent inside an unfinished batch as if the batch had ended there. The proxy
+// keeps one batch upstream at a time: it ends the batch with a Sync of its own, whose ReadyForQuery
+// the client does not see, and serves the Query after it (with its own guardrails and records). The
+// one difference a client can observe: the batch's implicit transaction commits before the Query.
+void Session::endBatchForQuery() {
+  PendingReply sync(fe::kSync);
+  sync.ownSync = true;
+  pushPending(std::move(sync));
+  syncSent_ = true;
+  upstreamSkipping_ = false;
+  std::string out;
+  protocol::MessageWriter writer(out);
+  protocol::writeSync(writer);
+  queueUpstream(out);
 }
 
 bool Session::injectExtendedFault(const std::shared_ptr<const std::string>& sql) {
@@ -254,8 +279,8 @@ void Session::popPending() {
     --executesPending_;
     // The backstop covers the statements still to run, from now.
     queryDeadline_.reset();
-    if (executesPending_ > 0 && context_.config.queryTimeout.count() > 0 && !swallowing_) {
-      queryDeadline_ = Clock::now() + config::backstopDelay(context_.config.queryTimeout);
+    if (executesPending_ > 0 && queryTimeout_.count() > 0 && !swallowing_) {
+      queryDeadline_ = Clock::now() + config::backstopDelay(queryTimeout_);
     }
   }
   pending_.pop_front();
@@ -300,7 +325,7 @@ void Session::onExtendedDeadline() {
   if (!backstopFired_ && !swallowing_) {
     // statement_timeout should have ended the statement by now (a client may have SET it to 0).
     backstopFired_ = true;
-    reportGuardrail("query-timeout", config::formatDuration(context_.config.queryTimeout));
+    reportGuardrail("query-timeout", config::formatDuration(queryTimeout_));
     if (!recordOpen_ && !pending_.empty() && pending_.front().type == fe::kExecute) openExtendedRecord();
     record_.outcome = observability::QueryOutcome::kTimeout;
     failBatchAtFront(backstopError(),
@@ -330,7 +355,9 @@ void Session::processExtendedUpstreamBytes() {
     }
     if (!header) break;
     const std::size_t available = range.data.size() - range.end;
-    if (needsWholeFrame(header->type)) {
+    if (needsWholeFrame(header->type) && streamsWithPrefix(*header)) {
+      if (kErrorPrefix > available) break;  // its fields are read from the prefix, the rest streams
+    } else if (needsWholeFrame(header->type)) {
       if (header->frameSize() > kMaxInspectedUpstreamMessage) {
         upstreamLost("the upstream server sent an oversized message of type '" + std::string(1, header->type) + "'");
       }
@@ -371,11 +398,12 @@ bool Session::handleExtendedReply(const protocol::Frame& frame, ForwardRange& ra
       return false;
     }
     transactionStatus_ = status;
+    const bool ownSync = !pending_.empty() && pending_.front().type == fe::kSync && pending_.front().ownSync;
     closeBatch();
-    return true;
+    return !ownSync;
   }
   if (type == be::kErrorResponse) {
-    const auto fields = protocol::parseErrorFields(frame.body());
+    const auto fields = errorFieldsOf(frame);
     budget_.endStatement();
     if (fields.isFatal()) {
       upstreamSentFatal_ = true;  // the session ends with the upstream's own error

@@ -328,6 +328,7 @@ void Session::startSession() {
   } else {
     upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
   }
+  queryTimeout_ = upstream_->statementTimeout();
   canceller_ = std::make_shared<QueryCanceller>(*upstream_, id_);
   cancelKey_ = context_.registry.add(canceller_);
 
@@ -411,14 +412,20 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
     // The client's next message waits until its previous answer is out (and, in a query, in the kernel).
     if (acceptingClient() && !clientOutPending()) {
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
-        handleClientFrame(*frame);
-        clientIn_.consume(frame->bytes.size());
+        // A frame left unconsumed waits for the state it needs (a Query behind an unfinished batch).
+        if (handleClientFrame(*frame)) clientIn_.consume(frame->bytes.size());
         continue;
       }
       if ((clientReadable || client_->hasPendingInput()) && tryReadClient(clientReadable)) continue;
     }
     // Everything the client's buffered messages produced goes upstream in one write.
-    if (upstreamOutSent_ < upstreamOut_.size()) writeQueuedUpstream();
+    if (upstreamOutSent_ < upstreamOut_.size()) {
+      const bool wasAccepting = acceptingClient();
+      writeQueuedUpstream();
+      // Room again for the client's messages: those already buffered are decoded now, never left
+      // waiting for more input that may not come (a large Bind read whole).
+      if (!wasAccepting && acceptingClient() && !clientIn_.empty()) continue;
+    }
     // Upstream bytes are read once the client has taken the last ones (no unbounded buffering).
     if (!clientOutPending() && !holdUntil_ && (upstreamReadable || upstreamLink_->hasPendingInput()) &&
         tryPumpUpstream(upstreamReadable)) {
@@ -515,7 +522,7 @@ void Session::clientLeft() noexcept {
   state_ = State::kClosing;
 }
 
-void Session::handleClientFrame(const protocol::Frame& frame) {
+bool Session::handleClientFrame(const protocol::Frame& frame) {
   if (state_ == State::kDiscardingUntilSync) {
     if (frame.type() == fe::kSync) {
       std::string out;
@@ -526,49 +533,63 @@ void Session::handleClientFrame(const protocol::Frame& frame) {
     } else if (frame.type() == fe::kTerminate) {
       closeReason_ = "client terminated";
       state_ = State::kClosing;
+    } else if (frame.type() == fe::kQuery) {
+      // A client that sends a simple Query without a Sync after the proxy's refusal (node-pg after a
+      // refused stream) expects its answer: the refusal ends there, the Query is served.
+      state_ = State::kReady;
+      startQuery(frame);
     }
-    return;
+    return true;
   }
   if (context_.config.extendedProtocolRelay &&
       (state_ == State::kExtended || frame.type() == fe::kParse || frame.type() == fe::kBind ||
        frame.type() == fe::kDescribe || frame.type() == fe::kExecute || frame.type() == fe::kClose ||
        frame.type() == fe::kSync || frame.type() == fe::kFlush)) {
-    relayExtendedFrame(frame);
-    return;
+    return relayExtendedFrame(frame);
   }
   switch (frame.type()) {
     case fe::kQuery:
       startQuery(frame);
-      return;
+      return true;
     case fe::kTerminate:
       closeReason_ = "client terminated";
       state_ = State::kClosing;
-      return;
+      return true;
     case fe::kSync: {  // a Sync with nothing before it still gets its ReadyForQuery
       std::string out;
       protocol::MessageWriter writer(out);
       protocol::writeReadyForQuery(writer, transactionStatus_);
       sendToClient(out);
-      return;
+      return true;
     }
     case fe::kFlush:
     case fe::kCopyData:
     case fe::kCopyDone:
     case fe::kCopyFail:
-      return;  // PostgreSQL ignores these outside the extended protocol and COPY
+      return true;  // PostgreSQL ignores these outside the extended protocol and COPY
+    case fe::kClose: {
+      // Nothing can be prepared in this mode, and closing what does not exist is no error in
+      // PostgreSQL: CloseComplete (drivers close their cursors and statements after a refusal).
+      (void)protocol::parseTargetMessage(frame.body());
+      std::string out;
+      protocol::MessageWriter writer(out);
+      writer.beginMessage(be::kCloseComplete);
+      writer.endMessage();
+      sendToClient(out);
+      return true;
+    }
     case fe::kParse:
     case fe::kBind:
     case fe::kDescribe:
     case fe::kExecute:
-    case fe::kClose:
       rejectExtendedProtocol(frame.type());
-      return;
+      return true;
     case fe::kFunctionCall: {
       const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
                              "the function call protocol is not supported by pgwire-proxy");
       context_.observer.proxyError(id_, error);
       sendError(error, true);
-      return;
+      return true;
     }
     default:
       throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(frame.type())));
@@ -602,8 +623,8 @@ void Session::startQuery(const protocol::Frame& frame) {
   abortingTransaction_ = false;
   backstopFired_ = false;
   queryDeadline_.reset();
-  if (context_.config.queryTimeout.count() > 0) {
-    queryDeadline_ = queryStart_ + config::backstopDelay(context_.config.queryTimeout);
+  if (queryTimeout_.count() > 0) {
+    queryDeadline_ = queryStart_ + config::backstopDelay(queryTimeout_);
   }
   state_ = State::kInQuery;
   if (fault) {
@@ -732,8 +753,8 @@ void Session::releaseHold() {
   if (heldQuery_.empty()) return;
   queueUpstream(heldQuery_);
   heldQuery_.clear();
-  if (context_.config.queryTimeout.count() > 0) {
-    queryDeadline_ = Clock::now() + config::backstopDelay(context_.config.queryTimeout);
+  if (queryTimeout_.count() > 0) {
+    queryDeadline_ = Clock::now() + config::backstopDelay(queryTimeout_);
   }
 }
 
@@ -830,18 +851,26 @@ void Session::processUpstreamBytes() {
       }
       continue;
     }
-    if (header->frameSize() > kMaxInspectedUpstreamMessage) {
+    const bool prefixOnly = streamsWithPrefix(*header);
+    if (!prefixOnly && header->frameSize() > kMaxInspectedUpstreamMessage) {
       upstreamLost("the upstream server sent an oversized message of type '" + std::string(1, header->type) + "'");
     }
-    if (header->frameSize() > available) break;  // wait for the whole frame
-    const protocol::Frame frame{*header, range.data.subspan(range.end, header->frameSize())};
+    // Wait for the whole frame, or for the prefix of one read from its prefix.
+    if ((prefixOnly ? kErrorPrefix : header->frameSize()) > available) break;
+    const protocol::Frame frame{*header, range.data.subspan(range.end, std::min(header->frameSize(), available))};
     bool forward = true;
     try {
       forward = handleUpstreamFrame(frame, range);
     } catch (const ProtocolError& error) {
       upstreamLost(std::string("invalid message from the upstream server: ") + error.what());
     }
-    range.end += header->frameSize();
+    if (header->frameSize() <= available) {
+      range.end += header->frameSize();
+    } else {
+      // The rest streams on: forwarded, or dropped with the frame while draining (flush skips it).
+      passThroughRemaining_ = header->frameSize() - available;
+      range.end = range.data.size();
+    }
     if (!forward) range.begin = range.end;
   }
   flush(range);
@@ -903,7 +932,7 @@ bool Session::handleUpstreamFrame(const protocol::Frame& frame, ForwardRange& ra
       return false;
     }
     case be::kErrorResponse: {
-      const auto fields = protocol::parseErrorFields(frame.body());
+      const auto fields = errorFieldsOf(frame);
       budget_.endStatement();
       if (fields.isFatal()) {
         upstreamSentFatal_ = true;
@@ -981,7 +1010,7 @@ void Session::onQueryDeadline() {
   if (!backstopFired_) {
     // statement_timeout should have ended the query by now (a client may have SET it to 0).
     backstopFired_ = true;
-    reportGuardrail("query-timeout", config::formatDuration(context_.config.queryTimeout));
+    reportGuardrail("query-timeout", config::formatDuration(queryTimeout_));
     const bool wasDraining = pendingError_.has_value();
     upstreamCancelled_ = false;  // a cancel sent earlier evidently did not stop it; send another
     if (!wasDraining) {
@@ -1000,7 +1029,7 @@ void Session::onQueryDeadline() {
 ProxyError Session::backstopError() const {
   return ProxyError(Severity::kError, sqlstate::kQueryCanceled,
                     "canceling statement due to the proxy's query timeout of " +
-                        config::formatDuration(context_.config.queryTimeout),
+                        config::formatDuration(queryTimeout_),
                     "The upstream server did not stop the statement at its statement_timeout; "
                     "pgwire-proxy cancelled it.",
                     "Raise --query-timeout, or make the query faster.");

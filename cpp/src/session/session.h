@@ -104,7 +104,8 @@ class Session {
   [[nodiscard]] bool tryReadClient(bool& more);
   [[nodiscard]] bool tryPumpUpstream(bool& more);
 
-  void handleClientFrame(const protocol::Frame& frame);
+  // False: the frame is left buffered until the session can take it.
+  [[nodiscard]] bool handleClientFrame(const protocol::Frame& frame);
   void startQuery(const protocol::Frame& frame);
   void rejectExtendedProtocol(char type);
 
@@ -157,14 +158,17 @@ class Session {
     std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
     Clock::time_point sent{};
     std::optional<ProxyError> failure;
+    bool ownSync = false;  // Sync: the proxy's, ending a batch the client left open; its ReadyForQuery is not relayed
   };
+  // Ends the batch with a Sync of the proxy's own (a Query arrived inside it).
+  void endBatchForQuery();
   [[nodiscard]] bool acceptingClient() const noexcept;
   // The guardrails for the next query (reloads apply from each session's next query on).
   [[nodiscard]] const std::shared_ptr<const guardrails::GuardrailSet>& currentGuardrails();
   [[nodiscard]] bool upstreamBusy() const noexcept {
     return state_ == State::kInQuery || state_ == State::kExtended;
   }
-  void relayExtendedFrame(const protocol::Frame& frame);
+  [[nodiscard]] bool relayExtendedFrame(const protocol::Frame& frame);
   void openBatch();
   void closeBatch();
   void pushPending(PendingReply reply);
@@ -239,6 +243,10 @@ class Session {
   ByteBuffer clientIn_;
   ByteBuffer upstreamIn_;
   std::size_t passThroughRemaining_ = 0;  // bytes of a large frame still streaming through
+
+  // The statement_timeout in force upstream: --query-timeout, or the client's own startup value when
+  // lower. The backstop follows it.
+  config::Milliseconds queryTimeout_{0};
 
   // The running query.
   Clock::time_point queryStart_{};

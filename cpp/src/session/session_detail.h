@@ -8,13 +8,31 @@
 #include <string>
 #include <string_view>
 
+#include "protocol/constants.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+
 namespace pgwire_proxy::session::detail {
 
 constexpr std::size_t kClientReadChunk = 16 * 1024;
 constexpr std::size_t kUpstreamReadChunk = 64 * 1024;
 constexpr std::size_t kIdleBufferCapacity = 64 * 1024;
-// Frames the proxy must hold whole (ErrorResponse ...) are small; anything past this is not PostgreSQL.
-constexpr std::uint32_t kMaxInspectedUpstreamMessage = 64U * 1024 * 1024;
+// Frames the proxy must hold whole (ReadyForQuery, CommandComplete ...) are small; anything past this
+// is not PostgreSQL.
+constexpr std::uint32_t kMaxInspectedUpstreamMessage = 1024U * 1024;
+// An ErrorResponse past this size (a 50 MB message quoting a value) is not held whole: its fields are
+// read from its first kErrorPrefix bytes (severity and SQLSTATE come first) and the rest streams.
+constexpr std::size_t kErrorPrefix = 16 * 1024;
+
+// Whether the relay reads an inspected frame from its prefix instead of holding it whole.
+[[nodiscard]] inline bool streamsWithPrefix(const protocol::FrameHeader& header) noexcept {
+  return header.type == protocol::backend::kErrorResponse && header.frameSize() > kErrorPrefix;
+}
+// The fields of an ErrorResponse frame, whole or only its prefix.
+[[nodiscard]] inline protocol::ErrorFields errorFieldsOf(const protocol::Frame& frame) {
+  return frame.bytes.size() < frame.header.frameSize() ? protocol::parseErrorFieldsPrefix(frame.body())
+                                                       : protocol::parseErrorFields(frame.body());
+}
 // Upper bound for any upstream frame length (PostgreSQL's MaxAllocSize-scale values), passed through.
 constexpr std::uint32_t kMaxUpstreamMessage = 0x7fffffffU;
 // How long the upstream has to answer a cancel sent by the backstop before it is given up as lost.

@@ -7,7 +7,9 @@
 
 #include <array>
 #include <cerrno>
+#include <cctype>
 #include <cstring>
+#include <utility>
 #include <memory>
 #include <regex>
 
@@ -82,6 +84,88 @@ std::string auditApplicationName(std::string_view clientApplication, std::string
   return name;
 }
 
+namespace {
+
+// Splits a libpq `options` string as PostgreSQL does (pg_split_opts): whitespace separates, a
+// backslash escapes the next character.
+std::vector<std::string> splitOptions(std::string_view options) {
+  std::vector<std::string> words;
+  std::string word;
+  bool inWord = false;
+  for (std::size_t i = 0; i < options.size(); ++i) {
+    const char c = options[i];
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+      if (inWord) words.push_back(std::exchange(word, {}));
+      inWord = false;
+      continue;
+    }
+    inWord = true;
+    if (c == '\\' && i + 1 < options.size()) {
+      word.push_back(options[++i]);
+    } else {
+      word.push_back(c);
+    }
+  }
+  if (inWord) words.push_back(word);
+  return words;
+}
+
+// A GUC time value as PostgreSQL reads it: an integer or decimal with an optional unit (ms default).
+std::optional<std::chrono::milliseconds> parseGucMilliseconds(std::string_view text) {
+  std::size_t at = 0;
+  while (at < text.size() && ((text[at] >= '0' && text[at] <= '9') || text[at] == '.')) ++at;
+  if (at == 0) return std::nullopt;
+  double number = 0;
+  try {
+    number = std::stod(std::string(text.substr(0, at)));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  std::string_view unit = text.substr(at);
+  while (!unit.empty() && unit.front() == ' ') unit.remove_prefix(1);
+  double factor = 0;
+  if (unit.empty() || unit == "ms") factor = 1;
+  else if (unit == "us") factor = 0.001;
+  else if (unit == "s") factor = 1000;
+  else if (unit == "min") factor = 60'000;
+  else if (unit == "h") factor = 3'600'000;
+  else if (unit == "d") factor = 86'400'000;
+  else return std::nullopt;
+  return std::chrono::milliseconds(static_cast<std::int64_t>(number * factor + 0.5));
+}
+
+}  // namespace
+
+std::optional<std::chrono::milliseconds> statementTimeoutIn(std::string_view options) {
+  std::optional<std::chrono::milliseconds> found;
+  bool invalid = false;
+  const auto words = splitOptions(options);
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::string setting;
+    if (words[i] == "-c" && i + 1 < words.size()) {
+      setting = words[++i];
+    } else if (words[i].starts_with("-c")) {
+      setting = words[i].substr(2);
+    } else if (words[i].starts_with("--")) {
+      setting = words[i].substr(2);
+    } else {
+      continue;
+    }
+    const auto equals = setting.find('=');
+    if (equals == std::string::npos) continue;
+    std::string name = setting.substr(0, equals);
+    for (char& c : name) {
+      if (c == '-') c = '_';
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    if (name != "statement_timeout") continue;
+    found = parseGucMilliseconds(setting.substr(equals + 1));
+    invalid = !found;
+  }
+  if (invalid) return std::nullopt;
+  return found;
+}
+
 std::string escapeOptionValue(std::string_view value) {
   std::string escaped;
   escaped.reserve(value.size());
@@ -135,8 +219,14 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
       appendOption("-c " + escapeOptionValue(name) + "=" + escapeOptionValue(value));
     }
   }
-  // The proxy's guardrails come last so a client's startup options cannot override them.
-  if (config.queryTimeout.count() > 0) {
+  // The proxy's guardrails come last so a client's startup options cannot override them, except
+  // that a client's own lower statement_timeout stands (the lower of the two wins).
+  statementTimeout_ = config.queryTimeout;
+  const auto clientTimeout = statementTimeoutIn(options);
+  if (clientTimeout && clientTimeout->count() > 0 &&
+      (config.queryTimeout.count() == 0 || *clientTimeout < config.queryTimeout)) {
+    statementTimeout_ = *clientTimeout;
+  } else if (config.queryTimeout.count() > 0) {
     appendOption("-c statement_timeout=" + std::to_string(config.queryTimeout.count()));
   }
   if (config.idleInTransactionTimeout.count() > 0) {

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,6 +30,11 @@ struct ConnectRequest {
 // Builds the upstream's application_name, `pgwire-proxy/<app>@<address>`, within PostgreSQL's 63 bytes.
 [[nodiscard]] std::string auditApplicationName(std::string_view clientApplication, std::string_view clientAddress);
 
+// The last statement_timeout a libpq `options` string sets (`-c statement_timeout=5s`,
+// `-cstatement_timeout=5s`, `--statement-timeout=5s`), in milliseconds; nullopt when it sets none or
+// the value is not a valid duration (PostgreSQL then refuses the connection itself).
+[[nodiscard]] std::optional<std::chrono::milliseconds> statementTimeoutIn(std::string_view options);
+
 // Escapes a value for a `-c name=value` item of the libpq `options` parameter (spaces and backslashes).
 [[nodiscard]] std::string escapeOptionValue(std::string_view value);
 
@@ -39,6 +46,10 @@ class UpstreamConnection {
   ~UpstreamConnection();
   UpstreamConnection(const UpstreamConnection&) = delete;
   UpstreamConnection& operator=(const UpstreamConnection&) = delete;
+
+  // The statement_timeout in force upstream: --query-timeout, or the client's own startup value
+  // when that is lower (0: none).
+  [[nodiscard]] std::chrono::milliseconds statementTimeout() const noexcept { return statementTimeout_; }
 
   // The socket the relay reads and writes (non-blocking: libpq leaves it so).
   [[nodiscard]] int socket() const;
@@ -58,6 +69,7 @@ class UpstreamConnection {
   void abandon();
 
  private:
+  std::chrono::milliseconds statementTimeout_{0};
   pg_conn* conn_ = nullptr;
   pg_cancel* cancel_ = nullptr;
   mutable std::mutex cancelMutex_;
