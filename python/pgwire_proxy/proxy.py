@@ -214,6 +214,7 @@ class Proxy:
 
     def __init__(self, upstream_dsn: Optional[str] = None, *, listen_address: str = "127.0.0.1",
                  port: int = 0, max_connections: Optional[int] = None,
+                 max_startup_connections: Optional[int] = None,
                  query_timeout: Optional[Duration] = None,
                  idle_in_transaction_timeout: Optional[Duration] = None,
                  startup_timeout: Optional[Duration] = None, connect_timeout: Optional[Duration] = None,
@@ -242,6 +243,8 @@ class Proxy:
             options["upstream-dsn"] = [_text("upstream_dsn", upstream_dsn)]
         if max_connections is not None:
             options["max-connections"] = [_count("max_connections", max_connections)]
+        if max_startup_connections is not None:
+            options["max-startup-connections"] = [_count("max_startup_connections", max_startup_connections)]
         for name, value in (("query-timeout", query_timeout),
                             ("idle-in-transaction-timeout", idle_in_transaction_timeout),
                             ("startup-timeout", startup_timeout), ("connect-timeout", connect_timeout),

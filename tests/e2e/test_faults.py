@@ -169,7 +169,8 @@ def test_a_client_that_stops_reading_holds_no_memory_and_hurts_nobody(pgwire_pro
 def test_slowloris_is_closed_by_the_startup_timeout_and_never_takes_a_slot(pgwire_proxy_process_factory):
     proxy = pgwire_proxy_process_factory(startup_timeout="2s", max_connections=1)
     slow = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
-    half_open = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)  # says nothing at all
+    # Hundreds that say nothing at all (a real slowloris opens many): no slot, no thread each.
+    half_open = [socket.create_connection(("127.0.0.1", proxy.port), timeout=30) for _ in range(300)]
     packet = startup_packet()
     closed = threading.Event()
 
@@ -187,13 +188,14 @@ def test_slowloris_is_closed_by_the_startup_timeout_and_never_takes_a_slot(pgwir
     # Meanwhile a real client gets the only slot.
     with connect(proxy) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
-    for sock in (slow, half_open):
+    for sock in (slow, *half_open):
         answer = read_all(sock)
         assert answer[:1] == b"E" and b"C08P01\0" in answer, answer
     closed.set()
     sender.join()
     slow.close()
-    half_open.close()
+    for sock in half_open:
+        sock.close()
 
 
 # ---- hostile input -----------------------------------------------------------------------------------

@@ -4,19 +4,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <mutex>
-#include <thread>
+#include <memory>
 
 #include "config/server_config.h"
 #include "guardrails/guardrail_set.h"
 #include "observability/log.h"
 #include "observability/session_observer.h"
 #include "session/registry.h"
+#include "session/event_loop.h"
 #include "session/session.h"
+#include "session/socket_io.h"
 
 using namespace pgwire_proxy;
 
@@ -37,59 +36,18 @@ struct World {
   guardrails::GuardrailHolder rails{nullptr};
 };
 
-// One long-lived server thread runs every input's session, as the proxy's pooled threads do. A thread
-// per input would grow RSS by ~190 bytes an input under ASan, which never frees a finished thread's
-// context (AsanThreadContext), and hit libFuzzer's -rss_limit_mb after ~10M inputs.
-class ServerThread {
- public:
-  ServerThread() : thread_([this] { loop(); }) { thread_.detach(); }  // lives until the process exits
-  void start(std::function<void()> job) {
-    std::lock_guard lock(mutex_);
-    job_ = std::move(job);
-    done_ = false;
-    wake_.notify_all();
-  }
-  void join() {
-    std::unique_lock lock(mutex_);
-    wake_.wait(lock, [this] { return done_; });
-  }
-
- private:
-  void loop() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::unique_lock lock(mutex_);
-        wake_.wait(lock, [this] { return job_ != nullptr; });
-        job = std::move(job_);
-        job_ = nullptr;
-      }
-      job();
-      std::lock_guard lock(mutex_);
-      done_ = true;
-      wake_.notify_all();
-    }
-  }
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::function<void()> job_;
-  bool done_ = true;
-  std::thread thread_;
-};
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static World world;
-  static ServerThread& server = *new ServerThread;  // never destroyed: it may be waiting at exit
+  // One long-lived loop thread runs every input's session, as the proxy's loops do (a thread per
+  // input would grow RSS under ASan, which never frees a finished thread's context).
+  static session::EventLoop& loop = *new session::EventLoop(1, -1, -1);  // never destroyed
+  static session::SessionContext context{world.config, world.registry, world.observer, world.rails, nullptr, -1, -1};
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return 0;
-  session::SessionContext context{world.config, world.registry, world.observer, world.rails, nullptr, -1, -1};
-  server.start([&] {
-    session::Session session(context, 1, fds[0], "fuzz");
-    session.run();
-    ::shutdown(fds[0], SHUT_RDWR);
-  });
+  session::setNonBlocking(fds[0]);
+  loop.adopt(std::make_unique<session::Session>(context, 1, fds[0], "fuzz"));  // owns fds[0]
   // Feed the input, then end the stream; drain whatever the session answers until it closes.
   std::size_t sent = 0;
   while (sent < size) {
@@ -101,8 +59,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   char buffer[4096];
   while (::recv(fds[1], buffer, sizeof buffer, 0) > 0) {
   }
-  server.join();
-  ::close(fds[0]);
   ::close(fds[1]);
   return 0;
 }

@@ -22,6 +22,10 @@ const std::vector<OptionSpec>& optionSpecs() {
        "libpq connection string or URI of the upstream PostgreSQL. Default: the environment variable "
        "PGWIRE_PROXY_UPSTREAM_DSN (keeps passwords out of argv)."},
       {"max-connections", "n", "Most concurrent client sessions; the next gets FATAL 53300. Default: 100."},
+      {"max-startup-connections", "n",
+       "Most connections still in startup (TLS, startup packet, upstream connect) at once; the next is "
+       "refused with FATAL 53300. Each costs a descriptor and a small buffer until --startup-timeout. "
+       "Default: 2000."},
       {"query-timeout", "duration",
        "Upstream statement_timeout for every session, with a proxy-side backstop a little later "
        "(500ms, 30s, 2min; 0 = off). Default: 30s."},
@@ -97,6 +101,9 @@ ServerConfig configFromOptions(const OptionValues& values) {
   }
   if (auto* v = value("max-connections")) {
     config.maxConnections = static_cast<int>(parseInteger(*v, "max-connections", 1, 100000));
+  }
+  if (auto* v = value("max-startup-connections")) {
+    config.maxStartupConnections = static_cast<int>(parseInteger(*v, "max-startup-connections", 1, 1000000));
   }
   if (auto* v = value("query-timeout")) config.queryTimeout = parseDuration(*v, "query-timeout");
   if (auto* v = value("idle-in-transaction-timeout")) {

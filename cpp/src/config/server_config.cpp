@@ -141,6 +141,7 @@ void ServerConfig::validate() const {
     }
   }
   if (maxConnections < 1) throw ConfigError("max-connections: must be at least 1");
+  if (maxStartupConnections < 1) throw ConfigError("max-startup-connections: must be at least 1");
   if (startupTimeout.count() <= 0) throw ConfigError("startup-timeout: must be greater than 0");
   if (connectTimeout.count() <= 0) throw ConfigError("connect-timeout: must be greater than 0");
   if (maxMessageSize < 1024) throw ConfigError("max-message-size: must be at least 1kB");

@@ -23,6 +23,7 @@ struct ServerConfig {
   std::uint16_t port = 5433;            // 0 picks a free port
   std::string upstreamDsn;              // libpq connection string or URI
   int maxConnections = 100;             // concurrent client sessions
+  int maxStartupConnections = 2000;       // connections before their session opens (pre-authentication)
   Milliseconds queryTimeout{30'000};    // upstream statement_timeout; 0 = off
   Milliseconds idleInTransactionTimeout{0};  // upstream idle_in_transaction_session_timeout; 0 = off
   Milliseconds startupTimeout{10'000};  // SSL negotiation + startup packet

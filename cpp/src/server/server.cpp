@@ -10,6 +10,7 @@
 #include <Poco/ThreadPool.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -24,13 +25,17 @@
 #include <thread>
 
 #include "observability/log.h"
+#include "session/event_loop.h"
+#include "session/session.h"
+#include "session/socket_io.h"
 
 namespace pgwire_proxy::server {
 namespace {
 
-// Threads beyond --max-connections: a client past the limit still gets its 53300, and a
-// CancelRequest is never queued behind busy sessions.
-constexpr int kSpareThreads = 16;
+// The acceptor's pool: a connection's run() hands it to the event loop and returns at once, so two
+// threads keep up with any accept rate, and their number never follows the connection count.
+constexpr int kAcceptThreads = 2;
+constexpr int kAcceptQueue = 4096;
 // After forceShutdown, how long sessions get to cancel and say goodbye before their sockets are cut.
 constexpr auto kForceGrace = std::chrono::seconds(3);
 
@@ -40,21 +45,28 @@ class SessionConnection final : public Poco::Net::TCPServerConnection {
       : TCPServerConnection(socket), server_(server) {}
 
   void run() override {
-    const int fd = socket().impl()->sockfd();
     std::string address;
     try {
       address = socket().peerAddress().host().toString();
     } catch (const Poco::Exception&) {
       address = "unknown";
     }
+    // The session owns a descriptor of its own: Poco closes its socket when run() returns.
+    const int fd = ::fcntl(socket().impl()->sockfd(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      observability::logEvent(observability::LogLevel::kError, "accept_failed",
+                              {{"error", std::string("dup: ") + std::strerror(errno)}});
+      return;
+    }
     const int one = 1;
     (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    server_.connectionStarted(fd);
-    {
-      session::Session session(server_.sessionContext(), server_.nextSessionId(), fd, std::move(address));
-      session.run(server_.eventLoop());
+    session::setNonBlocking(fd);
+    try {
+      server_.eventLoop()->adopt(std::make_unique<session::Session>(server_.sessionContext(), server_.nextSessionId(),
+                                                                   fd, std::move(address)));
+    } catch (const std::exception& error) {
+      observability::logEvent(observability::LogLevel::kError, "accept_failed", {{"error", error.what()}});
     }
-    server_.connectionFinished(fd);
   }
 
  private:
@@ -110,7 +122,7 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -144,13 +156,12 @@ void Server::start() {
 
   if (!config_.faultsFile.empty()) faults_.replace(faults::readFaultFile(config_.faultsFile));
   peers_.replace(config_.peers);
-  const int threads = config_.maxConnections + kSpareThreads;
   eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
                                                    forceFd_);
-  threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", 2, threads, 60);
+  threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", kAcceptThreads, kAcceptThreads, 60);
   auto* params = new Poco::Net::TCPServerParams;
-  params->setMaxThreads(threads);
-  params->setMaxQueued(threads);
+  params->setMaxThreads(kAcceptThreads);
+  params->setMaxQueued(kAcceptQueue);
   // Poco 1.11's dispatcher can miss the stop wake-up for a thread not yet waiting; that thread then
   // waits out its idle time, which stop() (joinAll) waits for: keep it short.
   params->setThreadIdleTime(Poco::Timespan(1, 0));

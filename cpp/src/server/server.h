@@ -29,12 +29,12 @@ class TCPServer;
 
 namespace pgwire_proxy::server {
 
-class Server {
+class Server final : public session::ConnectionTracker {
  public:
   // `config` is validated here (ConfigError). Logs and metrics observe every session; `extra` (the
   // Python module's stats and capture) too when given.
   explicit Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra = nullptr);
-  ~Server();
+  ~Server() override;
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
@@ -68,8 +68,8 @@ class Server {
   // Used by the connection objects: tracks live connections so stop() can wait for them.
   // For /readyz: accepting, not shutting down, the upstream answering a ping.
   [[nodiscard]] Readiness readiness();
-  void connectionStarted(int fd);
-  void connectionFinished(int fd);
+  void connectionStarted(int fd) override;
+  void connectionFinished(int fd) override;
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
   [[nodiscard]] session::EventLoop* eventLoop() noexcept { return eventLoop_.get(); }
   // The fault rules in force (Python's add_fault; the binary's --faults file).
@@ -101,7 +101,7 @@ class Server {
   std::chrono::steady_clock::time_point lastUpstreamCheck_{};
   bool upstreamReachable_ = false;
   std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
-  std::unique_ptr<session::EventLoop> eventLoop_;  // the relays run here; outlives every session
+  std::unique_ptr<session::EventLoop> eventLoop_;  // every session runs here, from accept to close
   std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
   std::unique_ptr<Poco::Net::TCPServer> tcpServer_;
 };

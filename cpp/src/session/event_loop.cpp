@@ -1,4 +1,4 @@
-// The relay's event loop: epoll threads stepping sessions' relays.
+// The event loop: epoll threads stepping the tasks they own.
 #include "session/event_loop.h"
 
 #include <poll.h>
@@ -10,37 +10,35 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <system_error>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "observability/log.h"
-#include "session/session.h"
 
 namespace pgwire_proxy::session {
 namespace {
 
 constexpr int kMaxEvents = 64;
-// A lone session's loop thread polls without sleeping for this long after its last event: its
-// client's next message or the upstream's answer usually comes sooner, and a sleeping thread takes
-// longer than that to wake. The cost is a busy core while one session is active, none once idle.
+// A lone task's loop thread polls without sleeping for this long after its last event: its client's
+// next message or the upstream's answer usually comes sooner, and a sleeping thread takes longer than
+// that to wake. The cost is a busy core while one session is active, none once idle.
 constexpr auto kLoneSessionSpin = std::chrono::microseconds(150);
 
-// epoll's event bits are poll's on Linux; the sessions speak poll.
+// epoll's event bits are poll's on Linux; the tasks speak poll.
 static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHUP && EPOLLHUP == POLLHUP &&
               EPOLLERR == POLLERR);
 
 }  // namespace
 
-class EventLoop::Worker {
+class EventLoop::Worker final : public LoopHandle {
  public:
-  Worker(int wakeFd, int forceFd, const std::atomic<int>& relaying)
-      : wakeFd_(wakeFd), forceFd_(forceFd), relaying_(relaying) {
+  Worker(int wakeFd, int forceFd, std::atomic<int>& tasks, std::atomic<std::uint64_t>& ids)
+      : wakeFd_(wakeFd), forceFd_(forceFd), tasks_(tasks), ids_(ids) {
     epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
     inbox_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (epoll_ < 0 || inbox_ < 0) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
@@ -50,13 +48,25 @@ class EventLoop::Worker {
     thread_ = std::thread([this] { run(); });
   }
 
-  ~Worker() {
+  ~Worker() override {
     {
       std::lock_guard lock(mutex_);
       stopping_ = true;
     }
     notify();
     thread_.join();
+    closing_ = true;
+    // Tasks still here end now (their destructors close what they hold), after the thread is gone.
+    for (auto& [id, slot] : slots_) {
+      unwatch(*slot);
+      slot->task.reset();
+      tasks_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    slots_.clear();
+    for (auto& task : arrivals_) {
+      task.reset();
+      tasks_.fetch_sub(1, std::memory_order_relaxed);
+    }
     ::close(epoll_);
     ::close(inbox_);
   }
@@ -64,15 +74,28 @@ class EventLoop::Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  void relay(Session& session) {
-    Slot slot(session);
+  // Any thread.
+  void adopt(std::unique_ptr<LoopTask> task) {
+    tasks_.fetch_add(1, std::memory_order_relaxed);
     {
       std::lock_guard lock(mutex_);
-      arrivals_.push_back(&slot);
+      arrivals_.push_back(std::move(task));
     }
     notify();
-    std::unique_lock lock(slot.mutex);
-    slot.finished.wait(lock, [&slot] { return slot.done; });
+  }
+
+  void spawn(std::unique_ptr<LoopTask> task) override {
+    if (closing_) return;  // the loop is going away: a cancel on the way out is dropped with it
+    tasks_.fetch_add(1, std::memory_order_relaxed);
+    start(std::move(task));
+  }
+
+  void wake(std::uint64_t taskId) override {
+    {
+      std::lock_guard lock(mutex_);
+      wakeups_.push_back(taskId);
+    }
+    notify();
   }
 
  private:
@@ -84,20 +107,19 @@ class EventLoop::Worker {
   };
   struct Registration {
     int fd = -1;
-    short wanted = 0;      // what the session waits for
+    short wanted = 0;      // what the task waits for
     short registered = 0;  // what the epoll set has (0: not in it); a superset of wanted, see watch()
   };
   struct Slot {
-    explicit Slot(Session& s) : session(s), clientTag{this, false}, upstreamTag{this, true} {}
-    Session& session;
+    Slot(std::unique_ptr<LoopTask> t, std::uint64_t i) : task(std::move(t)), id(i), clientTag{this, false}, upstreamTag{this, true} {}
+    std::unique_ptr<LoopTask> task;
+    std::uint64_t id;
     Tag clientTag;
     Tag upstreamTag;
     Registration client;
     Registration upstream;
-    std::optional<std::multimap<Clock::time_point, Slot*>::iterator> deadline;
-    std::mutex mutex;
-    std::condition_variable finished;
-    bool done = false;
+    std::uint32_t upstreamEpoch = 0;
+    std::optional<std::multimap<Clock::time_point, std::uint64_t>::iterator> deadline;
   };
 
   void control(int fd, Tag* tag) {
@@ -116,7 +138,7 @@ class EventLoop::Worker {
 
   void run() {
     std::array<epoll_event, kMaxEvents> events{};
-    std::vector<std::pair<Slot*, Session::Readiness>> ready;
+    std::vector<std::pair<std::uint64_t, Readiness>> ready;
     Clock::time_point lastEvent{};
     for (;;) {
       int timeout = -1;
@@ -124,7 +146,7 @@ class EventLoop::Worker {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadlines_.begin()->first - Clock::now());
         timeout = static_cast<int>(std::clamp<long long>(left.count(), 0, 60'000));
       }
-      if (slots_.size() == 1 && relaying_.load(std::memory_order_relaxed) == 1 &&
+      if (slots_.size() == 1 && tasks_.load(std::memory_order_relaxed) == 1 &&
           Clock::now() - lastEvent < kLoneSessionSpin) {
         timeout = 0;
         // Spinning must not take the core from the client or the backend when they share it: other
@@ -155,24 +177,24 @@ class EventLoop::Worker {
           const short wanted = static_cast<short>(registration.wanted | POLLHUP | POLLERR);
           if ((revents & ~wanted) != 0) exact(registration, tag);  // an event kept on lazily fired
           if ((revents & wanted) == 0) continue;
-          auto it = std::find_if(ready.begin(), ready.end(), [tag](const auto& r) { return r.first == tag->slot; });
-          if (it == ready.end()) it = ready.insert(ready.end(), {tag->slot, Session::Readiness{}});
+          const std::uint64_t id = tag->slot->id;
+          auto it = std::find_if(ready.begin(), ready.end(), [id](const auto& r) { return r.first == id; });
+          if (it == ready.end()) it = ready.insert(ready.end(), {id, told()});
           (tag->upstream ? it->second.upstream : it->second.client) |= static_cast<short>(revents & wanted);
         }
       }
       if (!ready.empty()) lastEvent = Clock::now();
-      for (auto& [slot, readiness] : ready) advance(*slot, readiness);
+      for (auto& [id, readiness] : ready) advance(id, readiness);
       const auto now = Clock::now();
-      std::vector<Slot*> expired;
+      std::vector<std::uint64_t> expired;
       for (auto it = deadlines_.begin(); it != deadlines_.end() && it->first <= now; ++it) expired.push_back(it->second);
-      for (Slot* slot : expired) {
-        if (!slots_.contains(slot)) continue;
-        Session::Readiness timedOut = told();
+      for (const std::uint64_t id : expired) {
+        Readiness timedOut = told();
         timedOut.timedOut = true;
-        advance(*slot, timedOut);
+        advance(id, timedOut);
       }
       if (shutdown || forced) {
-        // The eventfds stay readable: each is taken out of the set once seen, and every session told.
+        // The eventfds stay readable: each is taken out of the set once seen, and every task told.
         if (shutdown && !shutdownSeen_) {
           shutdownSeen_ = true;
           (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, wakeFd_, nullptr);
@@ -181,67 +203,99 @@ class EventLoop::Worker {
           forcedSeen_ = true;
           (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, forceFd_, nullptr);
         }
-        const std::vector<Slot*> everyone(slots_.begin(), slots_.end());
-        for (Slot* slot : everyone) advance(*slot, told());
+        std::vector<std::uint64_t> everyone;
+        everyone.reserve(slots_.size());
+        for (const auto& [id, slot] : slots_) everyone.push_back(id);
+        for (const std::uint64_t id : everyone) advance(id, told());
       }
-      if (inbox && !adopt()) return;
+      if (inbox && !takeInbox()) return;
     }
   }
 
-  // The shutdown state a session is told with every step it gets for it.
-  [[nodiscard]] Session::Readiness told() const {
-    Session::Readiness readiness;
+  // The shutdown state a task is told with every step it gets.
+  [[nodiscard]] Readiness told() const {
+    Readiness readiness;
     readiness.shutdown = shutdownSeen_;
     readiness.forced = forcedSeen_;
     return readiness;
   }
 
-  // Takes the sessions handed over; false when the loop is to stop.
-  bool adopt() {
+  // Takes the tasks handed over and the wake-ups; false when the loop is to stop.
+  bool takeInbox() {
     std::uint64_t value = 0;
     (void)::read(inbox_, &value, sizeof value);
-    std::vector<Slot*> arrivals;
+    std::vector<std::unique_ptr<LoopTask>> arrivals;
+    std::vector<std::uint64_t> wakeups;
     {
       std::lock_guard lock(mutex_);
       if (stopping_) return false;
       arrivals.swap(arrivals_);
+      wakeups.swap(wakeups_);
     }
-    for (Slot* slot : arrivals) {
-      slot->client.fd = slot->session.clientFd();
-      slot->upstream.fd = slot->session.upstreamFd();
-      slots_.insert(slot);
-      advance(*slot, told());  // bytes may already be buffered (a Query sent with the startup packet)
+    for (auto& task : arrivals) start(std::move(task));
+    for (const std::uint64_t id : wakeups) {
+      Readiness woken = told();
+      woken.woken = true;
+      advance(id, woken);
     }
     return true;
   }
 
-  void advance(Slot& slot, const Session::Readiness& readiness) {
-    const auto interest = slot.session.advance(readiness);
+  void start(std::unique_ptr<LoopTask> task) {
+    const std::uint64_t id = ids_.fetch_add(1, std::memory_order_relaxed) + 1;
+    task->attach(*this, id);
+    auto [it, inserted] = slots_.emplace(id, std::make_unique<Slot>(std::move(task), id));
+    (void)inserted;
+    advance(id, told());  // bytes may already be waiting
+  }
+
+  void advance(std::uint64_t id, const Readiness& readiness) {
+    const auto found = slots_.find(id);
+    if (found == slots_.end()) return;  // it ended earlier in this round
+    Slot& slot = *found->second;
+    const auto interest = slot.task->advance(readiness);
     if (!interest) {
-      finish(slot);
+      finish(id);
       return;
     }
-    watch(slot.client, &slot.clientTag, interest->client);
-    watch(slot.upstream, &slot.upstreamTag, interest->upstream);
+    watch(slot.client, &slot.clientTag, interest->clientFd, interest->client);
+    if (interest->upstreamEpoch != slot.upstreamEpoch) {
+      slot.upstreamEpoch = interest->upstreamEpoch;
+      forget(slot.upstream);
+    }
+    watch(slot.upstream, &slot.upstreamTag, interest->upstreamFd, interest->upstream);
     const bool same = slot.deadline.has_value() == interest->deadline.has_value() &&
                       (!slot.deadline || (*slot.deadline)->first == *interest->deadline);
     if (!same) {
       if (slot.deadline) deadlines_.erase(*slot.deadline);
       slot.deadline.reset();
-      if (interest->deadline) slot.deadline = deadlines_.emplace(*interest->deadline, &slot);
+      if (interest->deadline) slot.deadline = deadlines_.emplace(*interest->deadline, id);
     }
   }
 
   // Level-triggered. A session's interest changes with every query (the client is read when idle,
   // only watched for hanging up while its query runs); changing the epoll set each time would cost two
   // epoll_ctl calls a query. So events no longer wanted stay registered, and the registration is made
-  // exact only if one of them fires (a client sending while its query runs).
-  void watch(Registration& registration, Tag* tag, short events) {
+  // exact only if one of them fires (a client sending while its query runs). A new descriptor (libpq
+  // connects again, or closed one and got the same number) is registered afresh.
+  void watch(Registration& registration, Tag* tag, int fd, short events) {
+    if (fd != registration.fd || fd < 0) {
+      if (registration.registered != 0 && registration.fd >= 0) {
+        (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);  // may be closed already
+      }
+      registration = Registration{fd, 0, 0};
+      if (fd < 0) return;
+    }
     registration.wanted = events;
     if (events == 0 ? registration.registered != 0 : (events & ~registration.registered) != 0) {
       exact(registration, tag);
     }
   }
+
+  // Forgets what was registered without touching the set: the old descriptor was closed (the
+  // kernel dropped it from the set) and its number may belong to another task by now; a new one of
+  // the same number is added afresh (or modified, if it is still the same socket).
+  static void forget(Registration& registration) { registration = Registration{}; }
 
   void exact(Registration& registration, Tag* tag) {
     const short events = registration.wanted;
@@ -249,58 +303,72 @@ class EventLoop::Worker {
     epoll_event event{};
     event.events = static_cast<std::uint32_t>(static_cast<unsigned short>(events));
     event.data.ptr = tag;
-    const int op = events == 0 ? EPOLL_CTL_DEL : registration.registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
-    if (::epoll_ctl(epoll_, op, registration.fd, &event) != 0) {
+    int op = events == 0 ? EPOLL_CTL_DEL : registration.registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    int result = ::epoll_ctl(epoll_, op, registration.fd, &event);
+    // The kernel forgets a closed descriptor on its own, and a reused number may still be in the set.
+    if (result != 0 && errno == EEXIST && op == EPOLL_CTL_ADD) result = ::epoll_ctl(epoll_, op = EPOLL_CTL_MOD, registration.fd, &event);
+    if (result != 0 && errno == ENOENT && op == EPOLL_CTL_MOD) result = ::epoll_ctl(epoll_, op = EPOLL_CTL_ADD, registration.fd, &event);
+    if (result != 0 && !(op == EPOLL_CTL_DEL && (errno == ENOENT || errno == EBADF))) {
       observability::logEvent(observability::LogLevel::kError, "event_loop_failed",
                               {{"error", std::string("epoll_ctl: ") + std::strerror(errno)}});
     }
     registration.registered = events;
   }
 
-  void finish(Slot& slot) {
-    watch(slot.client, &slot.clientTag, 0);  // out of the set before the session's thread closes them
-    watch(slot.upstream, &slot.upstreamTag, 0);
+  void unwatch(Slot& slot) {
+    watch(slot.client, &slot.clientTag, -1, 0);  // out of the set before the task closes them
+    watch(slot.upstream, &slot.upstreamTag, -1, 0);
     if (slot.deadline) deadlines_.erase(*slot.deadline);
     slot.deadline.reset();
-    slots_.erase(&slot);
-    std::lock_guard lock(slot.mutex);
-    slot.done = true;
-    slot.finished.notify_one();
+  }
+
+  void finish(std::uint64_t id) {
+    const auto found = slots_.find(id);
+    std::unique_ptr<Slot> slot = std::move(found->second);
+    slots_.erase(found);
+    unwatch(*slot);
+    slot->task.reset();  // may spawn (a cancel on the way out): slots_ is consistent again
+    tasks_.fetch_sub(1, std::memory_order_relaxed);
   }
 
   int epoll_ = -1;
   int inbox_ = -1;
   const int wakeFd_;
   const int forceFd_;
-  const std::atomic<int>& relaying_;  // sessions in relay() on all of the loop's threads
+  std::atomic<int>& tasks_;          // on all of the loop's threads
+  std::atomic<std::uint64_t>& ids_;  // task ids, unique across the loop's threads
   Tag inboxTag_;
   Tag wakeTag_;
   Tag forceTag_;
   bool shutdownSeen_ = false;
   bool forcedSeen_ = false;
+  bool closing_ = false;  // the destructor is ending the tasks left
 
-  std::mutex mutex_;  // arrivals_ and stopping_
-  std::vector<Slot*> arrivals_;
+  std::mutex mutex_;  // arrivals_, wakeups_ and stopping_
+  std::vector<std::unique_ptr<LoopTask>> arrivals_;
+  std::vector<std::uint64_t> wakeups_;
   bool stopping_ = false;
 
   // The loop thread's own.
-  std::unordered_set<Slot*> slots_;
-  std::multimap<Clock::time_point, Slot*> deadlines_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Slot>> slots_;
+  std::multimap<Clock::time_point, std::uint64_t> deadlines_;
   std::thread thread_;
 };
 
+namespace {
+std::atomic<std::uint64_t> gTaskIds{0};
+}  // namespace
+
 EventLoop::EventLoop(unsigned threads, int wakeFd, int forceFd) {
   for (unsigned i = 0; i < std::max(threads, 1U); ++i) {
-    workers_.push_back(std::make_unique<Worker>(wakeFd, forceFd, relaying_));
+    workers_.push_back(std::make_unique<Worker>(wakeFd, forceFd, tasks_, gTaskIds));
   }
 }
 
 EventLoop::~EventLoop() = default;
 
-void EventLoop::relay(Session& session) {
-  relaying_.fetch_add(1, std::memory_order_relaxed);
-  workers_[next_.fetch_add(1, std::memory_order_relaxed) % workers_.size()]->relay(session);
-  relaying_.fetch_sub(1, std::memory_order_relaxed);
+void EventLoop::adopt(std::unique_ptr<LoopTask> task) {
+  workers_[next_.fetch_add(1, std::memory_order_relaxed) % workers_.size()]->adopt(std::move(task));
 }
 
 }  // namespace pgwire_proxy::session

@@ -55,6 +55,8 @@ const std::string& abortingSync() {
 }  // namespace
 
 bool Session::acceptingClient() const noexcept {
+  // A cancel the proxy sent is not delivered yet: the next statement must not be the one it hits.
+  if (*cancelsInFlight_ > 0) return false;
   switch (state_) {
     case State::kReady:
     case State::kDiscardingUntilSync:

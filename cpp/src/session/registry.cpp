@@ -1,7 +1,10 @@
 // The live sessions: admission against the connection limit, and cancel keys mapped to sessions.
 #include "session/registry.h"
 
+#include <netdb.h>
 #include <sys/random.h>
+
+#include <cstring>
 
 #include <cerrno>
 #include <system_error>
@@ -75,6 +78,75 @@ observability::CancelResult SessionRegistry::cancel(CancelKey key) {
   }
   // Outside the lock: it waits on the upstream server.
   return target->cancelRunningQuery() ? CancelResult::kForwarded : CancelResult::kIdle;
+}
+
+namespace {
+
+// "host:port" (or "[v6]:port") to an address; addressLength 0 when it does not resolve.
+void resolve(PeerDirectory::Peer& peer) {
+  const auto colon = peer.name.rfind(':');
+  if (colon == std::string::npos) return;
+  std::string host = peer.name.substr(0, colon);
+  const std::string port = peer.name.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0 || found == nullptr) return;
+  std::memcpy(&peer.address, found->ai_addr, found->ai_addrlen);
+  peer.addressLength = static_cast<socklen_t>(found->ai_addrlen);
+  ::freeaddrinfo(found);
+}
+
+constexpr auto kPeerRefresh = std::chrono::seconds(10);
+
+}  // namespace
+
+PeerDirectory::~PeerDirectory() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  if (resolver_.joinable()) resolver_.join();
+}
+
+void PeerDirectory::replace(std::vector<std::pair<int, std::string>> peers) {
+  std::vector<std::pair<int, Peer>> next;
+  for (auto& [id, name] : peers) {
+    Peer peer;
+    peer.name = std::move(name);
+    resolve(peer);  // on the caller's thread (start, reload): never the event loop
+    next.emplace_back(id, std::move(peer));
+  }
+  std::lock_guard lock(mutex_);
+  peers_ = std::move(next);
+  ++generation_;
+  if (!peers_.empty() && !resolver_.joinable()) resolver_ = std::thread([this] { refreshLoop(); });
+  changed_.notify_all();
+}
+
+std::optional<PeerDirectory::Peer> PeerDirectory::find(int id) const {
+  std::lock_guard lock(mutex_);
+  for (const auto& [peer, entry] : peers_) {
+    if (peer == id) return entry;
+  }
+  return std::nullopt;
+}
+
+// Names change address (a rescheduled pod): resolved again every few seconds.
+void PeerDirectory::refreshLoop() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    changed_.wait_for(lock, kPeerRefresh);
+    if (stopping_) return;
+    auto peers = peers_;
+    const auto generation = generation_;
+    lock.unlock();
+    for (auto& [id, peer] : peers) resolve(peer);
+    lock.lock();
+    if (generation == generation_) peers_ = std::move(peers);
+  }
 }
 
 }  // namespace pgwire_proxy::session

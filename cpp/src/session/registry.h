@@ -1,7 +1,11 @@
 // The live sessions: admission against the connection limit, and cancel keys mapped to sessions.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <condition_variable>
+#include <thread>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -42,6 +46,12 @@ class SessionRegistry {
   // Process id = instance (8 bits) << 23 | a counter (23 bits); the 32-bit secret stays all random.
   static constexpr int kCounterBits = 23;
 
+  // Counts a connection that has not completed startup; false (counted all the same, leaveStartup
+  // undoes it) when more than `limit` are in startup (--max-startup-connections).
+  [[nodiscard]] bool enterStartup(int limit) noexcept { return starting_.fetch_add(1) < limit; }
+  void leaveStartup() noexcept { starting_.fetch_sub(1); }
+  [[nodiscard]] int startingConnections() const noexcept { return starting_.load(); }
+
   // Takes one of the --max-connections slots; false when all are taken.
   [[nodiscard]] bool tryAdmit() noexcept;
   void release() noexcept;
@@ -64,29 +74,42 @@ class SessionRegistry {
   const int maxSessions_;
   const int instanceId_;
   std::atomic<int> active_{0};
+  std::atomic<int> starting_{0};
   std::mutex mutex_;
   std::int32_t nextProcessId_ = 0;
   std::unordered_map<std::int32_t, Entry> entries_;
 };
 
-// The other instances (--peers): id -> "host:port"; replaced on reload, read by cancel connections.
+// The other instances (--peers): id -> "host:port", with the address it resolves to. Replaced on
+// reload; names are resolved off the event loop (at replace and every few seconds after, on a thread
+// of its own), so forwarding a cancel never waits on DNS.
 class PeerDirectory {
  public:
-  void replace(std::vector<std::pair<int, std::string>> peers) {
-    std::lock_guard lock(mutex_);
-    peers_ = std::move(peers);
-  }
+  struct Peer {
+    std::string name;  // host:port as configured
+    sockaddr_storage address{};
+    socklen_t addressLength = 0;  // 0: not resolved (yet)
+  };
+  PeerDirectory() = default;
+  ~PeerDirectory();
+  PeerDirectory(const PeerDirectory&) = delete;
+  PeerDirectory& operator=(const PeerDirectory&) = delete;
+
+  void replace(std::vector<std::pair<int, std::string>> peers);
+  [[nodiscard]] std::optional<Peer> find(int id) const;
   [[nodiscard]] std::optional<std::string> addressOf(int id) const {
-    std::lock_guard lock(mutex_);
-    for (const auto& [peer, address] : peers_) {
-      if (peer == id) return address;
-    }
-    return std::nullopt;
+    const auto peer = find(id);
+    return peer ? std::optional<std::string>(peer->name) : std::nullopt;
   }
 
  private:
+  void refreshLoop();
   mutable std::mutex mutex_;
-  std::vector<std::pair<int, std::string>> peers_;
+  std::condition_variable changed_;
+  std::vector<std::pair<int, Peer>> peers_;
+  std::uint64_t generation_ = 0;
+  bool stopping_ = false;
+  std::thread resolver_;
 };
 
 // Fills `data` from getrandom(2); throws std::system_error if the kernel cannot.

@@ -1,11 +1,9 @@
 // One client's life: SSL negotiation, startup, the query loop and the end, as an explicit state machine.
 #include "session/session.h"
 
-#include <Poco/Exception.h>
-#include <Poco/Net/SocketAddress.h>
-#include <Poco/Net/StreamSocket.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <unistd.h>
 
 #include <mutex>
 
@@ -13,7 +11,7 @@
 #include "protocol/constants.h"
 #include "protocol/reader.h"
 #include "protocol/writer.h"
-#include "session/event_loop.h"
+#include "session/cancel_sender.h"
 #include "session/session_detail.h"
 #include "upstream/upstream_connection.h"
 
@@ -43,55 +41,8 @@ const char* frontendMessageName(char type) {
   }
 }
 
-bool isFalse(const std::string& value) {
-  return value == "false" || value == "0" || value == "off" || value == "no";
-}
 
 }  // namespace
-
-// Lets a CancelRequest (another thread) reach this session's running query, and only that query:
-// the session marks query start and end under the same mutex the cancel holds while it is in flight,
-// so the next query is never sent upstream before a cancel meant for the previous one has landed.
-class Session::QueryCanceller final : public CancelTarget {
- public:
-  QueryCanceller(upstream::UpstreamConnection& upstream, std::uint64_t sessionId)
-      : upstream_(&upstream), sessionId_(sessionId) {}
-
-  bool cancelRunningQuery() override {
-    std::lock_guard lock(mutex_);
-    if (upstream_ == nullptr || !inQuery_) return false;  // idle: nothing to cancel, as in PostgreSQL
-    requested_.store(true, std::memory_order_release);  // for a query the proxy itself holds (a fault's delay)
-    std::string error;
-    if (upstream_->cancel(error)) {
-      observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded", {{"session", sessionId_}});
-    } else {
-      observability::logEvent(observability::LogLevel::kWarning, "cancel_failed",
-                              {{"session", sessionId_}, {"error", error}});
-    }
-    return true;
-  }
-
-  void setInQuery(bool inQuery) {
-    std::lock_guard lock(mutex_);
-    inQuery_ = inQuery;
-    requested_.store(false, std::memory_order_relaxed);
-  }
-
-  // Whether a cancel arrived for the running query since the last call.
-  bool takeRequest() noexcept { return requested_.exchange(false, std::memory_order_acquire); }
-
-  void detach() {
-    std::lock_guard lock(mutex_);
-    upstream_ = nullptr;
-  }
-
- private:
-  std::mutex mutex_;
-  upstream::UpstreamConnection* upstream_;
-  const std::uint64_t sessionId_;
-  bool inQuery_ = false;
-  std::atomic<bool> requested_{false};
-};
 
 Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::string clientAddress)
     : context_(context),
@@ -99,25 +50,54 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
       clientFd_(clientFd),
       clientAddress_(std::move(clientAddress)),
       client_(std::make_unique<PlainChannel>(clientFd)),
+      started_(Clock::now()),
+      startupDeadline_(started_ + context.config.startupTimeout),
       clientIn_(kClientReadChunk),
       upstreamIn_(kUpstreamReadChunk),
-      budget_(0, 0) {}
+      budget_(0, 0) {
+  if (context_.tracker != nullptr) context_.tracker->connectionStarted(clientFd_);
+  inStartupCount_ = true;
+  overStartupLimit_ = !context_.registry.enterStartup(context_.config.maxStartupConnections);
+}
 
-Session::~Session() = default;
+Session::~Session() {
+  if (!finished_) {
+    releaseUpstream();
+    finish();
+  }
+}
 
-void Session::run(EventLoop* loop) noexcept {
-  const auto started = Clock::now();
+std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
   try {
-    setNonBlocking(clientFd_);
-    if (negotiate()) {
-      startSession();
-      if (loop != nullptr) {
-        loop->relay(*this);
-      } else {
-        relayHere();
+    if (ending_) return endingStep(ready);
+    try {
+      switch (state_) {
+        case State::kAwaitingStartup:
+          return startupStep(ready);
+        case State::kTlsHandshake:
+          return tlsStep(ready);
+        case State::kConnecting:
+          return connectStep(ready);
+        default:
+          return step(ready);
       }
-      if (relayError_) std::rethrow_exception(relayError_);
+    } catch (...) {
+      fail(std::current_exception());
     }
+    return endingStep(Readiness{});
+  } catch (...) {
+    releaseUpstream();
+    finish();
+    return std::nullopt;
+  }
+}
+
+void Session::fail(std::exception_ptr failure) noexcept {
+  ending_ = true;
+  endDeadline_ = Clock::now() + kBestEffortWriteTimeout;
+  std::optional<ProxyError> lastWords;
+  try {
+    std::rethrow_exception(failure);
   } catch (const SessionEnded& ended) {
     closeReason_ = ended.reason;
   } catch (const ProxyError& error) {
@@ -127,34 +107,90 @@ void Session::run(EventLoop* loop) noexcept {
     } else {
       context_.observer.sessionRejected(id_, clientAddress_, rejectReason(error), error);
     }
-    sendErrorBestEffort(error);
+    lastWords = error;
   } catch (const IoError& error) {
     closeReason_ = std::string("client connection failed: ") + error.what();
+    clientOut_.clear();  // nobody left to read it
+    clientOutSent_ = 0;
   } catch (const std::exception& error) {
     closeReason_ = std::string("internal error: ") + error.what();
     observability::logEvent(observability::LogLevel::kError, "session_failed",
                             {{"session", id_}, {"error", error.what()}});
-    sendErrorBestEffort(ProxyError(Severity::kFatal, sqlstate::kInternalError, "internal error in pgwire-proxy"));
+    lastWords = ProxyError(Severity::kFatal, sqlstate::kInternalError, "internal error in pgwire-proxy");
   } catch (...) {
     closeReason_ = "internal error";
     observability::logEvent(observability::LogLevel::kError, "session_failed", {{"session", id_}, {"error", "unknown"}});
   }
-
-  // A client gone mid-query must not leave its query running upstream.
-  if (upstreamBusy()) cancelUpstream();
-  if (cancelKey_) context_.registry.remove(cancelKey_->processId);
-  if (canceller_) canceller_->detach();  // waits for a cancel in flight
-  upstream_.reset();                     // Terminate, then close
-  if (admitted_) context_.registry.release();
-  if (opened_) {
-    const std::chrono::duration<double> lifetime = Clock::now() - started;
-    const std::string* user = startup_.parameter("user");
-    const std::string* database = startup_.parameter("database");
-    context_.observer.sessionClosed({id_, clientAddress_, user != nullptr ? *user : std::string_view(),
-                                     database != nullptr ? *database : std::string_view(), clientApplicationName_,
-                                     lifetime.count(), totals_.queries, totals_.rows, totals_.bytes, closeReason_});
+  releaseUpstream();
+  if (lastWords) {
+    try {
+      // After whatever the client has not taken yet: the error must not land inside a message.
+      std::string out;
+      protocol::MessageWriter writer(out);
+      protocol::writeErrorResponse(writer, *lastWords);
+      if (clientOutSent_ == clientOut_.size()) {
+        clientOut_.clear();
+        clientOutSent_ = 0;
+      }
+      clientOut_ += out;
+    } catch (...) {
+    }
   }
 }
+
+std::optional<Interest> Session::endingStep(const Readiness& ready) {
+  if (clientOutPending() && !ready.forced && Clock::now() < endDeadline_) {
+    try {
+      writeClientOut();
+    } catch (const IoError&) {
+      clientOut_.clear();
+      clientOutSent_ = 0;
+    }
+    if (clientOutPending()) {
+      Interest interest = clientInterest(client_->writeEvents(), endDeadline_);
+      interest.upstreamEpoch = connectEpoch_;
+      return interest;
+    }
+  }
+  finish();
+  return std::nullopt;
+}
+
+void Session::releaseUpstream() noexcept {
+  // A client gone mid-query must not leave its query running upstream.
+  if (upstream_ && (upstreamBusy() || connectingUpstream_)) cancelUpstream();
+  if (cancelKey_) context_.registry.remove(cancelKey_->processId);
+  cancelKey_.reset();
+  if (canceller_) canceller_->detach();
+  upstreamLink_.reset();
+  if (upstream_) {
+    upstream_.reset();  // Terminate, then close
+    ++connectEpoch_;    // the loop forgets the closed descriptor (its number may be reused at once)
+  }
+}
+
+void Session::finish() noexcept {
+  if (finished_) return;
+  finished_ = true;
+  leaveStartup();
+  if (admitted_) context_.registry.release();
+  admitted_ = false;
+  if (opened_) {
+    const std::chrono::duration<double> lifetime = Clock::now() - started_;
+    const std::string* user = startup_.parameter("user");
+    const std::string* database = startup_.parameter("database");
+    try {
+      context_.observer.sessionClosed({id_, clientAddress_, user != nullptr ? *user : std::string_view(),
+                                       database != nullptr ? *database : std::string_view(), clientApplicationName_,
+                                       lifetime.count(), totals_.queries, totals_.rows, totals_.bytes, closeReason_});
+    } catch (...) {
+    }
+  }
+  client_.reset();  // a TLS channel frees its SSL object
+  if (context_.tracker != nullptr) context_.tracker->connectionFinished(clientFd_);
+  ::close(clientFd_);
+}
+
 
 std::string_view Session::rejectReason(const ProxyError& error) const {
   if (connectingUpstream_) return "upstream_error";
@@ -167,227 +203,26 @@ std::string_view Session::rejectReason(const ProxyError& error) const {
   return "other";
 }
 
-// ---- startup ---------------------------------------------------------------------------------
+// ---- the relay: one step at a time ----------------------------------------------------------------
 
-bool Session::negotiate() {
-  const auto deadline = Clock::now() + context_.config.startupTimeout;
-  for (;;) {
-    std::optional<std::span<const char>> body;
-    while (!(body = protocol::decodeStartupPacket(clientIn_.readable()))) {
-      if (!readClient(deadline)) {
-        closeReason_ = clientIn_.empty() ? "client left before startup" : "incomplete startup packet";
-        return false;
-      }
-    }
-    const std::size_t packetSize = protocol::kUntypedHeaderSize + body->size();
-    protocol::StartupPacket packet = protocol::parseStartupPacket(*body);
-    clientIn_.consume(packetSize);
-    switch (packet.kind) {
-      case protocol::StartupKind::kSslRequest:
-      case protocol::StartupKind::kGssEncRequest:
-        // Bytes after the request would be read as if encrypted: refuse them (PgBouncer does too).
-        if (!clientIn_.empty()) throw ProtocolError("received unencrypted data after SSL request");
-        if (client_->encrypted()) throw ProtocolError("SSLRequest received on an encrypted connection");
-        if (packet.kind == protocol::StartupKind::kSslRequest && context_.tls != nullptr) {
-          sendToClientNow("S");
-          startTls(deadline);
-        } else {
-          sendToClientNow("N");
-        }
-        continue;
-      case protocol::StartupKind::kCancelRequest:
-        closeReason_ = "cancel request";
-        handleCancelRequest(packet);
-        return false;
-      case protocol::StartupKind::kStartup:
-        if (context_.config.tlsRequired && !client_->encrypted()) {
-          throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
-                           "pgwire-proxy requires TLS: the connection is not encrypted", {},
-                           "Connect with sslmode=require (or verify-ca / verify-full).");
-        }
-        startup_ = std::move(packet);
-        return true;
-    }
-  }
-}
-
-void Session::handleCancelRequest(const protocol::StartupPacket& packet) {
-  const int owner = context_.registry.instanceOf(packet.cancelProcessId);
-  if (owner < 0 || owner == context_.registry.instanceId()) {
-    context_.observer.cancelRequested(context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
+void Session::onClientCancel() {
+  if (holdUntil_) {
+    cancelHold();  // the client cancelled a query the proxy holds (a fault's delay)
     return;
   }
-  // Another instance issued the key. A forwarded request is never forwarded again (the hop limit: a
-  // peer map pointing at the wrong instance cannot make requests circle), an unknown instance's dropped.
-  const auto address = packet.forwardedCancel || context_.peers == nullptr
-                           ? std::nullopt
-                           : context_.peers->addressOf(owner);
-  if (!address) {
-    observability::logEvent(observability::LogLevel::kInfo, "cancel_dropped",
-                            {{"session", id_}, {"instance", owner}, {"forwarded", packet.forwardedCancel}});
-    context_.observer.cancelRequested(observability::CancelResult::kUnmatched);
-    return;
-  }
-  // On this connection's own pool thread (never the acceptor), bounded by a short timeout.
-  std::string out;
-  protocol::MessageWriter writer(out);
-  writer.beginUntypedMessage();
-  writer.writeInt32(protocol::kForwardedCancelCode);
-  writer.writeInt32(packet.cancelProcessId);
-  writer.writeInt32(packet.cancelSecretKey);
-  writer.endMessage();
-  try {
-    Poco::Net::StreamSocket peer;
-    peer.connect(Poco::Net::SocketAddress(*address), Poco::Timespan(kPeerCancelTimeout.count() * 1000));
-    peer.setSendTimeout(Poco::Timespan(kPeerCancelTimeout.count() * 1000));
-    peer.sendBytes(out.data(), static_cast<int>(out.size()));
-    peer.shutdownSend();
-    context_.observer.cancelRequested(observability::CancelResult::kPeer);
-    observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded_to_peer",
-                            {{"session", id_}, {"instance", owner}, {"peer", *address}});
-  } catch (const Poco::Exception& error) {
-    context_.observer.cancelRequested(observability::CancelResult::kUnmatched);
-    observability::logEvent(observability::LogLevel::kWarning, "cancel_forward_failed",
-                            {{"session", id_}, {"instance", owner}, {"peer", *address}, {"error", error.displayText()}});
-  }
+  if (!upstreamBusy()) return;
+  observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded", {{"session", id_}});
+  cancelUpstream(false);
 }
 
-void Session::startTls(Clock::time_point deadline) {
-  auto tls = std::make_unique<TlsChannel>(context_.tls->current()->newConnection(), clientFd_, true);
-  SSL_set_fd(tls->ssl(), clientFd_);
-  try {
-    while (!tls->acceptStep()) {
-      Wait wait{clientFd_, tls->readEvents(), 0};
-      bool woken = false;
-      if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
-        throw IoError("timeout expired during the TLS handshake");
-      }
-      if (woken) throw SessionEnded{"server stopping"};
-    }
-  } catch (const IoError& error) {
-    context_.observer.tlsHandshake(id_, false);
-    observability::logEvent(observability::LogLevel::kInfo, "tls_failed",
-                            {{"session", id_}, {"client", clientAddress_}, {"error", error.what()}});
-    throw SessionEnded{error.what()};
-  }
-  context_.observer.tlsHandshake(id_, true);
-  observability::logEvent(observability::LogLevel::kDebug, "tls_established",
-                          {{"session", id_}, {"protocol", tls->description()}});
-  client_ = std::move(tls);
-}
 
-void Session::startSession() {
-  const std::string* user = startup_.parameter("user");
-  if (user == nullptr || user->empty()) {
-    throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
-                     "no PostgreSQL user name specified in startup packet");
-  }
-  if (const std::string* replication = startup_.parameter("replication");
-      replication != nullptr && !isFalse(*replication)) {
-    throw ProxyError(Severity::kFatal, sqlstate::kFeatureNotSupported,
-                     "replication connections are not supported by pgwire-proxy");
-  }
-  if (const std::string* app = startup_.parameter("application_name")) clientApplicationName_ = *app;
-
-  std::string out;
-  protocol::MessageWriter writer(out);
-  // Protocol 3.x with x > 0, or _pq_. options: say what is supported, as PostgreSQL does.
-  std::vector<std::string> unrecognizedOptions;
-  upstream::ConnectRequest request;
-  for (const auto& [name, value] : startup_.parameters) {
-    if (name.starts_with("_pq_.")) {
-      unrecognizedOptions.push_back(name);
-    } else if (name != "user" && name != "database" && name != "application_name" && name != "replication") {
-      request.clientParameters.emplace_back(name, value);
-    }
-  }
-  const auto minor = static_cast<std::uint32_t>(startup_.protocolVersion) & 0xffffU;
-  if (minor > 0 || !unrecognizedOptions.empty()) protocol::writeNegotiateProtocolVersion(writer, 0, unrecognizedOptions);
-
-  if (!context_.registry.tryAdmit()) {
-    throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections",
-                     "pgwire-proxy admits at most " + std::to_string(context_.registry.maxSessions()) +
-                         " clients at once (--max-connections).");
-  }
-  admitted_ = true;
-
-  request.auditApplicationName = upstream::auditApplicationName(clientApplicationName_, clientAddress_);
-  const auto connectStart = Clock::now();
-  request.deadline = connectStart + context_.config.connectTimeout;
-  connectingUpstream_ = true;
-  try {
-    upstream_ = std::make_unique<upstream::UpstreamConnection>(context_.config, request);
-  } catch (const ProxyError&) {
-    context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart).count(), false);
-    throw;
-  }
-  connectingUpstream_ = false;
-  context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart).count(), true);
-  if (ssl_st* ssl = upstream_->sslObject()) {
-    upstreamLink_ = std::make_unique<TlsChannel>(ssl, upstream_->socket(), false);
-  } else {
-    upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
-  }
-  queryTimeout_ = upstream_->statementTimeout();
-  canceller_ = std::make_shared<QueryCanceller>(*upstream_, id_);
-  cancelKey_ = context_.registry.add(canceller_);
-
-  protocol::writeAuthenticationOk(writer);
-  for (const auto& [name, value] : upstream_->reportedParameters()) {
-    // The client sees its own application_name; the upstream's audit name stays upstream.
-    protocol::writeParameterStatus(writer, name, name == "application_name" ? clientApplicationName_ : value);
-  }
-  protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
-  protocol::writeReadyForQuery(writer, transactionStatus_);
-  // Observers know the session before the client can use it.
-  opened_ = true;
-  context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
-  sendToClientNow(out);
-  state_ = State::kReady;
-}
-
-// ---- the query loop --------------------------------------------------------------------------
-
-// ---- the relay: one step at a time, driven by an event loop or by relayHere ---------------------
-
-void Session::relayHere() {
-  Readiness ready;
-  for (;;) {
-    const auto interest = advance(ready);
-    if (!interest) return;
-    ready = Readiness{};
-    // The shutdown eventfd stays readable once written: watched until seen, then only the force one.
-    Wait waits[4] = {{clientFd_, interest->client, 0},
-                     {interest->upstream != 0 ? upstreamLink_->fd() : -1, interest->upstream, 0},
-                     {shutdownSeen_ ? -1 : context_.wakeFd, POLLIN, 0},
-                     {context_.forceFd, POLLIN, 0}};
-    if (!waitAny(waits, -1, interest->deadline, nullptr)) {
-      ready.timedOut = true;
-      continue;
-    }
-    ready.client = waits[0].revents;
-    ready.upstream = waits[1].revents;
-    ready.shutdown = waits[2].revents != 0;
-    ready.forced = waits[3].revents != 0;
-  }
-}
-
-std::optional<Session::Interest> Session::advance(const Readiness& ready) noexcept {
-  try {
-    return step(ready);
-  } catch (...) {
-    relayError_ = std::current_exception();  // rethrown on the session's own thread
-    return std::nullopt;
-  }
-}
-
-std::optional<Session::Interest> Session::step(const Readiness& ready) {
+std::optional<Interest> Session::step(const Readiness& ready) {
   const ProxyError shuttingDown(Severity::kFatal, sqlstate::kAdminShutdown,
                                 "terminating connection because pgwire-proxy is shutting down");
   shutdownSeen_ = shutdownSeen_ || ready.shutdown;
   forcedSeen_ = forcedSeen_ || ready.forced;
   const auto now = Clock::now();
-  if (holdUntil_ && canceller_->takeRequest()) cancelHold();  // the client cancelled a held query
+  if (canceller_ && canceller_->takeRequest()) onClientCancel();
   if (holdUntil_ && now >= *holdUntil_) releaseHold();  // an injected delay is over
   if (ready.timedOut && upstreamBusy() && queryDeadline_ && now >= *queryDeadline_) {
     // A client that does not read must not hold the session past the query's deadline.
@@ -447,6 +282,9 @@ std::optional<Session::Interest> Session::step(const Readiness& ready) {
     upstreamIn_.shrinkTo(kIdleBufferCapacity);
   }
   Interest interest;
+  interest.clientFd = clientFd_;
+  interest.upstreamFd = upstreamFd();
+  interest.upstreamEpoch = connectEpoch_;
   interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;
   if (acceptingClient() && !clientOutPending()) interest.client |= client_->readEvents();
   if (clientOutPending()) interest.client |= client_->writeEvents();
@@ -1058,12 +896,35 @@ void Session::cancelGraceExpired() {
                config::formatDuration(std::chrono::duration_cast<config::Milliseconds>(kCancelGrace)));
 }
 
-void Session::cancelUpstream() noexcept {
-  if (!upstream_ || upstreamCancelled_) return;
-  upstreamCancelled_ = true;
-  std::string error;
-  if (!upstream_->cancel(error)) {
-    observability::logEvent(observability::LogLevel::kWarning, "cancel_failed", {{"session", id_}, {"error", error}});
+void Session::cancelUpstream(bool proxyInitiated) noexcept {
+  if (!upstream_ || (proxyInitiated && upstreamCancelled_)) return;
+  if (proxyInitiated) upstreamCancelled_ = true;
+  const auto& data = upstream_->cancelData();
+  if (!data) {
+    // This libpq's cancel key could not be read: its own blocking PQcancel is all there is.
+    std::string error;
+    if (!upstream_->cancel(error)) {
+      observability::logEvent(observability::LogLevel::kWarning, "cancel_failed", {{"session", id_}, {"error", error}});
+    }
+    return;
+  }
+  CancelDestination destination;
+  destination.address = data->address;
+  destination.addressLength = data->addressLength;
+  destination.processId = data->processId;
+  destination.secretKey = data->secretKey;
+  destination.label = "upstream";
+  ++*cancelsInFlight_;
+  // The next statement waits until this one's cancel has been delivered (see acceptingClient), so a
+  // late cancel never lands on it. The session may be gone by then: the counter outlives it.
+  auto done = [inFlight = cancelsInFlight_, &loop = loop(), session = taskId()](bool) {
+    --*inFlight;
+    loop.wake(session);
+  };
+  try {
+    loop().spawn(std::make_unique<CancelSender>(std::move(destination), kCancelSendTimeout, id_, std::move(done)));
+  } catch (...) {
+    --*cancelsInFlight_;
   }
 }
 
@@ -1080,74 +941,12 @@ void Session::upstreamLost(const std::string& why) {
 
 // ---- client I/O --------------------------------------------------------------------------------
 
-bool Session::readClient(std::optional<Clock::time_point> deadline) {
-  for (;;) {
-    const auto count = client_->read(clientIn_.prepareWrite(kClientReadChunk));
-    if (count) {
-      clientIn_.commitWrite(*count);
-      return *count > 0;
-    }
-    Wait wait{clientFd_, client_->readEvents(), 0};
-    bool woken = false;
-    if (!waitAny({&wait, 1}, context_.wakeFd, deadline, &woken)) {
-      throw ProtocolError("timeout expired while waiting for the startup packet (startup-timeout " +
-                          config::formatDuration(context_.config.startupTimeout) + ")");
-    }
-    if (woken) {
-      throw ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
-                       "the connection was refused because pgwire-proxy is shutting down");
-    }
-  }
-}
-
-void Session::writeAll(Channel& channel, std::span<const char> data) {
-  while (!data.empty()) {
-    const std::size_t written = channel.write(data);
-    data = data.subspan(written);
-    if (data.empty()) return;
-    if (written == 0) {
-      // A peer that does not read must not hold the session forever: a running query's timeout and
-      // an immediate shutdown still end it (nothing more can be told to a client that does not read).
-      Wait wait{channel.fd(), channel.writeEvents(), 0};
-      const auto deadline = state_ == State::kInQuery ? queryDeadline_ : std::nullopt;
-      bool forced = false;
-      if (!waitAny({&wait, 1}, context_.forceFd, deadline, &forced)) {
-        throw SessionEnded{"the client stopped reading; the query timeout expired"};
-      }
-      if (forced) throw SessionEnded{"immediate shutdown while the client was not reading"};
-    }
-  }
-}
-
-void Session::sendToClientNow(std::string_view bytes) { writeAll(*client_, {bytes.data(), bytes.size()}); }
-
 void Session::sendError(const ProxyError& error, bool withReadyForQuery) {
   std::string out;
   protocol::MessageWriter writer(out);
   protocol::writeErrorResponse(writer, error);
   if (withReadyForQuery) protocol::writeReadyForQuery(writer, transactionStatus_);
   sendToClient(out);
-}
-
-void Session::sendErrorBestEffort(const ProxyError& error) noexcept {
-  try {
-    // Whatever the client has not taken yet goes first: the error must not land inside a message.
-    std::string out = clientOut_.substr(clientOutSent_);
-    clientOut_.clear();
-    clientOutSent_ = 0;
-    protocol::MessageWriter writer(out);
-    protocol::writeErrorResponse(writer, error);
-    std::span<const char> data(out);
-    const auto deadline = Clock::now() + kBestEffortWriteTimeout;
-    while (!data.empty()) {
-      data = data.subspan(client_->write(data));
-      if (data.empty()) break;
-      Wait wait{clientFd_, client_->writeEvents(), 0};
-      if (!waitAny({&wait, 1}, -1, deadline, nullptr)) break;
-    }
-  } catch (...) {
-    // The client is gone; there is nobody left to tell.
-  }
 }
 
 }  // namespace pgwire_proxy::session

@@ -22,17 +22,25 @@
 #include "protocol/messages.h"
 #include "session/byte_buffer.h"
 #include "session/channel.h"
+#include "session/loop_task.h"
+#include "session/query_canceller.h"
 #include "session/tls_context.h"
 #include "session/registry.h"
 #include "session/socket_io.h"
 
-namespace pgwire_proxy::upstream {
-class UpstreamConnection;
-}
+#include "upstream/upstream_connection.h"
+
 
 namespace pgwire_proxy::session {
 
-class EventLoop;
+// Told when a connection's descriptor is taken and given back (the server cuts stuck ones at stop).
+class ConnectionTracker {
+ public:
+  virtual ~ConnectionTracker() = default;
+  virtual void connectionStarted(int fd) = 0;
+  // Called before the descriptor is closed.
+  virtual void connectionFinished(int fd) = 0;
+};
 
 // What every session shares; owned by the server, outlives all sessions.
 struct SessionContext {
@@ -46,63 +54,64 @@ struct SessionContext {
   int forceFd = -1;  // readable when shutdown turns immediate: running queries are cancelled too
   faults::FaultRegistry* faults = nullptr;  // fault rules to apply to queries; null: none
   const PeerDirectory* peers = nullptr;       // the other instances, for cancel keys they issued
+  ConnectionTracker* tracker = nullptr;       // null: nobody to tell
 };
 
-class Session {
+// One client's life on the event loop, from its first byte to its last: SSL negotiation and the TLS
+// handshake, the startup packet, the upstream connect, the relay and the end, as explicit states.
+// Nothing here blocks; a failure ends this session only, logged with its id.
+class Session final : public LoopTask {
  public:
+  // Takes ownership of `clientFd` (closed when the session ends).
   Session(SessionContext& context, std::uint64_t id, int clientFd, std::string clientAddress);
-  ~Session();
+  ~Session() override;
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
-  // Serves the client until it leaves, the upstream goes, or the server stops. Never throws: a
-  // failure ends this session only, logged with its id. Startup runs on the calling thread; the relay
-  // runs on `loop` when given (this thread waits), else here.
-  void run(EventLoop* loop = nullptr) noexcept;
-
-  // ---- the relay, driven step by step (by an EventLoop, or relayHere) ----
-  // What happened since the last step: poll events of each socket, the query deadline passed, the
-  // server began shutting down, or shutdown turned immediate.
-  struct Readiness {
-    short client = 0;
-    short upstream = 0;
-    bool timedOut = false;
-    bool shutdown = false;
-    bool forced = false;
-  };
-  // What to wait for before the next step (upstream 0: do not watch it at all).
-  struct Interest {
-    short client = 0;
-    short upstream = 0;
-    std::optional<Clock::time_point> deadline;
-  };
-  // Does everything that can be done without blocking; returns what to wait for next, or nullopt once
-  // the relay has ended (run() then reports how). Only one thread may call it at a time.
-  [[nodiscard]] std::optional<Interest> advance(const Readiness& ready) noexcept;
-  [[nodiscard]] int clientFd() const noexcept { return clientFd_; }
-  [[nodiscard]] int upstreamFd() const noexcept;
+  [[nodiscard]] std::optional<Interest> advance(const Readiness& ready) noexcept override;
 
  private:
   enum class State {
     kAwaitingStartup,     // SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
+    kTlsHandshake,        // 'S' sent: the TLS handshake on the client's socket
+    kConnecting,          // the upstream connect and authentication (PQconnectPoll)
     kReady,               // ReadyForQuery sent; reading the client's next message
     kInQuery,             // a Query is upstream; relaying its results
     kDiscardingUntilSync, // an extended-protocol message was refused; skipping to Sync
     kExtended,            // relay mode: extended-protocol messages are upstream; ReadyForQuery ends them
     kClosing,
   };
-  class QueryCanceller;
 
-  // Startup: returns false when the connection ends there (a CancelRequest, or the client left).
-  [[nodiscard]] bool negotiate();
+  // ---- startup (startup.cpp) ----
+  [[nodiscard]] std::optional<Interest> startupStep(const Readiness& ready);
+  [[nodiscard]] std::optional<Interest> tlsStep(const Readiness& ready);
+  [[nodiscard]] std::optional<Interest> connectStep(const Readiness& ready);
+  // The startup packet is in: checks, admission, and the upstream connect begins.
+  void beginSession();
+  // Connected: the client gets AuthenticationOk, the parameters, its key and ReadyForQuery.
+  void openSession();
   // A CancelRequest: matched here, or forwarded to the instance that issued the key.
   void handleCancelRequest(const protocol::StartupPacket& packet);
-  void startSession();
-  void relayHere();
+  [[nodiscard]] Interest clientInterest(short events, Clock::time_point deadline) const;
+  // Leaves the startup count (once).
+  void leaveStartup() noexcept;
+
+  // ---- the end ----
+  // How the session ended, and its last words: the error reaches the client before the close.
+  void fail(std::exception_ptr error) noexcept;
+  // The upstream side of the end: a running statement is cancelled, the connection closed.
+  void releaseUpstream() noexcept;
+  // Everything else: the registry, the observers, the descriptor.
+  void finish() noexcept;
+  [[nodiscard]] std::optional<Interest> endingStep(const Readiness& ready);
+
   [[nodiscard]] std::optional<Interest> step(const Readiness& ready);
+  [[nodiscard]] int upstreamFd() const noexcept;
   // One read each; `more` says whether another could find bytes. False when nothing was there.
   [[nodiscard]] bool tryReadClient(bool& more);
   [[nodiscard]] bool tryPumpUpstream(bool& more);
+  // A client's CancelRequest arrived for the running query (the registry woke this session).
+  void onClientCancel();
 
   // False: the frame is left buffered until the session can take it.
   [[nodiscard]] bool handleClientFrame(const protocol::Frame& frame);
@@ -187,13 +196,8 @@ class Session {
   void queueUpstream(std::string_view bytes);
   void writeQueuedUpstream();
 
-  [[nodiscard]] bool readClient(std::optional<Clock::time_point> deadline);
-  void startTls(Clock::time_point deadline);
   // The metric label for a client turned away before its session opened.
   [[nodiscard]] std::string_view rejectReason(const ProxyError& error) const;
-  // Startup only: blocks until written (bounded by the force eventfd).
-  void writeAll(Channel& channel, std::span<const char> data);
-  void sendToClientNow(std::string_view bytes);
   // The relay's writes to the client: what the socket does not take now waits in clientOut_, and
   // nothing more is read from the upstream (or the client) until it is out.
   void writeClient(std::span<const char> data);
@@ -203,8 +207,10 @@ class Session {
   // Sends an error of the proxy's own (observers are told by the caller: a query's errors arrive
   // with its QueryRecord, others through proxyError).
   void sendError(const ProxyError& error, bool withReadyForQuery);
-  void sendErrorBestEffort(const ProxyError& error) noexcept;
-  void cancelUpstream() noexcept;
+  // Sends a CancelRequest for the upstream's running statement on a socket of its own (never
+  // blocking the loop); the next statement waits until it has been delivered. `proxyInitiated`: the
+  // proxy's own (a limit, the backstop, the client gone), sent at most once per statement.
+  void cancelUpstream(bool proxyInitiated = true) noexcept;
   // The proxy's own errors, one wording for both protocols.
   [[nodiscard]] ProxyError backstopError() const;
   [[nodiscard]] ProxyError breachError(const guardrails::Breach& breach) const;
@@ -221,6 +227,16 @@ class Session {
 
   State state_ = State::kAwaitingStartup;
   std::string closeReason_ = "client disconnected";
+  const Clock::time_point started_;
+  Clock::time_point startupDeadline_;
+  Clock::time_point connectStart_{};
+  Clock::time_point connectDeadline_{};
+  bool inStartupCount_ = false;  // counted against --max-startup-connections
+  bool overStartupLimit_ = false;
+  bool ending_ = false;         // the last words are going out
+  bool finished_ = false;
+  Clock::time_point endDeadline_{};
+  std::shared_ptr<int> cancelsInFlight_ = std::make_shared<int>(0);  // CancelRequests not yet delivered
   bool admitted_ = false;
   bool opened_ = false;    // observers were told sessionOpened
   bool draining_ = false;  // shutdown began: end after the running query
@@ -234,6 +250,8 @@ class Session {
   char transactionStatus_ = 'I';
   bool upstreamSentFatal_ = false;
   bool connectingUpstream_ = false;
+  upstream::ConnectWait connectWait_;
+  std::uint32_t connectEpoch_ = 0;  // bumped whenever the upstream descriptor may have been replaced
   struct {
     std::uint64_t queries = 0;
     std::uint64_t rows = 0;
@@ -286,7 +304,6 @@ class Session {
   bool clientHalfClosed_ = false;  // POLLRDHUP seen: the client sends nothing more
   bool shutdownSeen_ = false;
   bool forcedSeen_ = false;
-  std::exception_ptr relayError_;  // how the relay ended, when it failed
   std::string upstreamOut_;      // bytes for the upstream, written as it reads (it never reads while writing)
   std::size_t upstreamOutSent_ = 0;
 };

@@ -44,6 +44,8 @@ constexpr std::size_t kQueryExcerptLength = 200;
 constexpr std::string_view kAbortTransactionSql =
     "DO $pgwire_proxy$ BEGIN RAISE EXCEPTION USING ERRCODE = '54000', MESSAGE = "
     "'pgwire-proxy failed the previous statement; the transaction is aborted'; END $pgwire_proxy$";
+// How long the proxy's own CancelRequest to the upstream may take (connect, send, the server's close).
+constexpr auto kCancelSendTimeout = std::chrono::milliseconds(5000);
 // How long forwarding a CancelRequest to a peer instance may take (connect, then send).
 constexpr auto kPeerCancelTimeout = std::chrono::milliseconds(1000);
 // How often a query held by an injected delay checks for a cancel request.

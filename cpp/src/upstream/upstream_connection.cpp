@@ -252,32 +252,74 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
   // Verbose errors carry the SQLSTATE in the message text, the only place libpq exposes it at connect.
   PQsetErrorVerbosity(conn_, PQERRORS_VERBOSE);
 
+  if (PQstatus(conn_) == CONNECTION_BAD) {
+    ProxyError error = connectionError(PQerrorMessage(conn_));
+    PQfinish(conn_);
+    conn_ = nullptr;
+    throw error;
+  }
+}
+
+ConnectWait UpstreamConnection::firstWait() const { return ConnectWait{PQsocket(conn_), POLLOUT}; }
+
+namespace {
+
+// libpq 15's struct pg_cancel (libpq-int.h) begins so; the layout is checked against the connection
+// (the backend pid must match) before the key is trusted.
+struct LibpqCancelPrefix {
+  struct {
+    sockaddr_storage addr;
+    socklen_t salen;
+  } raddr;
+  int be_pid;
+  int be_key;
+};
+
+}  // namespace
+
+std::optional<ConnectWait> UpstreamConnection::continueConnect() {
   auto fail = [this](ProxyError error) {
     PQfinish(conn_);
     conn_ = nullptr;
     throw error;
   };
-  if (PQstatus(conn_) == CONNECTION_BAD) fail(connectionError(PQerrorMessage(conn_)));
-
-  PostgresPollingStatusType status = PGRES_POLLING_WRITING;
-  while (status != PGRES_POLLING_OK) {
-    if (status == PGRES_POLLING_FAILED) fail(connectionError(PQerrorMessage(conn_)));
-    const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(
-        request.deadline - std::chrono::steady_clock::now());
-    if (remaining.count() <= 0) {
-      fail(ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
-                      "could not connect to the upstream server: timeout expired after " +
-                          config::formatDuration(config.connectTimeout)));
-    }
-    pollfd pfd{PQsocket(conn_), static_cast<short>(status == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
-    const int ready = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(remaining.count(), 1000)));
-    if (ready < 0 && errno != EINTR) {
-      fail(ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
-                      std::string("could not connect to the upstream server: poll: ") + std::strerror(errno)));
-    }
-    if (ready > 0) status = PQconnectPoll(conn_);
+  if (conn_ == nullptr) throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure, "no upstream connection");
+  pollStatus_ = PQconnectPoll(conn_);
+  switch (pollStatus_) {
+    case PGRES_POLLING_OK:
+      break;
+    case PGRES_POLLING_FAILED:
+      fail(connectionError(PQerrorMessage(conn_)));
+      break;
+    case PGRES_POLLING_READING:
+      return ConnectWait{PQsocket(conn_), POLLIN};
+    default:
+      return ConnectWait{PQsocket(conn_), POLLOUT};
   }
+  // Connected: libpq's own writes (Terminate at the end) must never wait on a wedged upstream.
+  (void)PQsetnonblocking(conn_, 1);
   cancel_ = PQgetCancel(conn_);
+  if (cancel_ != nullptr && PQlibVersion() >= 150000 && PQlibVersion() < 170000) {
+    LibpqCancelPrefix prefix{};
+    std::memcpy(&prefix, cancel_, sizeof prefix);
+    const auto family = prefix.raddr.addr.ss_family;
+    if (prefix.be_pid == PQbackendPID(conn_) && prefix.raddr.salen > 0 &&
+        prefix.raddr.salen <= sizeof(sockaddr_storage) && (family == AF_INET || family == AF_INET6 || family == AF_UNIX)) {
+      CancelData data;
+      data.address = prefix.raddr.addr;
+      data.addressLength = prefix.raddr.salen;
+      data.processId = prefix.be_pid;
+      data.secretKey = prefix.be_key;
+      cancelData_ = data;
+    }
+  }
+  return std::nullopt;
+}
+
+ProxyError UpstreamConnection::timeoutError(const config::ServerConfig& config) {
+  return ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
+                    "could not connect to the upstream server: timeout expired after " +
+                        config::formatDuration(config.connectTimeout));
 }
 
 UpstreamConnection::~UpstreamConnection() {

@@ -10,7 +10,10 @@
 #include <utility>
 #include <vector>
 
+#include <sys/socket.h>
+
 #include "config/server_config.h"
+#include "protocol/errors.h"
 
 struct pg_conn;
 struct pg_cancel;
@@ -38,11 +41,36 @@ struct ConnectRequest {
 // Escapes a value for a `-c name=value` item of the libpq `options` parameter (spaces and backslashes).
 [[nodiscard]] std::string escapeOptionValue(std::string_view value);
 
+// What a CancelRequest for this connection needs: the address libpq connected to and the backend's key.
+struct CancelData {
+  sockaddr_storage address{};
+  socklen_t addressLength = 0;
+  std::int32_t processId = 0;
+  std::int32_t secretKey = 0;
+};
+
+// What the connect waits for next: the socket (it can change between attempts) and the poll events.
+struct ConnectWait {
+  int fd = -1;
+  short events = 0;
+};
+
 class UpstreamConnection {
  public:
-  // Connects and authenticates through libpq. Throws ProxyError (FATAL) carrying the upstream's own
-  // SQLSTATE when it sent one (28P01, 3D000 ...), else 08006.
+  // Starts connecting through libpq without blocking (PQconnectStartParams; a host name is resolved
+  // here, so DSNs name addresses or fast-resolving hosts). Throws ProxyError when it cannot start.
   UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request);
+  // What to wait for before the first step: the socket writable (libpq's rule after PQconnectStart).
+  [[nodiscard]] ConnectWait firstWait() const;
+  // One step of the connect and authentication (PQconnectPoll), called each time the socket is ready
+  // for what the last wait asked. nullopt once connected. Throws ProxyError
+  // (FATAL) carrying the upstream's own SQLSTATE when it sent one (28P01, 3D000 ...), else 08006.
+  [[nodiscard]] std::optional<ConnectWait> continueConnect();
+  // The error for a connect that did not finish by its deadline.
+  [[nodiscard]] static ProxyError timeoutError(const config::ServerConfig& config);
+  // The key and address for cancelling this connection's statements without libpq (which blocks);
+  // nullopt when this libpq's layout is not the one checked for (then cancel() is the way).
+  [[nodiscard]] const std::optional<CancelData>& cancelData() const noexcept { return cancelData_; }
   ~UpstreamConnection();
   UpstreamConnection(const UpstreamConnection&) = delete;
   UpstreamConnection& operator=(const UpstreamConnection&) = delete;
@@ -60,9 +88,9 @@ class UpstreamConnection {
   // The ParameterStatus values the upstream reported during startup, in a stable order.
   [[nodiscard]] Parameters reportedParameters() const;
 
-  // Asks the server to cancel whatever this connection is running, over a separate connection.
-  // Thread-safe; may be called from any thread while the connection object lives. Returns false
-  // with a message in `error` when the cancel request could not be delivered.
+  // Asks the server to cancel whatever this connection is running, through libpq's PQcancel, which
+  // blocks (no connect timeout): only where cancelData() is not available. Returns false with a
+  // message in `error` when the cancel request could not be delivered.
   [[nodiscard]] bool cancel(std::string& error) const;
 
   // Closes the socket without sending Terminate (for an upstream already lost).
@@ -70,6 +98,8 @@ class UpstreamConnection {
 
  private:
   std::chrono::milliseconds statementTimeout_{0};
+  std::optional<CancelData> cancelData_;
+  int pollStatus_ = 0;  // libpq's PostgresPollingStatusType of the last step
   pg_conn* conn_ = nullptr;
   pg_cancel* cancel_ = nullptr;
   mutable std::mutex cancelMutex_;

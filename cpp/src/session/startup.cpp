@@ -1,0 +1,278 @@
+// A session's startup on the event loop: SSL negotiation and the TLS handshake, the startup packet,
+// cancel requests, admission and the upstream connect, each a state with a deadline.
+#include <openssl/ssl.h>
+#include <poll.h>
+
+#include "observability/log.h"
+#include "protocol/constants.h"
+#include "protocol/writer.h"
+#include "session/cancel_sender.h"
+#include "session/session.h"
+#include "session/session_detail.h"
+#include "upstream/upstream_connection.h"
+
+namespace pgwire_proxy::session {
+using namespace detail;
+namespace {
+
+bool isFalse(const std::string& value) {
+  return value == "false" || value == "0" || value == "off" || value == "no";
+}
+
+ProxyError refusedAtShutdown() {
+  return ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
+                    "the connection was refused because pgwire-proxy is shutting down");
+}
+
+}  // namespace
+
+Interest Session::clientInterest(short events, Clock::time_point deadline) const {
+  Interest interest;
+  interest.clientFd = clientFd_;
+  interest.client = events;
+  interest.deadline = deadline;
+  return interest;
+}
+
+void Session::leaveStartup() noexcept {
+  if (!inStartupCount_) return;
+  inStartupCount_ = false;
+  context_.registry.leaveStartup();
+}
+
+std::optional<Interest> Session::startupStep(const Readiness& ready) {
+  if (overStartupLimit_) {
+    throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections in startup",
+                     "pgwire-proxy accepts at most " + std::to_string(context_.config.maxStartupConnections) +
+                         " connections that have not completed startup at once (--max-startup-connections).");
+  }
+  if (ready.shutdown) throw refusedAtShutdown();
+  for (;;) {
+    if (clientOutPending()) {
+      writeClientOut();
+      if (clientOutPending()) return clientInterest(client_->writeEvents(), startupDeadline_);
+    }
+    const auto body = protocol::decodeStartupPacket(clientIn_.readable());
+    if (!body) {
+      const auto count = client_->read(clientIn_.prepareWrite(kClientReadChunk));
+      if (count && *count == 0) {
+        throw SessionEnded{clientIn_.empty() ? "client left before startup" : "incomplete startup packet"};
+      }
+      if (count) {
+        clientIn_.commitWrite(*count);
+        continue;
+      }
+      if (ready.timedOut && Clock::now() >= startupDeadline_) {
+        throw ProtocolError("timeout expired while waiting for the startup packet (startup-timeout " +
+                            config::formatDuration(context_.config.startupTimeout) + ")");
+      }
+      return clientInterest(client_->readEvents(), startupDeadline_);
+    }
+    const std::size_t packetSize = protocol::kUntypedHeaderSize + body->size();
+    protocol::StartupPacket packet = protocol::parseStartupPacket(*body);
+    clientIn_.consume(packetSize);
+    switch (packet.kind) {
+      case protocol::StartupKind::kSslRequest:
+      case protocol::StartupKind::kGssEncRequest:
+        // Bytes after the request would be read as if encrypted: refuse them (PgBouncer does too).
+        if (!clientIn_.empty()) throw ProtocolError("received unencrypted data after SSL request");
+        if (client_->encrypted()) throw ProtocolError("SSLRequest received on an encrypted connection");
+        if (packet.kind == protocol::StartupKind::kSslRequest && context_.tls != nullptr) {
+          writeClient(std::string_view("S"));
+          state_ = State::kTlsHandshake;
+          return tlsStep(Readiness{});
+        }
+        writeClient(std::string_view("N"));
+        continue;
+      case protocol::StartupKind::kCancelRequest:
+        closeReason_ = "cancel request";
+        handleCancelRequest(packet);
+        throw SessionEnded{"cancel request"};
+      case protocol::StartupKind::kStartup:
+        if (context_.config.tlsRequired && !client_->encrypted()) {
+          throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
+                           "pgwire-proxy requires TLS: the connection is not encrypted", {},
+                           "Connect with sslmode=require (or verify-ca / verify-full).");
+        }
+        startup_ = std::move(packet);
+        beginSession();
+        return connectStep(Readiness{});
+    }
+  }
+}
+
+std::optional<Interest> Session::tlsStep(const Readiness& ready) {
+  if (ready.shutdown) throw refusedAtShutdown();
+  if (clientOutPending()) {  // the 'S' goes out in plaintext first
+    writeClientOut();
+    if (clientOutPending()) return clientInterest(client_->writeEvents(), startupDeadline_);
+  }
+  if (!client_->encrypted()) {
+    auto tls = std::make_unique<TlsChannel>(context_.tls->current()->newConnection(), clientFd_, true);
+    SSL_set_fd(tls->ssl(), clientFd_);
+    client_ = std::move(tls);
+  }
+  auto& tls = static_cast<TlsChannel&>(*client_);
+  try {
+    if (!tls.acceptStep()) {
+      if (ready.timedOut && Clock::now() >= startupDeadline_) throw IoError("timeout expired during the TLS handshake");
+      return clientInterest(tls.readEvents(), startupDeadline_);
+    }
+  } catch (const IoError& error) {
+    context_.observer.tlsHandshake(id_, false);
+    observability::logEvent(observability::LogLevel::kInfo, "tls_failed",
+                            {{"session", id_}, {"client", clientAddress_}, {"error", error.what()}});
+    throw SessionEnded{error.what()};
+  }
+  context_.observer.tlsHandshake(id_, true);
+  observability::logEvent(observability::LogLevel::kDebug, "tls_established",
+                          {{"session", id_}, {"protocol", tls.description()}});
+  state_ = State::kAwaitingStartup;
+  return startupStep(Readiness{});
+}
+
+void Session::handleCancelRequest(const protocol::StartupPacket& packet) {
+  const int owner = context_.registry.instanceOf(packet.cancelProcessId);
+  if (owner < 0 || owner == context_.registry.instanceId()) {
+    // A match wakes the owning session on its own loop thread, which sends the CancelRequest upstream.
+    context_.observer.cancelRequested(context_.registry.cancel({packet.cancelProcessId, packet.cancelSecretKey}));
+    return;
+  }
+  // Another instance issued the key. A forwarded request is never forwarded again (the hop limit: a
+  // peer map pointing at the wrong instance cannot make requests circle), an unknown instance's dropped.
+  const auto peer = packet.forwardedCancel || context_.peers == nullptr ? std::nullopt : context_.peers->find(owner);
+  if (!peer) {
+    observability::logEvent(observability::LogLevel::kInfo, "cancel_dropped",
+                            {{"session", id_}, {"instance", owner}, {"forwarded", packet.forwardedCancel}});
+    context_.observer.cancelRequested(observability::CancelResult::kUnmatched);
+    return;
+  }
+  if (peer->addressLength == 0) {
+    observability::logEvent(observability::LogLevel::kWarning, "cancel_forward_failed",
+                            {{"session", id_}, {"instance", owner}, {"peer", peer->name},
+                             {"error", "the peer's address did not resolve"}});
+    context_.observer.cancelRequested(observability::CancelResult::kUnmatched);
+    return;
+  }
+  CancelDestination destination;
+  destination.address = peer->address;
+  destination.addressLength = peer->addressLength;
+  destination.processId = packet.cancelProcessId;
+  destination.secretKey = packet.cancelSecretKey;
+  destination.forwarded = true;
+  destination.label = peer->name;
+  context_.observer.cancelRequested(observability::CancelResult::kPeer);
+  observability::logEvent(observability::LogLevel::kInfo, "cancel_forwarded_to_peer",
+                          {{"session", id_}, {"instance", owner}, {"peer", peer->name}});
+  loop().spawn(std::make_unique<CancelSender>(std::move(destination), kPeerCancelTimeout, id_));
+}
+
+void Session::beginSession() {
+  const std::string* user = startup_.parameter("user");
+  if (user == nullptr || user->empty()) {
+    throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
+                     "no PostgreSQL user name specified in startup packet");
+  }
+  if (const std::string* replication = startup_.parameter("replication");
+      replication != nullptr && !isFalse(*replication)) {
+    throw ProxyError(Severity::kFatal, sqlstate::kFeatureNotSupported,
+                     "replication connections are not supported by pgwire-proxy");
+  }
+  if (const std::string* app = startup_.parameter("application_name")) clientApplicationName_ = *app;
+  if (!context_.registry.tryAdmit()) {
+    throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections",
+                     "pgwire-proxy admits at most " + std::to_string(context_.registry.maxSessions()) +
+                         " clients at once (--max-connections).");
+  }
+  admitted_ = true;
+
+  upstream::ConnectRequest request;
+  for (const auto& [name, value] : startup_.parameters) {
+    if (!name.starts_with("_pq_.") && name != "user" && name != "database" && name != "application_name" &&
+        name != "replication") {
+      request.clientParameters.emplace_back(name, value);
+    }
+  }
+  request.auditApplicationName = upstream::auditApplicationName(clientApplicationName_, clientAddress_);
+  connectStart_ = Clock::now();
+  connectDeadline_ = connectStart_ + context_.config.connectTimeout;
+  request.deadline = connectDeadline_;
+  connectingUpstream_ = true;
+  state_ = State::kConnecting;
+  try {
+    upstream_ = std::make_unique<upstream::UpstreamConnection>(context_.config, request);
+  } catch (const ProxyError&) {
+    context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart_).count(), false);
+    throw;
+  }
+  connectWait_ = upstream_->firstWait();
+  ++connectEpoch_;
+}
+
+std::optional<Interest> Session::connectStep(const Readiness& ready) {
+  if (ready.shutdown) throw refusedAtShutdown();
+  try {
+    if ((ready.upstream & (connectWait_.events | POLLERR | POLLHUP)) != 0) {
+      const auto next = upstream_->continueConnect();
+      if (!next) {
+        openSession();
+        return step(Readiness{});
+      }
+      connectWait_ = *next;
+      ++connectEpoch_;  // libpq may have closed the socket and opened another, maybe with the same number
+    } else if (ready.timedOut && Clock::now() >= connectDeadline_) {
+      throw upstream::UpstreamConnection::timeoutError(context_.config);
+    }
+  } catch (const ProxyError&) {
+    context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart_).count(), false);
+    throw;
+  }
+  Interest interest;
+  interest.clientFd = clientFd_;
+  interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;  // a client that leaves ends the connect
+  // A fresh number each time the socket may have changed: the loop registers it anew.
+  interest.upstreamFd = connectWait_.fd;
+  interest.upstream = connectWait_.events;
+  interest.upstreamEpoch = connectEpoch_;
+  interest.deadline = connectDeadline_;
+  if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0) throw SessionEnded{"client left during the upstream connect"};
+  return interest;
+}
+
+void Session::openSession() {
+  connectingUpstream_ = false;
+  context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart_).count(), true);
+  if (ssl_st* ssl = upstream_->sslObject()) {
+    upstreamLink_ = std::make_unique<TlsChannel>(ssl, upstream_->socket(), false);
+  } else {
+    upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
+  }
+  queryTimeout_ = upstream_->statementTimeout();
+  canceller_ = std::make_shared<QueryCanceller>(loop(), taskId());
+  cancelKey_ = context_.registry.add(canceller_);
+
+  std::string out;
+  protocol::MessageWriter writer(out);
+  // Protocol 3.x with x > 0, or _pq_. options: say what is supported, as PostgreSQL does.
+  std::vector<std::string> unrecognizedOptions;
+  for (const auto& [name, value] : startup_.parameters) {
+    if (name.starts_with("_pq_.")) unrecognizedOptions.push_back(name);
+  }
+  const auto minor = static_cast<std::uint32_t>(startup_.protocolVersion) & 0xffffU;
+  if (minor > 0 || !unrecognizedOptions.empty()) protocol::writeNegotiateProtocolVersion(writer, 0, unrecognizedOptions);
+  protocol::writeAuthenticationOk(writer);
+  for (const auto& [name, value] : upstream_->reportedParameters()) {
+    // The client sees its own application_name; the upstream's audit name stays upstream.
+    protocol::writeParameterStatus(writer, name, name == "application_name" ? clientApplicationName_ : value);
+  }
+  protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
+  protocol::writeReadyForQuery(writer, transactionStatus_);
+  // Observers know the session before the client can use it.
+  opened_ = true;
+  leaveStartup();
+  context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
+  writeClient(out);
+  state_ = State::kReady;
+}
+
+}  // namespace pgwire_proxy::session

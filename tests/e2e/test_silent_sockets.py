@@ -1,0 +1,139 @@
+"""Connections that never finish startup, by the hundred: they cost a descriptor each on the event
+loop, never a thread; real clients still get in, the one past --max-connections still gets 53300,
+cancels still work, the excess past --max-startup-connections is refused with 53300 at once, and
+--startup-timeout closes them all. The proxy runs as the binary so its threads can be read from /proc."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from support import connect, wait_until
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def open_silent(port: int, count: int) -> list:
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def answers_within(sockets: list, timeout: float) -> dict:
+    """The sockets that got bytes (or EOF) before `timeout`, with what they got until EOF."""
+    got = {}
+    deadline = time.monotonic() + timeout
+    pending = list(sockets)
+    while pending and time.monotonic() < deadline:
+        readable, _, _ = select.select(pending, [], [], max(0.0, deadline - time.monotonic()))
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, BlockingIOError):
+                data = b""
+            got[sock] = got.get(sock, b"") + data
+            if not data:
+                pending.remove(sock)
+    return got
+
+
+def close_all(sockets: list) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+def test_four_hundred_silent_sockets_do_not_keep_real_clients_out(pgwire_proxy_process_factory, pg_upstream):
+    proxy = pgwire_proxy_process_factory(max_connections=20, startup_timeout="60s")
+    pid = proxy.process.pid
+    with connect(proxy) as warm:
+        assert warm.execute("select 1").fetchone() == (1,)
+    baseline = threads_of(pid)
+    silent = open_silent(proxy.port, 400)
+    try:
+        # The proxy has accepted every one of them (the listen backlog alone would not show it):
+        # they are counted in its descriptors, and no thread more than before.
+        wait_until(lambda: len(os.listdir(f"/proc/{pid}/fd")) >= 400, "the silent sockets accepted")
+        assert threads_of(pid) == baseline
+        sessions = [connect(proxy) for _ in range(20)]
+        try:
+            for conn in sessions:
+                assert conn.execute("select 2").fetchone() == (2,)
+            with pytest.raises(psycopg.OperationalError) as excinfo:
+                connect(proxy)
+            assert "too many connections" in str(excinfo.value)
+            # A CancelRequest still reaches the running query under the flood.
+            outcome = {}
+
+            def sleeper():
+                try:
+                    sessions[0].execute("select pg_sleep(60) /* flood_cancel_probe */")
+                except psycopg.Error as exc:
+                    outcome["error"] = exc
+
+            worker = threading.Thread(target=sleeper)
+            worker.start()
+            wait_until(lambda: pg_upstream.execute(
+                "select 1 from pg_stat_activity where query like '%flood_cancel_probe%' and pid <> pg_backend_pid()"),
+                "the query running upstream")
+            sessions[0].cancel()
+            worker.join(30)
+            assert isinstance(outcome.get("error"), errors.QueryCanceled)
+            assert threads_of(pid) == baseline
+        finally:
+            for conn in sessions:
+                conn.close()
+    finally:
+        close_all(silent)
+
+
+def test_connections_past_the_startup_limit_get_53300_at_once(pgwire_proxy_process_factory):
+    proxy = pgwire_proxy_process_factory(max_startup_connections=50, startup_timeout="60s")
+    held = open_silent(proxy.port, 50)
+    try:
+        wait_until(lambda: len(os.listdir(f"/proc/{proxy.process.pid}/fd")) >= 50, "the first 50 accepted")
+        excess = open_silent(proxy.port, 10)
+        try:
+            # The excess is answered at once; the 50 in startup keep waiting for their packet.
+            refused = answers_within(excess, 20)
+            assert len(refused) == 10
+            for answer in refused.values():
+                assert answer[:1] == b"E" and b"C53300\0" in answer and b"too many connections in startup" in answer
+            assert answers_within(held, 0.2) == {}
+        finally:
+            close_all(excess)
+    finally:
+        close_all(held)
+    # Once they are gone, a real client gets in.
+    def usable():
+        try:
+            with connect(proxy) as conn:
+                return conn.execute("select 3").fetchone() == (3,)
+        except psycopg.OperationalError:
+            return False
+    wait_until(usable, "a real client admitted again")
+
+
+def test_the_startup_timeout_closes_hundreds_of_silent_sockets(pgwire_proxy_process_factory):
+    proxy = pgwire_proxy_process_factory(startup_timeout="1s")
+    silent = open_silent(proxy.port, 300)
+    try:
+        answered = answers_within(silent, 30)
+        assert len(answered) == 300
+        for answer in answered.values():
+            assert answer[:1] == b"E" and b"C08P01\0" in answer and b"startup-timeout" in answer
+        with connect(proxy) as conn:
+            assert conn.execute("select 4").fetchone() == (4,)
+    finally:
+        close_all(silent)
