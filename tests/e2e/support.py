@@ -35,3 +35,19 @@ def upstream_active(pg_upstream, probe: str) -> list:
     return pg_upstream.execute(
         "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
         [f"%{probe}%"])
+
+
+def cancel_counts(proxy) -> dict:
+    """The proxy's CancelRequests so far by result (matched, unmatched, idle, peer): from stats() in
+    process, else from the binary's /metrics (it must have been started with metrics_address).
+    Each count is updated before the proxy closes the cancelling connection."""
+    if hasattr(proxy, "stats"):
+        return dict(proxy.stats()["cancels_by_result"])
+    import re
+    import urllib.request
+    match = wait_until(lambda: re.search(r"event=listening .*metrics_port=(\d+)", proxy.stderr_text()),
+                       what="the listening line with metrics_port")
+    with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {result: int(float(count)) for result, count in
+            re.findall(r'^pgwire_proxy_cancel_requests_total\{result="(\w+)"\} (\S+)$', text, re.M)}

@@ -13,7 +13,8 @@ import pytest
 from psycopg import errors
 
 from psql import psql_env
-from support import connect, upstream_active as running, wait_until
+import wire
+from support import cancel_counts, connect, upstream_active as running, wait_until
 
 
 def test_psql_ctrl_c_cancels_the_running_query(pgwire_proxy, pg_upstream):
@@ -86,41 +87,95 @@ def cancel_request(port: int, pid: int, secret: int) -> bytes:
             chunks.append(data)
 
 
-def test_wrong_key_and_idle_cancels_do_nothing(pgwire_proxy, pg_upstream):
-    with connect(pgwire_proxy) as conn:
-        pid = conn.info.backend_pid  # the proxy's id, not the upstream's
-        upstream_pid = conn.execute("select pg_backend_pid()").fetchone()[0]
-        assert pid != upstream_pid
-        # Idle: a cancel with the right key has nothing to cancel.
-        conn.cancel()
-        assert conn.execute("select 'idle cancel ignored'").fetchone() == ("idle cancel ignored",)
-
-        done = threading.Event()
-        outcome = {}
-
-        def run_query():
-            try:
-                outcome["rows"] = conn.execute("select pg_sleep(1.5), 'finished' /* wrong_key_probe */").fetchone()
-            except Exception as exc:  # noqa: BLE001 - recorded for the assertion below
-                outcome["error"] = exc
-            done.set()
-
-        worker = threading.Thread(target=run_query)
-        worker.start()
-        wait_until(lambda: running(pg_upstream, "wrong_key_probe"), what="the query upstream")
-        # Wrong secret, unknown pid, the upstream's own pid: closed silently, the query runs on.
-        for bad_pid, bad_secret in [(pid, 12345), (pid ^ 1, 0), (upstream_pid, 0)]:
-            assert cancel_request(pgwire_proxy.port, bad_pid, bad_secret) == b""
-        worker.join(30)
-        assert "error" not in outcome, outcome.get("error")
-        assert outcome["rows"][1] == "finished"
-        assert conn.execute("select 1").fetchone() == (1,)
+def raw_session(proxy):
+    """A raw session through `proxy`: (conn, pid, secret), the key being the one the proxy issued."""
+    conn = wire.RawConnection(proxy.host, proxy.port, timeout=30)
+    hello = conn.startup({"user": "postgres", "database": "postgres"})
+    pid, secret = next(m.backend_key() for m in hello if m.kind == "K")
+    return conn, pid, secret
 
 
-def test_cancel_of_a_closed_session_is_ignored(pgwire_proxy):
-    conn = connect(pgwire_proxy)
-    key = (conn.info.backend_pid,)
-    conn.close()
-    assert cancel_request(pgwire_proxy.port, key[0], 0) == b""
-    with connect(pgwire_proxy) as again:
-        assert again.execute("select 1").fetchone() == (1,)
+LOCK_KEY = 7301
+
+
+@pytest.fixture
+def lock_holder(pg_upstream):
+    """A direct connection holding advisory lock LOCK_KEY: a query waiting for it runs (upstream,
+    state active) until the test releases it, so whether it was cancelled does not depend on timing."""
+    holder = pg_upstream.connect()
+    holder.execute("select pg_advisory_lock(%s)", [LOCK_KEY])
+    yield holder
+    holder.close()
+
+
+def test_wrong_key_and_idle_cancels_do_nothing(pgwire_proxy_factory, pg_upstream, lock_holder):
+    proxy = pgwire_proxy_factory(metrics_address="127.0.0.1:0")
+    conn, pid, secret = raw_session(proxy)
+    with conn:
+        upstream_pid = int(wire.rows(conn.simple_query("select pg_backend_pid()"))[0][0])
+        assert pid != upstream_pid  # the proxy's own key, not the upstream's
+        before = cancel_counts(proxy)
+        # Idle: a cancel with the right key has nothing to cancel; the next query is untouched.
+        assert cancel_request(proxy.port, pid, secret) == b""
+        assert wire.rows(conn.simple_query("select 'idle cancel ignored'")) == [["idle cancel ignored"]]
+
+        # A query that runs until the lock is released (the xact lock ends with its statement).
+        conn.send(wire.query(f"select pg_advisory_xact_lock({LOCK_KEY}), 'finished' /* wrong_key_probe */"))
+        wait_until(lambda: running(pg_upstream, "wrong_key_probe"), what="the query to wait upstream")
+        # The real pid with wrong secrets, the real secret with wrong pids (a neighbour id, the
+        # upstream's own pid): closed silently. Each is fully handled (matched, and a match forwarded
+        # upstream) before the proxy closes the connection.
+        bad_keys = [(pid, secret ^ 1), (pid, secret ^ -0x80000000), (pid, 0),
+                    (pid ^ 1, secret), (pid ^ 2, secret), (upstream_pid, secret)]
+        for bad_pid, bad_secret in bad_keys:
+            assert cancel_request(proxy.port, bad_pid, bad_secret) == b""
+        after = cancel_counts(proxy)
+        assert after["unmatched"] - before["unmatched"] == len(bad_keys)
+        assert after["matched"] == before["matched"] and after["idle"] - before["idle"] == 1
+        assert running(pg_upstream, "wrong_key_probe")
+        # Released, the query completes: a cancel that had reached the upstream would have ended it
+        # with 57014 instead (it waits for the lock until here, whatever the scheduling).
+        lock_holder.execute("select pg_advisory_unlock(%s)", [LOCK_KEY])
+        reply = conn.read_until_ready()
+        assert not wire.errors_in(reply), reply
+        assert wire.rows(reply) == [["", "finished"]]
+
+        # The right key does cancel a running query: the requests above were refused for their key.
+        lock_holder.execute("select pg_advisory_lock(%s)", [LOCK_KEY])
+        conn.send(wire.query(f"select pg_advisory_xact_lock({LOCK_KEY}), 'finished' /* right_key_probe */"))
+        wait_until(lambda: running(pg_upstream, "right_key_probe"), what="the query to wait upstream")
+        assert cancel_request(proxy.port, pid, secret) == b""
+        reply = conn.read_until_ready()
+        error = wire.errors_in(reply)[0]
+        assert error["C"] == "57014" and error["M"] == "canceling statement due to user request", reply
+        assert cancel_counts(proxy)["matched"] - before["matched"] == 1
+        assert not running(pg_upstream, "right_key_probe")
+        assert wire.rows(conn.simple_query("select 1")) == [["1"]]
+
+
+def test_cancel_of_a_closed_session_is_ignored(pgwire_proxy_factory, pg_upstream, lock_holder):
+    proxy = pgwire_proxy_factory(metrics_address="127.0.0.1:0")
+    closed, closed_pid, closed_secret = raw_session(proxy)
+    with closed:
+        closed_upstream = int(wire.rows(closed.simple_query("select pg_backend_pid()"))[0][0])
+        closed.send(wire.terminate())
+    # The session forgets its key before it closes its upstream connection: once that backend is
+    # gone, the key is gone.
+    wait_until(lambda: not pg_upstream.execute("select 1 from pg_stat_activity where pid = %s", [closed_upstream]),
+               what="the closed session's upstream connection to end")
+
+    conn, pid, secret = raw_session(proxy)
+    with conn:
+        assert (pid, secret) != (closed_pid, closed_secret)
+        conn.send(wire.query(f"select pg_advisory_xact_lock({LOCK_KEY}), 'finished' /* closed_key_probe */"))
+        wait_until(lambda: running(pg_upstream, "closed_key_probe"), what="the query to wait upstream")
+        before = cancel_counts(proxy)
+        # The closed session's real key: no such session any more (not "idle": not found at all).
+        assert cancel_request(proxy.port, closed_pid, closed_secret) == b""
+        after = cancel_counts(proxy)
+        assert after["unmatched"] - before["unmatched"] == 1 and after["idle"] == before["idle"]
+        assert after["matched"] == before["matched"]
+        assert running(pg_upstream, "closed_key_probe")
+        lock_holder.execute("select pg_advisory_unlock(%s)", [LOCK_KEY])
+        reply = conn.read_until_ready()
+        assert not wire.errors_in(reply) and wire.rows(reply) == [["", "finished"]], reply

@@ -14,20 +14,33 @@ from support import wait_until
 
 def test_faults_file_and_sighup_reload(pgwire_proxy_process_factory, tmp_path):
     rules = tmp_path / "faults.rules"
+    # 'file_probe' has no count: it fires on every match, so only a reload can make it stop.
     rules.write_text("# retry testing\n"
-                     "match=^select 'file_probe'; nth=1; action=error; sqlstate=40001; message=from the file\n")
+                     "match=^select 'file_probe'; action=error; sqlstate=40001; message=from the file\n"
+                     "match=^select 'once_probe'; nth=1; action=error; sqlstate=40001; message=once from the file\n")
     proxy = pgwire_proxy_process_factory(faults=str(rules))
     with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
-        with pytest.raises(errors.SerializationFailure, match="from the file"):
-            conn.execute("select 'file_probe'")
-        conn.execute("select 'file_probe'")  # nth=1: once only
+        for _ in range(3):  # still firing on every match before the reload
+            with pytest.raises(errors.SerializationFailure, match="from the file"):
+                conn.execute("select 'file_probe'")
+        with pytest.raises(errors.SerializationFailure, match="once from the file"):
+            conn.execute("select 'once_probe'")
+        assert conn.execute("select 'once_probe'").fetchone() == ("once_probe",)  # nth=1: once only
         notices = []
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
-        rules.write_text("match=reloaded_probe; action=notice; message=reloaded rule\n")
+        # The new file drops 'file_probe', adds a notice rule and keeps the nth=1 rule, whose count
+        # starts over with the reload.
+        rules.write_text("match=reloaded_probe; action=notice; message=reloaded rule\n"
+                         "match=^select 'once_probe'; nth=1; action=error; sqlstate=40001; message=once again\n")
         proxy.process.send_signal(signal.SIGHUP)
         wait_until(lambda: conn.execute("select 'reloaded_probe'") and notices, what="the reloaded rule")
         assert notices[0] == "reloaded rule"
-        conn.execute("select 'file_probe'")  # the old rule is gone
+        # The every-match rule is gone: nothing but the reload can explain that it no longer fires.
+        for _ in range(3):
+            assert conn.execute("select 'file_probe'").fetchone() == ("file_probe",)
+        with pytest.raises(errors.SerializationFailure, match="once again"):
+            conn.execute("select 'once_probe'")
+        assert conn.execute("select 'once_probe'").fetchone() == ("once_probe",)
 
 
 def test_a_bad_faults_file_is_refused_at_start(pgwire_proxy_process_factory, tmp_path):

@@ -16,7 +16,7 @@ from psycopg import errors
 
 import wire
 from pgwire_proxy.cluster import free_port
-from support import upstream_active, wait_until
+from support import cancel_counts, upstream_active, wait_until
 
 FORWARDED_CANCEL_CODE = 80877114
 
@@ -34,13 +34,14 @@ def send_cancel(port: int, packet: bytes) -> None:
 
 @pytest.fixture
 def instances(pgwire_proxy_process_factory):
-    """Three instances (ids 0, 1, 2), each with the other two as peers."""
+    """Three instances (ids 0, 1, 2), each with the other two as peers and a metrics endpoint."""
     ports = [free_port() for _ in range(3)]
     proxies = []
     for i, port in enumerate(ports):
         # The same list for all: each instance skips its own entry.
         peers = ",".join(f"{j}=127.0.0.1:{p}" for j, p in enumerate(ports))
-        proxies.append(pgwire_proxy_process_factory(port=port, instance_id=i, peers=peers))
+        proxies.append(pgwire_proxy_process_factory(port=port, instance_id=i, peers=peers,
+                                                    metrics_address="127.0.0.1:0"))
     return proxies
 
 
@@ -71,15 +72,40 @@ def test_a_cancel_landing_on_another_instance_reaches_the_owner(instances, pg_up
 
 
 def test_a_forged_key_is_forwarded_and_dropped_by_the_owner(instances, pg_upstream):
-    conn, pid, secret = running_session(instances[0], "forged_probe")
+    owner, other = instances[0], instances[1]
+    conn, pid, secret = running_session(owner, "forged_probe")
     with conn:
         wait_until(lambda: upstream_active(pg_upstream, "forged_probe"), what="the query to run")
-        send_cancel(instances[1].port, cancel_packet(pid, secret ^ 0x5A5A5A5A))
-        # A forwarded request is never forwarded again, even when it names a third instance.
-        send_cancel(instances[1].port, cancel_packet(pid, secret, FORWARDED_CANCEL_CODE))
+        owner_before, other_before = cancel_counts(owner), cancel_counts(other)
+
+        # A forged secret, sent to instance 1: forwarded to the owner (counted before instance 1 closes
+        # the connection), which must refuse it. The forwarder does not wait for the owner, so wait
+        # for the owner's own count of it: only then is the owner's verdict in, and nothing else is
+        # in flight that could stop the query.
+        send_cancel(other.port, cancel_packet(pid, secret ^ 0x5A5A5A5A))
+        assert delta(other_before, cancel_counts(other)) == {"peer": 1}
+        owner_seen = wait_until(lambda: delta(owner_before, cancel_counts(owner)) or None,
+                                what="the owner to handle the forwarded request")
+        assert owner_seen == {"unmatched": 1}  # not "matched": the forged secret did not cancel
         assert upstream_active(pg_upstream, "forged_probe")
-        send_cancel(instances[0].port, cancel_packet(pid, secret))  # the real one, to the owner itself
-        assert wire.errors_in(conn.read_until_ready())[0]["C"] == "57014"
+
+        # A request marked forwarded is never forwarded again, even with the real key and naming a
+        # third instance: instance 1 drops it itself (counted before it closes the connection).
+        send_cancel(other.port, cancel_packet(pid, secret, FORWARDED_CANCEL_CODE))
+        assert delta(other_before, cancel_counts(other)) == {"peer": 1, "unmatched": 1}
+        assert delta(owner_before, cancel_counts(owner)) == {"unmatched": 1}
+        assert upstream_active(pg_upstream, "forged_probe")  # the query keeps running
+
+        # The real key, to the owner itself: now it is cancelled.
+        send_cancel(owner.port, cancel_packet(pid, secret))
+        error = wire.errors_in(conn.read_until_ready())[0]
+        assert error["C"] == "57014" and error["M"] == "canceling statement due to user request"
+        assert delta(owner_before, cancel_counts(owner)) == {"unmatched": 1, "matched": 1}
+
+
+def delta(before: dict, after: dict) -> dict:
+    """The cancel counts that changed between two cancel_counts() readings."""
+    return {result: after[result] - before.get(result, 0) for result in after if after[result] != before.get(result, 0)}
 
 
 def test_a_peer_that_is_down_does_not_hang_the_forwarder(pgwire_proxy_process_factory):

@@ -78,10 +78,18 @@ def tls_proxy(pgwire_proxy_process_factory, pki):
 
 
 @pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
-def test_psql_over_tls(tls_proxy, pki, mode):
-    out = psql_one(dsn(tls_proxy, sslmode=mode, sslrootcert=pki / "ca.crt"),
-                   "select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+def test_psql_over_tls(tls_proxy, pg_upstream, pki, mode):
+    # pg_stat_ssl describes the upstream's end: the proxy's own link, not the client's. The client's
+    # TLS ends at the proxy, so that link is what the proxy's upstream DSN negotiates on its own:
+    # the same as a direct connection with that DSN (plaintext to the throwaway cluster, ssl=off).
+    sql = "select ssl, coalesce(version, 'none') from pg_stat_ssl where pid = pg_backend_pid()"
+    (direct_ssl, direct_version), = pg_upstream.execute(sql)
+    if pg_upstream.throwaway:
+        assert (direct_ssl, direct_version) == (False, "none")
+    out = psql_one(dsn(tls_proxy, sslmode=mode, sslrootcert=pki / "ca.crt"), sql)
     assert out.returncode == 0, out.stdout
+    expected = f"{'t' if direct_ssl else 'f'}|{direct_version}".encode()
+    assert out.stdout.strip() == expected, out.stdout
     # psql's own view of the client link.
     info = run_psql(dsn(tls_proxy, sslmode=mode, sslrootcert=pki / "ca.crt"), commands=[r"\conninfo"])
     assert b"SSL connection (protocol: TLSv1." in info.stdout, info.stdout
@@ -235,10 +243,16 @@ def tls_upstream(pki):
 
 def test_relay_over_a_tls_upstream(tls_upstream, pgwire_proxy_factory):
     proxy = pgwire_proxy_factory(tls_upstream.dsn_with(sslmode="require"), max_rows=0, max_bytes=0)
+    sql = "select ssl, version, cipher, bits from pg_stat_ssl where pid = pg_backend_pid()"
+    with psycopg.connect(tls_upstream.dsn_with(sslmode="require"), autocommit=True) as direct:
+        direct_link = direct.execute(sql).fetchone()
     with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
-        # pg_stat_ssl on the upstream: the proxy's own link is encrypted.
-        ssl, version = conn.execute("select ssl, version from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
-        assert ssl is True and version.startswith("TLSv1.")
+        # The client's link to the proxy is plaintext; pg_stat_ssl on the upstream shows the proxy's
+        # own link encrypted, with what a direct libpq connection with the same sslmode negotiates.
+        assert conn.pgconn.ssl_in_use is False
+        ssl, version, cipher, bits = conn.execute(sql).fetchone()
+        assert ssl is True and version in ("TLSv1.2", "TLSv1.3") and cipher and bits >= 128
+        assert (ssl, version, cipher, bits) == direct_link
     # A large result through the TLS link is byte-identical to a direct one.
     sql = "select g, repeat('x', 100) from generate_series(1, 200000) g"
     direct = run_psql(tls_upstream.dsn_with(sslmode="require"), extra_args=["-A", "-t"], commands=[sql])
