@@ -8,11 +8,12 @@ from typing import List, Tuple
 
 
 class TcpRelay:
-    """Listens on 127.0.0.1:<free port> and pipes every connection to (target_host, target_port)."""
+    """Listens on 127.0.0.1:<port> (a free one by default) and pipes every connection to
+    (target_host, target_port)."""
 
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, port: int = 0):
         self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", port))
         self.host, self.port = self.listener.getsockname()[:2]
         self.accepted = 0
         self._pairs: List[Tuple[socket.socket, socket.socket]] = []

@@ -150,8 +150,11 @@ void Server::start() {
   if (observability::parseLogFormat(config_.logFormat, format)) logger.setFormat(format);
   if (!config_.logFile.empty()) logger.setFile(config_.logFile);
   if (!config_.metricsAddress.empty()) {
+    // The /readyz callback owns the upstream check, so its thread lives exactly as long as the endpoint.
+    auto upstream = std::make_shared<ReadinessCheck>(config_.upstreamDsn);
     metricsEndpoint_ = std::make_unique<MetricsEndpoint>(
-        config_.metricsAddress, [metrics = metrics_] { return metrics->render(); }, [this] { return readiness(); });
+        config_.metricsAddress, [metrics = metrics_] { return metrics->render(); },
+        [this, upstream] { return readiness(*upstream); });
   }
 
   if (!config_.faultsFile.empty()) faults_.replace(faults::readFaultFile(config_.faultsFile));
@@ -198,22 +201,18 @@ void Server::beginShutdown() {
                           {{"sessions", static_cast<std::int64_t>(registry_.activeSessions())}});
 }
 
-Readiness Server::readiness() {
+Readiness Server::readiness(const ReadinessCheck& upstream) const {
   {
     std::lock_guard lock(mutex_);
     if (shutdownBegun_ || !tcpServer_) return {false, "shutting down"};
   }
-  // The upstream: a libpq ping (no authentication), at most one a second whatever the probe rate.
-  std::lock_guard lock(readinessMutex_);
-  const auto now = std::chrono::steady_clock::now();
-  if (now - lastUpstreamCheck_ >= std::chrono::seconds(1)) {
-    const char* keywords[] = {"dbname", "connect_timeout", nullptr};
-    const char* values[] = {config_.upstreamDsn.c_str(), "2", nullptr};
-    upstreamReachable_ = PQpingParams(keywords, values, 1) == PQPING_OK;
-    lastUpstreamCheck_ = std::chrono::steady_clock::now();
+  switch (upstream.state()) {
+    case ReadinessCheck::State::kReachable:
+      return {true, {}};
+    case ReadinessCheck::State::kUnreachable:
+      break;
   }
-  if (!upstreamReachable_) return {false, "the upstream server is not reachable"};
-  return {true, {}};
+  return {false, "the upstream server is not reachable"};
 }
 
 void Server::forceShutdown() {

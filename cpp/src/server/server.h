@@ -16,6 +16,7 @@
 #include "observability/metrics.h"
 #include "observability/session_observer.h"
 #include "server/metrics_endpoint.h"
+#include "server/readiness_check.h"
 #include "session/event_loop.h"
 #include "session/registry.h"
 #include "session/session.h"
@@ -66,8 +67,8 @@ class Server final : public session::ConnectionTracker {
   [[nodiscard]] std::uint16_t metricsPort() const noexcept { return metricsEndpoint_ ? metricsEndpoint_->port() : 0; }
 
   // Used by the connection objects: tracks live connections so stop() can wait for them.
-  // For /readyz: accepting, not shutting down, the upstream answering a ping.
-  [[nodiscard]] Readiness readiness();
+  // For /readyz: accepting, not shutting down, and `upstream`'s last ping answered. Never blocks on the network.
+  [[nodiscard]] Readiness readiness(const ReadinessCheck& upstream) const;
   void connectionStarted(int fd) override;
   void connectionFinished(int fd) override;
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
@@ -97,9 +98,6 @@ class Server final : public session::ConnectionTracker {
   std::set<int> connections_;
   bool stopped_ = false;
 
-  std::mutex readinessMutex_;
-  std::chrono::steady_clock::time_point lastUpstreamCheck_{};
-  bool upstreamReachable_ = false;
   std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
   std::unique_ptr<session::EventLoop> eventLoop_;  // every session runs here, from accept to close
   std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
