@@ -15,6 +15,7 @@ this package's __path__, so `from pgwire_proxy import _core` finds it there.
 """
 
 from ._checkout import build_dir as _build_dir
+from ._version import __version__
 
 _build = _build_dir()
 if _build is not None:
@@ -24,8 +25,6 @@ del _build, _build_dir
 from .cluster import ExistingPostgres, ThrowawayPostgres, existing, from_environment
 from .process import ProxyProcess, find_binary
 from .proxy import CapturedQueries, Proxy, ProxyError, QueryRecord, option_names
-
-__version__ = "0.1.0"
 
 __all__ = ["Proxy", "QueryRecord", "CapturedQueries", "ProxyError", "option_names",
            "ExistingPostgres", "ThrowawayPostgres", "existing", "from_environment",
