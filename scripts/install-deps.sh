@@ -23,7 +23,12 @@ if [[ $(id -u) -ne 0 ]]; then
 else
   sudo=()
 fi
-echo "install-deps: installing ${missing[*]}" >&2
+echo "install-deps: missing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: apt-get update" >&2
 "${sudo[@]}" apt-get update -qq >/dev/null
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: apt-get install (${#missing[@]} packages and their dependencies; a few minutes on a fresh machine)" >&2
+# One line per package as it is set up, so a long install shows it is moving.
+"${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" |
+  { grep --line-buffered -E '^Setting up ' | sed -u 's/^/install-deps: /' >&2 || true; }
+echo "install-deps: done" >&2

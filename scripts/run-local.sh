@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ -z "${PGWIRE_PROXY_BINARY:-}" ]]; then
+    echo "run-local: checking the Debian packages (scripts/install-deps.sh)" >&2
     [[ -x scripts/install-deps.sh ]] && scripts/install-deps.sh
-    scripts/build.sh
+    # Only the binary: the C++ test suites and the Python module are for scripts/test.sh.
+    scripts/build.sh pgwire-proxy
 fi
 
 args=()

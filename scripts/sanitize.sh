@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 kind=${1:-address}
 shift || true
 dir=build-$kind
+werror=${PGWIRE_PROXY_WERROR:-}
+[[ -z $werror && ${CI:-} == true ]] && werror=ON
 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGWIRE_PROXY_SANITIZE="$kind" -DPGWIRE_PROXY_PYTHON=OFF \
-  -DPython_EXECUTABLE=/usr/bin/python3 >/dev/null
+  ${werror:+-DPGWIRE_PROXY_WERROR="$werror"} -DPython_EXECUTABLE=/usr/bin/python3 >/dev/null
 cmake --build "$dir" -j"${JOBS:-2}" -- --no-print-directory >/dev/null
 
 export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0:exitcode=66

@@ -11,10 +11,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# Warnings are errors here (and in CI): the plain build leaves them off (CMake option PGWIRE_PROXY_WERROR).
+export PGWIRE_PROXY_WERROR=${PGWIRE_PROXY_WERROR:-ON}
+build=${PGWIRE_PROXY_BUILD_DIR:-build}
+# A build writes only to its build directory: nothing new, tracked or ignored, in the source tree
+# (a git checkout; checked as a before/after difference, so uncommitted work does not matter).
+tree_state() { git status --porcelain --ignored=matching 2>/dev/null | grep -v -x -F "!! ${build%/}/" || true; }
+before=$(tree_state)
 scripts/build.sh
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  after=$(tree_state)
+  if [[ $after != "$before" ]]; then
+    echo "test.sh: the build wrote to the source tree:" >&2
+    diff <(echo "$before") <(echo "$after") >&2 || true
+    exit 1
+  fi
+fi
 
 echo "== C++ tests (ctest)"
-(cd build && ctest --output-on-failure)
+(cd "$build" && ctest --output-on-failure)
 
 echo "== end-to-end tests (pytest)"
 # Debian's python3 has psycopg, pytest and pexpect; a pyenv python3 earlier on PATH may not.
@@ -38,4 +53,4 @@ echo "== fuzzing"
 scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-60}"
 
 echo "== benchmark, quick mode (proves it runs; times are not asserted)"
-/usr/bin/python3 bench/run.py --quick --binary build/pgwire-proxy
+/usr/bin/python3 bench/run.py --quick --binary "$build/pgwire-proxy"

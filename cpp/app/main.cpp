@@ -19,6 +19,10 @@
 #include "observability/log.h"
 #include "server/server.h"
 
+#ifndef PGWIRE_PROXY_VERSION
+#error "PGWIRE_PROXY_VERSION comes from CMake's project(VERSION) (see CMakeLists.txt)"
+#endif
+
 namespace {
 
 using pgwire_proxy::config::ConfigError;
@@ -28,6 +32,8 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
   void defineOptions(Poco::Util::OptionSet& options) override {
     ServerApplication::defineOptions(options);
     options.addOption(Poco::Util::Option("help", "h", "Show this help and exit.").required(false).repeatable(false));
+    options.addOption(
+        Poco::Util::Option("version", "", "Print the version and exit.").required(false).repeatable(false));
     for (const auto& spec : pgwire_proxy::config::optionSpecs()) {
       Poco::Util::Option option(spec.name, "", spec.help);
       option.required(false).repeatable(spec.repeatable);
@@ -97,6 +103,9 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
     if (name == "help") {
       helpRequested_ = true;
       stopOptionsProcessing();
+    } else if (name == "version") {
+      versionRequested_ = true;
+      stopOptionsProcessing();
     } else if (name != "daemon" && name != "umask" && name != "pidfile") {
       values_[name].push_back(value);
     }
@@ -111,6 +120,10 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       formatter.setUnixStyle(true);
       formatter.setWidth(100);
       formatter.format(std::cout);
+      return EXIT_OK;
+    }
+    if (versionRequested_) {
+      std::cout << "pgwire-proxy " << PGWIRE_PROXY_VERSION << "\n";
       return EXIT_OK;
     }
     if (!arguments.empty()) {
@@ -142,6 +155,7 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
   }
 
   bool helpRequested_ = false;
+  bool versionRequested_ = false;
   pgwire_proxy::config::OptionValues values_;
 };
 

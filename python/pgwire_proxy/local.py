@@ -1,6 +1,9 @@
 """Run pgwire-proxy in front of a throwaway PostgreSQL until Ctrl+C (scripts/run-local.sh calls this).
 
-    PYTHONPATH=python /usr/bin/python3 -m pgwire_proxy.local [--port 5433] [-- extra proxy flags...]
+    python -m pgwire_proxy.local [--port 5433] [-- extra proxy flags...]
+
+From a pip install it runs the installed binary (the environment's bin/pgwire-proxy); in a checkout
+(PYTHONPATH=python) build/pgwire-proxy; $PGWIRE_PROXY_BINARY overrides both (see find_binary()).
 """
 
 from __future__ import annotations

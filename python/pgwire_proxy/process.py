@@ -5,36 +5,83 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ._checkout import build_dir
 from .cluster import make_dsn, parse_dsn
 
-__all__ = ["ProxyProcess", "find_binary", "build_argv"]
+__all__ = ["ProxyProcess", "find_binary", "binary_candidates", "build_argv"]
 
 BINARY_ENV = "PGWIRE_PROXY_BINARY"
 UPSTREAM_DSN_ENV = "PGWIRE_PROXY_UPSTREAM_DSN"
 _LISTENING = re.compile(r"^listening on (?P<host>.+):(?P<port>\d+)\s*$")
 
 
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+BINARY_NAME = "pgwire-proxy"
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def binary_candidates() -> List[Path]:
+    """Where find_binary() looks after $PGWIRE_PROXY_BINARY, in order: the checkout's build (when this
+    package runs from a source tree, its binary belongs with it), the scripts directory of the running
+    interpreter's environment (where pip installs it: a venv's bin/, also when the venv is not
+    activated), the user scheme's (pip install --user), then PATH."""
+    candidates: List[Path] = []
+    build = build_dir()
+    if build is not None:
+        candidates.append(build / BINARY_NAME)
+    schemes = [None]
+    user_scheme = f"{os.name}_user"
+    if user_scheme in sysconfig.get_scheme_names():
+        schemes.append(user_scheme)
+    for scheme in schemes:
+        try:
+            scripts = sysconfig.get_path("scripts", scheme) if scheme else sysconfig.get_path("scripts")
+        except KeyError:
+            continue
+        if scripts:
+            candidates.append(Path(scripts) / BINARY_NAME)
+    candidates.append(Path(sys.executable).parent / BINARY_NAME)
+    on_path = shutil.which(BINARY_NAME)
+    if on_path:
+        candidates.append(Path(on_path))
+    unique: List[Path] = []
+    for path in candidates:
+        if path not in unique:
+            unique.append(path)
+    return unique
 
 
 def find_binary() -> Path:
-    """$PGWIRE_PROXY_BINARY, else <repo>/build/pgwire-proxy."""
+    """The pgwire-proxy binary: $PGWIRE_PROXY_BINARY when set (and nothing else then), else the first
+    executable of binary_candidates()."""
     explicit = os.environ.get(BINARY_ENV)
-    path = Path(explicit) if explicit else repo_root() / "build" / "pgwire-proxy"
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        raise FileNotFoundError(
-            f"pgwire-proxy binary not found at {path}; build it with "
-            f"`cmake -S . -B build && cmake --build build -j2` or set {BINARY_ENV}")
-    return path
+    if explicit:
+        path = Path(explicit)
+        if not _is_executable(path):
+            raise FileNotFoundError(f"pgwire-proxy binary not found at {path} (from ${BINARY_ENV})")
+        return path
+    candidates = binary_candidates()
+    for path in candidates:
+        if _is_executable(path):
+            return path
+    how = ("build it with scripts/build.sh" if build_dir() is not None
+           else "reinstall the package with pip, which installs it into the environment's bin/")
+    raise FileNotFoundError(
+        f"pgwire-proxy binary not found (looked at {', '.join(map(str, candidates))} and PATH); "
+        f"{how}, or set {BINARY_ENV}")
 
 
 def build_argv(options: Mapping[str, object]) -> List[str]:

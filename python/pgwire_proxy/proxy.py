@@ -49,7 +49,7 @@ def _load_core() -> ModuleType:
         raise ImportError(
             f"pgwire_proxy.Proxy needs the compiled extension pgwire_proxy._core, which is not importable "
             f"({exc}). Install the package with pip (`pip install --no-build-isolation .` builds it with "
-            f"CMake) or build it into the source tree with scripts/build.sh. The cluster helpers "
+            f"CMake) or, in a source checkout, build it with scripts/build.sh (it goes to build/python/pgwire_proxy/, or under $PGWIRE_PROXY_BUILD_DIR). The cluster helpers "
             f"(ThrowawayPostgres, ...) and ProxyProcess work without it.",
             name="pgwire_proxy._core") from exc
     return _core

@@ -47,7 +47,7 @@ class Socket {
 std::string startupMessage(const std::vector<std::pair<std::string, std::string>>& params);
 std::string untypedPacket(const std::vector<std::int32_t>& words);
 std::string message(char type, const std::string& body);
-inline std::string cstring(const std::string& s) { return s + std::string(1, '\0'); }
+inline std::string cstring(const std::string& s) { return s + '\0'; }
 std::string int32(std::int32_t v);
 std::string int16(std::int16_t v);
 // Field 'C' of an ErrorResponse body.

@@ -1,11 +1,16 @@
-"""The package as users get it: pip install into a fresh venv, the pytest11 plugin from outside the repo,
-the sdist's contents, and `import pgwire_proxy` without the compiled extension."""
+"""The package as users get it: pip install into a fresh venv (the extension, the binary in the venv's
+bin/, `python -m pgwire_proxy.local`), the pytest11 plugin from outside the repo, the sdist's contents,
+`import pgwire_proxy` without the compiled extension, one version everywhere, and a CMake build that
+writes nothing into the source tree."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -108,7 +113,8 @@ def test_installed_package_has_the_fresh_extension_stubs_and_entry_point(venv):
     extension = package / f"_core{EXT_SUFFIX}"
     assert extension.read_bytes() != STALE_EXTENSION, "the in-tree _core was packaged instead of a fresh build"
     assert {p.name for p in package.iterdir()} >= {"__init__.py", "proxy.py", "pytest_plugin.py", "cluster.py",
-                                                   "process.py", "_core.pyi", "py.typed", extension.name}
+                                                   "process.py", "local.py", "_version.py", "_checkout.py",
+                                                   "_core.pyi", "py.typed", extension.name}
     probe = textwrap.dedent('''
         import importlib.metadata as md, pgwire_proxy, pgwire_proxy._core as core
         (ep,) = [ep for ep in md.entry_points(group="pytest11") if ep.name == "pgwire_proxy"]
@@ -119,6 +125,53 @@ def test_installed_package_has_the_fresh_extension_stubs_and_entry_point(venv):
     ''')
     out = run([str(venv / "bin" / "python"), "-c", probe], venv.parent, clean_env(), 60).stdout
     assert out.strip() == str(extension)
+
+
+def installed_version(venv_dir: Path) -> str:
+    return run([str(venv_dir / "bin" / "python"), "-c", "import pgwire_proxy; print(pgwire_proxy.__version__)"],
+               venv_dir.parent, clean_env(), 60).stdout.strip()
+
+
+@pytest.mark.slow
+def test_installed_binary_is_in_the_venv_bin_and_has_the_package_version(venv, tmp_path):
+    binary = venv / "bin" / "pgwire-proxy"
+    assert binary.is_file() and os.access(binary, os.X_OK), sorted(p.name for p in (venv / "bin").iterdir())
+    out = run([str(binary), "--version"], tmp_path, clean_env(), 30).stdout
+    assert out == f"pgwire-proxy {installed_version(venv)}\n"
+    # The installed package finds it without the venv on PATH (clean_env's PATH is this session's).
+    probe = "import pgwire_proxy; print(pgwire_proxy.find_binary())"
+    found = run([str(venv / "bin" / "python"), "-c", probe], tmp_path, clean_env(), 60).stdout.strip()
+    assert found == str(binary)
+
+
+@pytest.mark.slow
+def test_local_runs_from_the_install_outside_the_repo(venv, tmp_path):
+    """`python -m pgwire_proxy.local` from an install: --help, then a real run (a throwaway cluster and
+    the installed binary) until SIGINT."""
+    python = str(venv / "bin" / "python")
+    assert "--port" in run([python, "-m", "pgwire_proxy.local", "--help"], tmp_path, clean_env(), 60).stdout
+    proc = subprocess.Popen([python, "-m", "pgwire_proxy.local", "--port", "0"], cwd=tmp_path, env=clean_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = b""
+    try:
+        deadline = time.monotonic() + 120
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while b"Press Ctrl+C" not in output and time.monotonic() < deadline and proc.poll() is None:
+                if sel.select(timeout=1):
+                    output += os.read(proc.stdout.fileno(), 65536)
+        assert b"Press Ctrl+C" in output, output.decode(errors="replace")
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        output += rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = output.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert re.search(r"^pgwire-proxy listening on 127\.0\.0\.1:\d+, in front of PostgreSQL", text, re.M), text
+    assert "throwaway cluster removed" in text, text
 
 
 def test_sdist_has_what_the_build_needs_and_no_extension(source_tree, tmp_path):
@@ -139,13 +192,51 @@ def test_sdist_has_what_the_build_needs_and_no_extension(source_tree, tmp_path):
 
 
 def test_versions_agree():
-    """pyproject.toml, pgwire_proxy.__version__ and CMake's project() name the same version."""
+    """One version, written in python/pgwire_proxy/_version.py: pyproject.toml takes it from there (dynamic),
+    CMake's project(VERSION) reads it, and so does the binary's --version."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+, as Debian 12's python3
     import pgwire_proxy
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    cmake = re.search(r"project\(pgwire_proxy VERSION ([0-9.]+)", (REPO / "CMakeLists.txt").read_text())
-    assert cmake is not None
-    assert pyproject == pgwire_proxy.__version__ == cmake.group(1)
+    from pgwire_proxy.process import find_binary
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "pgwire_proxy._version.__version__"}
+    assert re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+", pgwire_proxy.__version__)
+    binary = subprocess.run([str(find_binary()), "--version"], capture_output=True, text=True, check=True)
+    assert binary.stdout == f"pgwire-proxy {pgwire_proxy.__version__}\n"
+
+
+def test_cmake_build_writes_nothing_into_the_source_tree(tmp_path):
+    """Every artifact of a configured build (CMake's file API: each target's outputs, the binary, _core and
+    the test suites) is under the build directory, and configuring changes nothing in the checkout."""
+    if shutil.which("cmake") is None:
+        pytest.skip("no cmake")
+    build = tmp_path / "build"
+    query = build / ".cmake" / "api" / "v1" / "query" / "codemodel-v2"
+    query.parent.mkdir(parents=True)
+    query.touch()
+    git = shutil.which("git") and (REPO / ".git").exists()
+
+    def tree_state() -> str:
+        return subprocess.run(["git", "status", "--porcelain", "--ignored=matching"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout if git else ""
+
+    before = tree_state()
+    run(["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DPGWIRE_PROXY_TESTS=ON",
+         f"-DPython_EXECUTABLE={sys.executable}"], tmp_path, clean_env(), 300)
+    assert tree_state() == before
+    reply = build / ".cmake" / "api" / "v1" / "reply"
+    (index,) = reply.glob("index-*.json")
+    codemodel = json.loads((reply / json.loads(index.read_text())["reply"]["codemodel-v2"]["jsonFile"]).read_text())
+    artifacts: Dict[str, Path] = {}
+    for configuration in codemodel["configurations"]:
+        for target in configuration["targets"]:
+            details = json.loads((reply / target["jsonFile"]).read_text())
+            for artifact in details.get("artifacts", []):
+                artifacts[f"{details['name']}: {artifact['path']}"] = (build / artifact["path"]).resolve()
+    names = {key.split(":")[0] for key in artifacts}
+    assert {"pgwire-proxy", "_core", "pgwire_proxy_tests"} <= names, sorted(artifacts)
+    outside = {key: str(path) for key, path in artifacts.items() if not path.is_relative_to(build.resolve())}
+    assert outside == {}, "build outputs outside the build directory"
 
 
 def test_import_without_the_extension_keeps_the_cluster_helpers(tmp_path):

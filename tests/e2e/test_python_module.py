@@ -637,7 +637,8 @@ def test_python_options_reach_the_core(pgwire_proxy_factory, tmp_path):
 
 def test_core_stub_matches_the_extension():
     """_core.pyi (what editors show) names exactly what the compiled module has."""
-    stub = ast.parse(Path(_core.__file__).with_name("_core.pyi").read_text())
+    # The stub is in the package's source directory; a checkout's build puts _core under build/.
+    stub = ast.parse((Path(pgwire_proxy.__file__).parent / "_core.pyi").read_text())
     functions = {n.name for n in stub.body if isinstance(n, ast.FunctionDef)}
     (proxy_class,) = [n for n in stub.body if isinstance(n, ast.ClassDef) and n.name == "Proxy"]
     methods = {n.name for n in proxy_class.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
