@@ -51,8 +51,10 @@ class SessionConnection final : public Poco::Net::TCPServerConnection {
     } catch (const Poco::Exception&) {
       address = "unknown";
     }
-    // The session owns a descriptor of its own: Poco closes its socket when run() returns.
-    const int fd = ::fcntl(socket().impl()->sockfd(), F_DUPFD_CLOEXEC, 0);
+    // The session owns a descriptor of its own: Poco closes its socket when run() returns. (dup, not
+    // fcntl(F_DUPFD_CLOEXEC): TSan follows a descriptor's reuse only through the calls it intercepts.)
+    const int fd = ::dup(socket().impl()->sockfd());
+    if (fd >= 0) (void)::fcntl(fd, F_SETFD, FD_CLOEXEC);
     if (fd < 0) {
       observability::logEvent(observability::LogLevel::kError, "accept_failed",
                               {{"error", std::string("dup: ") + std::strerror(errno)}});
