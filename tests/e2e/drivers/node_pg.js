@@ -99,8 +99,12 @@ async function main() {
         } catch (e) {
           seen.push([n, state(e)]);
         }
-        seen.push(await closeCursor(cursor)); // after the error, as a finally block would
-        seen.push(await alive('after the cursor'));
+        // Closed after the error, as a finally block would: pg-cursor sends that Close with no Sync of
+        // its own (it sent one at the error), so the next message PostgreSQL reads after it is this
+        // simple Query.
+        seen.push(await closeCursor(cursor));
+        seen.push((await client.query("select 'after the cursor' as t")).rows[0].t);
+        seen.push(await alive('after the cursor, with a parameter'));
       }
       for (const text of [FAILS_MIDWAY, FAILS_AT_START]) {
         seen.push(await drainStream(client.query(new QueryStream(text, [], { batchSize: 100 }))));
@@ -116,7 +120,8 @@ async function main() {
       const cursor = client.query(new Cursor('select g from generate_series(1, 1000) g'));
       seen.push((await readCursor(cursor, 5)).map((row) => row.g));
       seen.push(await closeCursor(cursor)); // Close of the portal before its end, then Sync
-      seen.push(await alive('after the close'));
+      seen.push((await client.query("select 'after the close' as t")).rows[0].t);
+      seen.push(await alive('after the close, with a parameter'));
       seen.push(await drainStream(client.query(new QueryStream('select g from generate_series(1, 1000) g', [], { batchSize: 10 })), 5));
       seen.push(await alive('after the destroyed stream'));
       await client.query('deallocate drivers_named');
