@@ -83,11 +83,42 @@ def test_retry_loop_survives_a_40001_on_the_third_commit(pgwire_proxy, pgwire_fa
                     conn.execute("commit")
                     break
                 except errors.SerializationFailure:
-                    # Inside a block an error fails the transaction, as PostgreSQL's would.
-                    assert conn.info.transaction_status == TransactionStatus.INERROR
-                    conn.execute("rollback")
+                    # A failed COMMIT has ended the transaction, as PostgreSQL's does: no ROLLBACK needed,
+                    # and what the attempt inserted is gone.
+                    assert conn.info.transaction_status == TransactionStatus.IDLE
     assert attempts == 6 and fault.hits == 1
     assert count_rows(pg_upstream, items) == 5
+
+
+def test_an_injected_failure_leaves_the_status_a_real_one_would(pgwire_proxy, pgwire_faults, pg_upstream):
+    """Direct, a deferred constraint fails the COMMIT (the transaction is over: idle) and a failing
+    statement inside a block leaves it failed; the same statements failed by injected faults leave
+    the session exactly there."""
+    pg_upstream.execute("drop table if exists status_probe")
+    pg_upstream.execute("create table status_probe (id int unique deferrable initially deferred)")
+
+    def statuses(dsn, inject):
+        seen = []
+        with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+            conn.execute("begin")
+            conn.execute("insert into status_probe values (1), (1)" if not inject else "insert into status_probe values (2)")
+            with pytest.raises(psycopg.Error):
+                conn.execute("commit")
+            seen.append(conn.info.transaction_status)
+            conn.execute("begin")
+            with pytest.raises(psycopg.Error):
+                conn.execute("select 1/0" if not inject else "select 'status_probe_fail'")
+            seen.append(conn.info.transaction_status)
+            conn.execute("rollback")
+        return seen
+
+    direct = statuses(pg_upstream.dsn, inject=False)
+    pgwire_faults("^commit", sqlstate="23505", message="duplicate key (injected)")
+    pgwire_faults("status_probe_fail", sqlstate="22012", message="division by zero (injected)")
+    injected = statuses(pgwire_proxy.dsn, inject=True)
+    assert direct == injected == [TransactionStatus.IDLE, TransactionStatus.INERROR]
+    assert pg_upstream.execute("select count(*) from status_probe") == [(0,)]  # the failed COMMIT rolled back
+    pg_upstream.execute("drop table status_probe")
 
 
 def test_error_after_the_query_ran_the_commit_happened(pgwire_proxy, pgwire_faults, pg_upstream, items):

@@ -247,7 +247,13 @@ void Session::openSession() {
   } else {
     upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
   }
-  queryTimeout_ = upstream_->statementTimeout();
+  const std::string* user = startup_.parameter("user");
+  const std::string* database = startup_.parameter("database");
+  relay_ = std::make_unique<Relay>(
+      RelayContext{id_, context_.observer, context_.guardrails, context_.faults, context_.config.extendedProtocolRelay,
+                   upstream_->statementTimeout(), user != nullptr ? *user : std::string(),
+                   database != nullptr ? *database : std::string(), clientApplicationName_},
+      static_cast<RelayHost&>(*this));
   canceller_ = std::make_shared<QueryCanceller>(loop(), taskId());
   cancelKey_ = context_.registry.add(canceller_);
 
@@ -266,13 +272,13 @@ void Session::openSession() {
     protocol::writeParameterStatus(writer, name, name == "application_name" ? clientApplicationName_ : value);
   }
   protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
-  protocol::writeReadyForQuery(writer, transactionStatus_);
+  protocol::writeReadyForQuery(writer, protocol::kTxIdle);
   // Observers know the session before the client can use it.
   opened_ = true;
   leaveStartup();
   context_.observer.sessionOpened(id_, cancelKey_->processId, clientAddress_, clientApplicationName_);
   writeClient(out);
-  state_ = State::kReady;
+  state_ = State::kRelaying;
 }
 
 }  // namespace pgwire_proxy::session

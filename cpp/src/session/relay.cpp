@@ -1,0 +1,430 @@
+// The relay's decision core: client messages, batches and the one recovery mechanism.
+#include "session/relay.h"
+
+#include "protocol/constants.h"
+#include "protocol/messages.h"
+#include "protocol/writer.h"
+#include "session/session_detail.h"
+
+namespace pgwire_proxy::session {
+using namespace detail;
+namespace {
+
+namespace fe = protocol::frontend;
+namespace be = protocol::backend;
+
+const char* frontendMessageName(char type) {
+  switch (type) {
+    case fe::kParse: return "Parse";
+    case fe::kBind: return "Bind";
+    case fe::kDescribe: return "Describe";
+    case fe::kExecute: return "Execute";
+    default: return "extended-protocol";
+  }
+}
+
+bool isExtendedMessage(char type) {
+  return type == fe::kParse || type == fe::kBind || type == fe::kDescribe || type == fe::kExecute ||
+         type == fe::kClose || type == fe::kSync || type == fe::kFlush;
+}
+
+}  // namespace
+
+Relay::Relay(RelayContext context, RelayHost& host) : context_(std::move(context)), host_(host) {}
+
+bool Relay::acceptingClient() const noexcept {
+  if (!batch_.open) return true;
+  return !batch_.ended;  // an extended batch still open takes its next members
+}
+
+std::optional<Clock::time_point> Relay::deadline() const noexcept {
+  std::optional<Clock::time_point> next = batch_.open ? batch_.deadline : std::nullopt;
+  if (holdUntil_) {
+    // A cancel request for a held query is noticed when the session is woken; the hold ends here.
+    if (!next || *holdUntil_ < *next) next = holdUntil_;
+  }
+  return next;
+}
+
+bool Relay::onClientFrame(const protocol::Frame& frame) {
+  const char type = frame.type();
+  if (rejecting_) {
+    // The default mode refused an extended-protocol message: PostgreSQL would ignore everything up to
+    // the Sync. A simple Query instead of the Sync (node-pg after a refused stream) ends the refusal.
+    if (type == fe::kSync) {
+      rejecting_ = false;
+      sendReadyForQuery();
+    } else if (type == fe::kQuery) {
+      rejecting_ = false;
+      startQuery(frame);
+    }
+    return true;
+  }
+  if (batch_.open || (context_.extendedRelay && isExtendedMessage(type))) return relayExtended(frame);
+  switch (type) {
+    case fe::kQuery:
+      startQuery(frame);
+      return true;
+    case fe::kSync:  // a Sync with nothing before it still gets its ReadyForQuery
+      sendReadyForQuery();
+      return true;
+    case fe::kFlush:
+    case fe::kCopyData:
+    case fe::kCopyDone:
+    case fe::kCopyFail:
+      return true;  // PostgreSQL ignores these outside the extended protocol and COPY
+    case fe::kClose: {
+      // Nothing can be prepared in this mode, and closing what does not exist is no error in
+      // PostgreSQL: CloseComplete (drivers close their cursors and statements after a refusal).
+      (void)protocol::parseTargetMessage(frame.body());
+      std::string out;
+      protocol::MessageWriter writer(out);
+      writer.beginMessage(be::kCloseComplete);
+      writer.endMessage();
+      emit(out);
+      return true;
+    }
+    case fe::kParse:
+    case fe::kBind:
+    case fe::kDescribe:
+    case fe::kExecute: {
+      const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
+                             "the extended query protocol is not supported by pgwire-proxy",
+                             std::string("The client sent a ") + frontendMessageName(type) + " message.",
+                             "Use the simple query protocol (for example psycopg's ClientCursor, or psql).");
+      context_.observer.proxyError(context_.sessionId, error);
+      sendError(error, false);
+      rejecting_ = true;
+      return true;
+    }
+    case fe::kFunctionCall: {
+      const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
+                             "the function call protocol is not supported by pgwire-proxy");
+      context_.observer.proxyError(context_.sessionId, error);
+      sendError(error, true);
+      return true;
+    }
+    default:
+      throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(type)));
+  }
+}
+
+// ---- a simple Query: a batch of one with an implicit Sync ------------------------------------------
+
+void Relay::startQuery(const protocol::Frame& frame) {
+  const std::string_view sql = protocol::parseQuery(frame.body());  // a malformed Query never goes upstream
+  observability::QueryRecord record = startRecord(sql);
+  const auto rails = currentGuardrails();
+  if (const auto verdict = rails->filter.check(sql)) {
+    sendError(recordDenied(record, *verdict), true);
+    return;
+  }
+  std::shared_ptr<faults::Rule> fault;
+  if (context_.faults != nullptr) fault = firingFault(sql, false);
+  openBatch();
+  Pending query(fe::kQuery);
+  query.sql = std::make_shared<const std::string>(sql);
+  query.sent = Clock::now();
+  pushPending(std::move(query));
+  batch_.ended = true;
+  statement_ = Statement{};
+  statement_.open = true;
+  statement_.record = std::move(record);
+  statement_.start = Clock::now();
+  if (fault && injectQueryFault(*fault, frame)) return;
+  host_.toUpstream(frame.bytes);
+}
+
+// ---- the extended query protocol, relayed ------------------------------------------------------------
+
+bool Relay::relayExtended(const protocol::Frame& frame) {
+  const char type = frame.type();
+  if (batch_.clientSkipping) {
+    // The proxy failed this batch; PostgreSQL would ignore everything up to the Sync. A Query the
+    // client sends instead of the Sync is served after the batch (see endBatchForQuery).
+    if (type == fe::kSync || type == fe::kQuery) {
+      batch_.clientSkipping = false;
+      batch_.ended = true;
+      batch_.upstreamSkipping = false;
+      Pending sync(fe::kSync);
+      sync.ownSync = type == fe::kQuery;
+      pushPending(std::move(sync));
+      queueAbortingStatement(true);
+      return type == fe::kSync;
+    }
+    return true;
+  }
+  if (!batch_.open) {
+    if (type == fe::kFlush) return true;  // nothing is owed: PostgreSQL would send nothing
+    openBatch();
+  }
+  if (type == fe::kQuery) {
+    endBatchForQuery();  // served once the batch has ended
+    return false;
+  }
+  if (batch_.upstreamSkipping) {
+    // The upstream failed the batch and ignores everything up to the Sync: no bookkeeping, no checks.
+    switch (type) {
+      case fe::kParse:
+      case fe::kBind:
+      case fe::kDescribe:
+      case fe::kExecute:
+      case fe::kClose:
+      case fe::kFlush:
+        host_.toUpstream(frame.bytes);
+        return true;
+      case fe::kFunctionCall:
+      case fe::kCopyData:
+      case fe::kCopyDone:
+      case fe::kCopyFail:
+        return true;
+      default:
+        break;
+    }
+  }
+  switch (type) {
+    case fe::kParse: {
+      const auto parse = protocol::parseParseMessage(frame.body());
+      if (const auto verdict = batch_.rails->filter.check(parse.sql)) {
+        // Its own record: the statement answering may be an earlier Execute.
+        observability::QueryRecord record = startRecord(parse.sql);
+        failAtClient(recordDenied(record, *verdict));
+        return true;
+      }
+      Pending reply(fe::kParse);
+      reply.sql = std::make_shared<const std::string>(parse.sql);
+      reply.statement.assign(parse.statement);
+      auto& slot = statements_[reply.statement];
+      reply.previous = std::exchange(slot, reply.sql);
+      pushPending(std::move(reply));
+      break;
+    }
+    case fe::kBind: {
+      const auto bind = protocol::parseBindMessage(frame.body());
+      Pending reply(fe::kBind);
+      if (const auto it = statements_.find(std::string(bind.statement)); it != statements_.end()) reply.sql = it->second;
+      portals_[std::string(bind.portal)] = reply.sql;
+      pushPending(std::move(reply));
+      break;
+    }
+    case fe::kExecute: {
+      Pending reply(fe::kExecute);
+      if (const auto it = portals_.find(std::string(protocol::parseExecutePortal(frame.body())));
+          it != portals_.end()) {
+        reply.sql = it->second;
+      }
+      reply.sent = Clock::now();
+      if (context_.faults != nullptr && injectExecuteFault(reply.sql)) return true;
+      context_.observer.queryStarted(context_.sessionId, reply.sql ? std::string_view(*reply.sql) : std::string_view());
+      if (!batch_.deadline && context_.queryTimeout.count() > 0) {
+        batch_.deadline = reply.sent + config::backstopDelay(context_.queryTimeout);
+      }
+      pushPending(std::move(reply));
+      break;
+    }
+    case fe::kDescribe:
+      (void)protocol::parseTargetMessage(frame.body());
+      pushPending(Pending(fe::kDescribe));
+      break;
+    case fe::kClose: {
+      const auto close = protocol::parseTargetMessage(frame.body());
+      if (close.kind == 'S') statements_.erase(std::string(close.name));
+      if (close.kind == 'P') portals_.erase(std::string(close.name));
+      pushPending(Pending(fe::kClose));
+      break;
+    }
+    case fe::kFlush:
+      break;
+    case fe::kSync:
+      pushPending(Pending(fe::kSync));
+      batch_.ended = true;
+      batch_.upstreamSkipping = false;
+      break;
+    case fe::kFunctionCall: {
+      const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
+                             "the function call protocol is not supported by pgwire-proxy");
+      context_.observer.proxyError(context_.sessionId, error);
+      failAtClient(error);
+      return true;
+    }
+    case fe::kCopyData:
+    case fe::kCopyDone:
+    case fe::kCopyFail:
+      return true;  // PostgreSQL ignores these outside COPY
+    default:
+      throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(type)));
+  }
+  host_.toUpstream(frame.bytes);
+  return true;
+}
+
+// PostgreSQL runs a Query sent inside an unfinished batch as if the batch had ended there. The proxy
+// keeps one batch upstream at a time: it ends the batch with a Sync of its own, whose ReadyForQuery
+// the client does not see, and serves the Query after it (with its own guardrails and records). The
+// one difference a client can observe: the batch's implicit transaction commits before the Query.
+void Relay::endBatchForQuery() {
+  Pending sync(fe::kSync);
+  sync.ownSync = true;
+  pushPending(std::move(sync));
+  batch_.ended = true;
+  batch_.upstreamSkipping = false;
+  std::string out;
+  protocol::MessageWriter writer(out);
+  protocol::writeSync(writer);
+  host_.toUpstream(out);
+}
+
+// ---- the batch -----------------------------------------------------------------------------------
+
+void Relay::openBatch() {
+  host_.setCancellable(true);
+  batch_ = Batch{};
+  batch_.open = true;
+  batch_.rails = currentGuardrails();
+  batch_.budget = guardrails::ResultBudget(batch_.rails->maxRows, batch_.rails->maxBytes);
+  failingCommit_ = false;
+}
+
+void Relay::closeBatch() {
+  if (statement_.open) finishRecord();
+  statement_ = Statement{};
+  host_.setCancellable(false);
+  batch_ = Batch{};
+  holdUntil_.reset();
+  // Portals live until their transaction ends; prepared statements until closed or the session ends.
+  if (transactionStatus_ == protocol::kTxIdle) portals_.clear();
+}
+
+void Relay::pushPending(Pending pending) {
+  if (pending.type == fe::kExecute || pending.type == fe::kQuery) {
+    ++batch_.statementsPending;
+    if (pending.type == fe::kQuery && !batch_.deadline && context_.queryTimeout.count() > 0) {
+      batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
+    }
+  }
+  batch_.pending.push_back(std::move(pending));
+}
+
+void Relay::popPending() {
+  if (batch_.pending.front().type == fe::kExecute) {
+    --batch_.statementsPending;
+    // The backstop covers the statements still to run, from now.
+    batch_.deadline.reset();
+    if (batch_.statementsPending > 0 && context_.queryTimeout.count() > 0 && !batch_.swallowing) {
+      batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
+    }
+  }
+  batch_.pending.pop_front();
+}
+
+// ---- recovery: one mechanism ------------------------------------------------------------------------
+
+void Relay::failAtClient(const ProxyError& error) {
+  batch_.clientSkipping = true;
+  Pending failure;
+  failure.failure = error;
+  if (!batch_.pending.empty()) {
+    batch_.pending.push_back(std::move(failure));  // reported once the replies before it have gone out
+    return;
+  }
+  sendError(error, false);
+  batch_.swallowing = true;
+  batch_.swallowedUpstreamError = false;
+}
+
+void Relay::failAtFront(const ProxyError& error, bool cancelStatement) {
+  if (statement_.open) {
+    noteProxyError(error);
+    finishRecord();
+  }
+  // Everything still pending is ignored now, by the upstream (after its error) or by the proxy.
+  while (!batch_.pending.empty() && batch_.pending.front().type != fe::kSync &&
+         batch_.pending.front().type != fe::kQuery) {
+    popPending();
+  }
+  batch_.deadline.reset();
+  if (cancelStatement) {
+    cancel();
+    batch_.deadline = Clock::now() + kCancelGrace;  // until the cancelled statement's end shows
+  }
+  batch_.clientSkipping = !batch_.ended;
+  batch_.swallowing = true;
+  batch_.swallowedUpstreamError = false;
+  sendError(error, false);
+}
+
+void Relay::cancel() {
+  if (batch_.upstreamCancelled) return;
+  batch_.upstreamCancelled = true;
+  host_.cancelUpstream();
+}
+
+void Relay::onClientCancel() {
+  if (holdUntil_) cancelHold();  // the client cancelled a query the proxy holds (a fault's delay)
+}
+
+void Relay::onTimer(Clock::time_point now) {
+  if (holdUntil_ && now >= *holdUntil_) releaseHold();  // an injected delay is over
+  if (!batch_.open || !batch_.deadline || now < *batch_.deadline) return;
+  if (batch_.backstopFired) {
+    throw UpstreamFailure{"the upstream server did not end a cancelled statement within " +
+                          config::formatDuration(std::chrono::duration_cast<config::Milliseconds>(kCancelGrace))};
+  }
+  // statement_timeout should have ended the statement by now (a client may have SET it to 0).
+  batch_.backstopFired = true;
+  reportGuardrail("query-timeout", config::formatDuration(context_.queryTimeout));
+  if (batch_.swallowing) {
+    // The client already has the proxy's error; the statement still runs: cancel it (again).
+    batch_.upstreamCancelled = false;
+    cancel();
+    batch_.deadline = now + kCancelGrace;
+    return;
+  }
+  if (!statement_.open && !batch_.pending.empty() && batch_.pending.front().type == fe::kExecute) {
+    openRecord(batch_.pending.front());
+  }
+  statement_.record.outcome = observability::QueryOutcome::kTimeout;
+  failAtFront(backstopError(), true);
+}
+
+// ---- to the client -------------------------------------------------------------------------------------
+
+void Relay::emit(std::span<const char> bytes) {
+  flushPending();  // what the upstream sent before goes first
+  host_.toClient(bytes);
+}
+
+void Relay::sendError(const ProxyError& error, bool withReadyForQuery) {
+  std::string out;
+  protocol::MessageWriter writer(out);
+  protocol::writeErrorResponse(writer, error);
+  if (withReadyForQuery) protocol::writeReadyForQuery(writer, transactionStatus_);
+  emit(out);
+}
+
+void Relay::sendReadyForQuery() {
+  std::string out;
+  protocol::MessageWriter writer(out);
+  protocol::writeReadyForQuery(writer, transactionStatus_);
+  emit(out);
+}
+
+void Relay::queueAbortingStatement(bool extendedSync) {
+  batch_.aborting = true;
+  // A failed COMMIT ends the transaction in PostgreSQL (ReadyForQuery 'I'): the upstream rolls back.
+  // Any other failed statement leaves a block failed: the upstream runs one that always fails.
+  const std::string_view sql = failingCommit_ ? std::string_view("ROLLBACK") : kAbortTransactionSql;
+  std::string out;
+  protocol::MessageWriter writer(out);
+  if (extendedSync) {
+    protocol::writeUnnamedExecution(writer, sql);
+    protocol::writeSync(writer);
+  } else {
+    writer.beginMessage(fe::kQuery);
+    writer.writeCString(sql);
+    writer.endMessage();
+  }
+  host_.toUpstream(out);
+}
+
+}  // namespace pgwire_proxy::session

@@ -1,0 +1,223 @@
+// The relay's decision core: what a session's client and upstream messages mean and what to send
+// where. No sockets: the session feeds it whole client frames and upstream bytes and it answers
+// through RelayHost (bytes to either side, a cancel, query in flight), so a test can drive it with
+// recorded traffic split anywhere.
+//
+// One state machine for every message flow. A batch is what the client sent since the last
+// ReadyForQuery, up to the message that ends it: a Sync, or a simple Query (a batch of one with an
+// implicit Sync). One batch is upstream at a time. The queue of client messages awaiting replies
+// (pending) tells which statement a DataRow, CommandComplete or ErrorResponse belongs to (budgets,
+// records, faults per statement). Recovery is one mechanism: when the proxy fails a statement, its
+// error takes the statement's place, the client's messages are dropped to the batch's end, the
+// upstream's replies are dropped to its ReadyForQuery, and, where the upstream already ran part of a
+// block, a failing statement of the proxy's makes sure it ends failed (or a failed COMMIT ends it).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "config/server_config.h"
+#include "faults/fault_rules.h"
+#include "guardrails/guardrail_set.h"
+#include "guardrails/result_budget.h"
+#include "observability/session_observer.h"
+#include "protocol/errors.h"
+#include "protocol/frame.h"
+#include "session/loop_task.h"
+
+namespace pgwire_proxy::session {
+
+// What the relay asks of the session around it.
+class RelayHost {
+ public:
+  virtual ~RelayHost() = default;
+  virtual void toClient(std::span<const char> bytes) = 0;
+  virtual void toUpstream(std::span<const char> bytes) = 0;
+  // The proxy's own CancelRequest for the statement the upstream is running.
+  virtual void cancelUpstream() = 0;
+  // Whether a client's CancelRequest may reach the upstream now (a query is in flight).
+  virtual void setCancellable(bool cancellable) = 0;
+};
+
+// What the relay reads of its surroundings; the session's, shared read-only.
+struct RelayContext {
+  std::uint64_t sessionId = 0;
+  observability::SessionObserver& observer;
+  const guardrails::GuardrailHolder& guardrails;
+  faults::FaultRegistry* faults = nullptr;  // null: none
+  bool extendedRelay = false;               // --extended-protocol=relay
+  config::Milliseconds queryTimeout{0};     // the statement_timeout in force upstream (the backstop follows it)
+  std::string user;
+  std::string database;
+  std::string applicationName;
+};
+
+// The upstream sent something that cannot be relayed: the session ends with 08006.
+struct UpstreamFailure {
+  std::string why;
+};
+
+class Relay {
+ public:
+  Relay(RelayContext context, RelayHost& host);
+
+  // A whole client frame (not Terminate: the session handles the end). False: the relay cannot take
+  // it now, it stays buffered and is offered again once acceptingClient() says so.
+  [[nodiscard]] bool onClientFrame(const protocol::Frame& frame);
+  // Upstream bytes from the start of what is buffered; returns how many it consumed (the rest begins
+  // a frame it must see whole). Forwarded bytes go to the host as ranges of `data`.
+  [[nodiscard]] std::size_t onUpstreamBytes(std::span<const char> data);
+  // The deadline() passed (the backstop, a held query's delay, the wait for a cancel's effect).
+  void onTimer(Clock::time_point now);
+  // A client's CancelRequest matched this session while a query was in flight.
+  void onClientCancel();
+
+  [[nodiscard]] bool acceptingClient() const noexcept;
+  // A batch is upstream (or held by a delay): the client is only watched for hanging up.
+  [[nodiscard]] bool busy() const noexcept { return batch_.open; }
+  // Upstream bytes wait (a delay holds the results).
+  [[nodiscard]] bool holdingUpstream() const noexcept { return holdUntil_.has_value() && !heldQuery_; }
+  // A delay holds the query or its results: a client's cancel ends the hold.
+  [[nodiscard]] bool holdingQuery() const noexcept { return holdUntil_.has_value(); }
+  [[nodiscard]] std::optional<Clock::time_point> deadline() const noexcept;
+  [[nodiscard]] char transactionStatus() const noexcept { return transactionStatus_; }
+  // The upstream's own FATAL error reached the client (it ends the session itself).
+  [[nodiscard]] bool upstreamSentFatal() const noexcept { return upstreamSentFatal_; }
+  struct Totals {
+    std::uint64_t queries = 0;
+    std::uint64_t rows = 0;
+    std::uint64_t bytes = 0;
+  };
+  [[nodiscard]] const Totals& totals() const noexcept { return totals_; }
+
+ private:
+  // A client message the upstream has yet to answer, oldest first, or the point at which the proxy
+  // failed the batch (type 0): its error reaches the client once everything before it has.
+  struct Pending {
+    explicit Pending(char replyTo = 0) : type(replyTo) {}
+    char type = 0;                           // Parse, Bind, Describe, Execute, Close, Sync, Query; 0: failure
+    std::shared_ptr<const std::string> sql;  // Parse, Query: its text; Bind, Execute: the statement's text
+    std::string statement;                   // Parse: the name it defines
+    std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
+    Clock::time_point sent{};
+    std::optional<ProxyError> failure;
+    bool ownSync = false;  // Sync: the proxy's (a Query arrived inside the batch); its ReadyForQuery is not relayed
+  };
+  // The batch upstream, reset by assigning a fresh one.
+  struct Batch {
+    bool open = false;
+    std::shared_ptr<const guardrails::GuardrailSet> rails;
+    guardrails::ResultBudget budget{0, 0};
+    std::deque<Pending> pending;
+    std::size_t statementsPending = 0;  // Executes and Queries not answered yet: the backstop covers them
+    bool ended = false;              // its Sync or Query is upstream: the client waits for ReadyForQuery
+    bool upstreamSkipping = false;   // the upstream reported an error: it ignores messages until Sync
+    bool clientSkipping = false;     // the proxy failed the batch: the client's messages are dropped until Sync
+    bool swallowing = false;         // the client has the proxy's error: upstream replies dropped until ReadyForQuery
+    bool swallowedUpstreamError = false;
+    bool upstreamCancelled = false;
+    bool aborting = false;           // a failing statement was sent to end the upstream's block failed
+    bool backstopFired = false;
+    bool commitFailed = false;       // the proxy failed a COMMIT: the upstream rolls back, the block is over
+    std::optional<Clock::time_point> deadline;  // the backstop, then the wait for the cancel's effect
+    std::optional<ProxyError> fatalAtEnd;       // an injected FATAL: the session ends with it at ReadyForQuery
+  };
+  // The statement whose replies are arriving: its record.
+  struct Statement {
+    bool open = false;
+    observability::QueryRecord record;
+    Clock::time_point start{};
+    std::optional<std::uint64_t> dropAfterRows;  // fault: drop after_rows
+    bool dropMidMessage = false;                 // fault: drop mid_message
+  };
+
+  // ---- client messages (relay.cpp) ----
+  void startQuery(const protocol::Frame& frame);
+  [[nodiscard]] bool relayExtended(const protocol::Frame& frame);
+  void openBatch();
+  void closeBatch();
+  void endBatchForQuery();
+  void pushPending(Pending pending);
+  void popPending();
+  // The proxy failed the batch at the client's current position (a denied Parse, an injected error).
+  void failAtClient(const ProxyError& error);
+  // The proxy failed the statement the upstream is answering (a limit, COPY, the backstop).
+  void failAtFront(const ProxyError& error, bool cancel);
+  void sendError(const ProxyError& error, bool withReadyForQuery);
+  void cancel();
+
+  void emit(std::span<const char> bytes);  // to the client, after the upstream bytes before it
+  void sendReadyForQuery();
+
+  // ---- upstream replies (relay_replies.cpp) ----
+  // Acts on a frame (whole, or only its prefix for those read so); returns whether it is forwarded.
+  [[nodiscard]] bool onReply(const protocol::Frame& frame);
+  [[nodiscard]] bool onReadyForQuery(char status);
+  [[nodiscard]] bool onErrorResponse(const protocol::Frame& frame);
+  [[nodiscard]] bool onDataRow(const protocol::FrameHeader& header);
+  void reportQueuedFailure();
+  // Writes the upstream bytes seen so far and not yet forwarded.
+  void flushPending();
+
+  // ---- records, faults, the proxy's errors (relay_support.cpp) ----
+  [[nodiscard]] observability::QueryRecord startRecord(std::string_view sql);
+  void openRecord(const Pending& statement);
+  void finishRecord();
+  void noteError(std::string_view sqlstate, std::string_view message);  // the upstream's
+  void noteProxyError(const ProxyError& error);
+  [[nodiscard]] const std::shared_ptr<const guardrails::GuardrailSet>& currentGuardrails();
+  [[nodiscard]] std::shared_ptr<faults::Rule> firingFault(std::string_view sql, bool extended);
+  // A fault for a simple Query at its start; true when the Query does not go upstream as it is.
+  [[nodiscard]] bool injectQueryFault(const faults::Rule& rule, const protocol::Frame& frame);
+  // An error or drop rule at an Execute; true when the Execute is not forwarded.
+  [[nodiscard]] bool injectExecuteFault(const std::shared_ptr<const std::string>& sql);
+  void recordAlone(observability::QueryRecord record);
+  [[nodiscard]] ProxyError recordDenied(observability::QueryRecord& record, const guardrails::FilterVerdict& verdict);
+  void reportGuardrail(std::string_view limit, const std::string& value);
+  void releaseHold();
+  void cancelHold();
+  [[noreturn]] void dropWithRecord(const std::string& reason);
+  [[nodiscard]] ProxyError backstopError() const;
+  [[nodiscard]] ProxyError breachError(const guardrails::Breach& breach) const;
+  [[nodiscard]] static ProxyError copyRefused(bool copyIn);
+  // A statement that fails the upstream's block (after the proxy failed one of its statements): a
+  // ROLLBACK when that was a COMMIT (a failed COMMIT ends the transaction, as in PostgreSQL).
+  void queueAbortingStatement(bool extendedSync);
+
+  RelayContext context_;
+  RelayHost& host_;
+  char transactionStatus_ = 'I';
+  bool upstreamSentFatal_ = false;
+  Totals totals_;
+  Batch batch_;
+  Statement statement_;
+  std::size_t passThroughRemaining_ = 0;  // bytes of a large frame still streaming through
+  bool passThroughDropped_ = false;       // ... and whether they are dropped
+  std::shared_ptr<const guardrails::GuardrailSet> rails_;
+  std::uint64_t railsVersion_ = 0;
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
+  std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
+  // Fault injection.
+  std::vector<std::shared_ptr<faults::Rule>> faultRules_;
+  std::uint64_t faultsVersion_ = 0;
+  bool faultsLoaded_ = false;
+  std::unordered_map<std::uint64_t, std::uint64_t> faultMatches_;  // per-session match counts by rule
+  std::optional<Clock::time_point> holdUntil_;  // delay: the query (heldQuery_) or its results wait until then
+  std::optional<std::string> heldQuery_;
+  bool failingCommit_ = false;  // the statement the proxy is failing is a COMMIT/END
+  bool rejecting_ = false;      // the default mode refused an extended-protocol message: skipping to Sync
+  // While onUpstreamBytes runs: its bytes, the frame being looked at, and where forwarding resumes.
+  std::span<const char> in_;
+  std::size_t at_ = 0;
+  std::size_t flushFrom_ = 0;
+};
+
+}  // namespace pgwire_proxy::session

@@ -1,0 +1,252 @@
+// The relay's decision core: the upstream's replies. Frame headers are always read; whole messages
+// only for the types that carry a decision; everything else streams on undecoded (DataRow bodies are
+// never read), forwarded as ranges of the bytes the session read.
+#include "protocol/constants.h"
+#include "protocol/messages.h"
+#include "protocol/reader.h"
+#include "protocol/writer.h"
+#include "session/relay.h"
+#include "session/session_detail.h"
+
+namespace pgwire_proxy::session {
+using namespace detail;
+namespace {
+
+namespace fe = protocol::frontend;
+namespace be = protocol::backend;
+
+// The replies that must be held whole before the relay acts on them (all small; a large
+// ErrorResponse is read from its prefix).
+bool needsWholeFrame(char type) {
+  return type == be::kErrorResponse || type == be::kReadyForQuery || type == be::kCommandComplete ||
+         type == be::kCopyInResponse || type == be::kCopyOutResponse || type == be::kCopyBothResponse;
+}
+
+bool isBatchEnd(char type) { return type == fe::kSync || type == fe::kQuery; }
+
+}  // namespace
+
+void Relay::flushPending() {
+  if (at_ > flushFrom_) host_.toClient(in_.subspan(flushFrom_, at_ - flushFrom_));
+  flushFrom_ = at_;
+}
+
+std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
+  in_ = data;
+  at_ = 0;
+  flushFrom_ = 0;
+  // The rest of a frame whose start was already relayed (or dropped) goes the same way.
+  if (passThroughRemaining_ > 0) {
+    at_ = std::min(passThroughRemaining_, data.size());
+    passThroughRemaining_ -= at_;
+    if (passThroughDropped_) flushFrom_ = at_;
+  }
+  while (at_ < data.size()) {
+    reportQueuedFailure();
+    std::optional<protocol::FrameHeader> header;
+    try {
+      header = protocol::decodeHeader(data.subspan(at_), kMaxUpstreamMessage);
+    } catch (const ProtocolError& error) {
+      throw UpstreamFailure{std::string("invalid data from the upstream server: ") + error.what()};
+    }
+    if (!header) break;
+    const std::size_t available = data.size() - at_;
+    const std::size_t size = header->frameSize();
+    if (statement_.dropMidMessage) {
+      at_ += std::min(available, std::max<std::size_t>(1, size / 2));
+      flushPending();  // half a message, then nothing
+      dropWithRecord("fault injected: connection dropped in the middle of a message");
+    }
+    if (needsWholeFrame(header->type)) {
+      const bool prefixOnly = streamsWithPrefix(*header);
+      if (!prefixOnly && size > kMaxInspectedUpstreamMessage) {
+        throw UpstreamFailure{"the upstream server sent an oversized message of type '" + std::string(1, header->type) + "'"};
+      }
+      // Wait for the whole frame, or for the prefix of one read from its prefix.
+      if ((prefixOnly ? kErrorPrefix : size) > available) break;
+    }
+    // Frames not held whole are acted on by their header alone; their body may not be here yet.
+    const protocol::Frame frame{*header, data.subspan(at_, std::min(size, available))};
+    bool forward = true;
+    try {
+      forward = onReply(frame);
+    } catch (const ProtocolError& error) {
+      throw UpstreamFailure{std::string("invalid message from the upstream server: ") + error.what()};
+    }
+    if (size <= available) {
+      at_ += size;
+    } else {
+      passThroughRemaining_ = size - available;
+      passThroughDropped_ = !forward;
+      at_ = data.size();
+    }
+    if (!forward) flushFrom_ = at_;
+  }
+  if (batch_.open) reportQueuedFailure();
+  flushPending();
+  const std::size_t consumed = at_;
+  in_ = {};
+  at_ = flushFrom_ = 0;
+  return consumed;
+}
+
+bool Relay::onReply(const protocol::Frame& frame) {
+  const char type = frame.type();
+  if (type == be::kReadyForQuery) {
+    protocol::MessageReader reader(frame.body());
+    const auto status = static_cast<char>(reader.readByte());
+    reader.expectEnd();
+    return onReadyForQuery(status);
+  }
+  if (type == be::kErrorResponse) return onErrorResponse(frame);
+  if (!batch_.open) return true;  // NotificationResponse, ParameterStatus, notices between batches
+  if (batch_.swallowing) {
+    if (type == be::kCommandComplete || type == be::kPortalSuspended || type == be::kEmptyQueryResponse) {
+      batch_.deadline.reset();  // the cancel came too late, but the statement has ended
+    }
+    // Asynchronous messages still reach the client.
+    return type == be::kNotificationResponse || type == be::kParameterStatus;
+  }
+  const char front = batch_.pending.empty() ? 0 : batch_.pending.front().type;
+  const bool executing = front == fe::kExecute || front == fe::kQuery;
+  switch (type) {
+    case be::kDataRow:
+      return !executing || onDataRow(frame.header);
+    case be::kCommandComplete:
+    case be::kEmptyQueryResponse:
+    case be::kPortalSuspended:
+      if (!executing) return true;
+      if (!statement_.open) openRecord(batch_.pending.front());
+      batch_.budget.endStatement();
+      if (type == be::kCommandComplete) {
+        protocol::MessageReader reader(frame.body());
+        statement_.record.commandTag.assign(reader.readCString());
+        reader.expectEnd();
+      }
+      if (front == fe::kExecute) {
+        finishRecord();
+        popPending();
+      }
+      return true;  // a Query's record ends at its ReadyForQuery (one record for all its statements)
+    case be::kParseComplete:
+    case be::kBindComplete:
+    case be::kCloseComplete:
+    case be::kNoData:
+      if (front != 0 && !isBatchEnd(front)) popPending();
+      return true;
+    case be::kRowDescription:
+      if (front == fe::kDescribe) popPending();
+      return true;
+    case be::kCopyInResponse:
+    case be::kCopyOutResponse:
+    case be::kCopyBothResponse: {
+      const bool copyIn = type == be::kCopyInResponse;
+      if (copyIn) {
+        // Get the upstream out of COPY FROM STDIN; its error ends the statement (and is dropped).
+        std::string out;
+        protocol::MessageWriter writer(out);
+        protocol::writeCopyFail(writer, "COPY FROM STDIN is not supported by pgwire-proxy");
+        // PostgreSQL ignores a Sync read in COPY IN mode: when the batch's Sync came right after this
+        // Execute, it was swallowed that way and the upstream needs another to end the batch.
+        if (front == fe::kExecute && batch_.ended && batch_.pending.size() == 2 &&
+            batch_.pending.back().type == fe::kSync) {
+          protocol::writeSync(writer);
+        }
+        host_.toUpstream(out);
+      }
+      if (executing && !statement_.open) openRecord(batch_.pending.front());
+      failAtFront(copyRefused(copyIn), !copyIn);
+      return false;
+    }
+    default:
+      return true;  // ParameterDescription, notices, notifications, parameter status
+  }
+}
+
+bool Relay::onDataRow(const protocol::FrameHeader& header) {
+  if (!statement_.open) openRecord(batch_.pending.front());
+  if (statement_.dropAfterRows && statement_.record.rows >= *statement_.dropAfterRows) {
+    flushPending();  // the rows before this one reach the client, then the connection goes
+    dropWithRecord("fault injected: connection dropped after " + std::to_string(*statement_.dropAfterRows) + " rows");
+  }
+  if (const auto breach = batch_.budget.admitRow(header.frameSize())) {
+    reportGuardrail(breach->limitName(), breach->kind == guardrails::Breach::Kind::kRows
+                                             ? std::to_string(breach->limit)
+                                             : guardrails::formatBytes(breach->limit));
+    statement_.record.outcome = breach->kind == guardrails::Breach::Kind::kRows
+                                    ? observability::QueryOutcome::kLimitRows
+                                    : observability::QueryOutcome::kLimitBytes;
+    failAtFront(breachError(*breach), true);  // the rows before this one go out first
+    return false;
+  }
+  ++statement_.record.rows;
+  statement_.record.bytes += header.frameSize();
+  return true;
+}
+
+bool Relay::onErrorResponse(const protocol::Frame& frame) {
+  const auto fields = errorFieldsOf(frame);
+  batch_.budget.endStatement();
+  if (fields.isFatal()) {
+    upstreamSentFatal_ = true;  // the session ends with the upstream's own error
+    return true;
+  }
+  if (!batch_.open) return true;
+  if (batch_.swallowing) {
+    batch_.swallowedUpstreamError = true;
+    batch_.deadline.reset();  // the cancelled statement has ended
+    return false;
+  }
+  if (!batch_.pending.empty()) {
+    Pending& failed = batch_.pending.front();
+    if (failed.type == fe::kParse) statements_[failed.statement] = failed.previous;
+    if (failed.type == fe::kExecute || failed.type == fe::kParse || failed.type == fe::kBind ||
+        failed.type == fe::kQuery) {
+      // A statement that failed before it could run is recorded too: the harness shows it.
+      if (!statement_.open) openRecord(failed);
+      noteError(fields.get('C'), fields.get('M'));
+      if (failed.type != fe::kQuery) finishRecord();
+    }
+  }
+  // PostgreSQL ignores the rest of the batch up to its Sync (a Query's rest ends with the Query).
+  while (!batch_.pending.empty() && !isBatchEnd(batch_.pending.front().type)) popPending();
+  batch_.upstreamSkipping = batch_.pending.empty();
+  return true;
+}
+
+bool Relay::onReadyForQuery(char status) {
+  if (!batch_.open) {
+    transactionStatus_ = status;
+    return true;
+  }
+  if (batch_.swallowing && !batch_.swallowedUpstreamError && status == protocol::kTxInBlock && !batch_.aborting) {
+    // The batch's end went upstream before the proxy failed it, and the upstream finished the
+    // statement inside a transaction block: fail the transaction there too (the next ReadyForQuery
+    // says 'E', as the client expects after an error).
+    queueAbortingStatement(false);
+    return false;
+  }
+  transactionStatus_ = status;
+  const bool ownSync = !batch_.pending.empty() && batch_.pending.front().type == fe::kSync &&
+                       batch_.pending.front().ownSync;
+  auto fatal = std::move(batch_.fatalAtEnd);
+  closeBatch();  // the statement is recorded before the client can see its end
+  if (fatal) {
+    flushPending();
+    throw *fatal;  // an injected FATAL: the session ends with it
+  }
+  return !ownSync;
+}
+
+void Relay::reportQueuedFailure() {
+  if (passThroughRemaining_ > 0 || batch_.swallowing || batch_.pending.empty() || batch_.pending.front().type != 0) {
+    return;
+  }
+  const ProxyError error = std::move(*batch_.pending.front().failure);
+  batch_.pending.pop_front();
+  batch_.swallowing = true;
+  batch_.swallowedUpstreamError = false;
+  sendError(error, false);  // after the replies before it
+}
+
+}  // namespace pgwire_proxy::session
