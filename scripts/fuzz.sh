@@ -8,10 +8,10 @@ seconds=${1:-60}
 dir=build-fuzzer
 CC=clang CXX=clang++ cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPGWIRE_PROXY_SANITIZE=fuzzer \
   -DPGWIRE_PROXY_TESTS=OFF -DPGWIRE_PROXY_PYTHON=OFF -DPGWIRE_PROXY_WERROR=OFF >/dev/null
-cmake --build "$dir" -j"${JOBS:-2}" --target fuzz_frames fuzz_session -- --no-print-directory >/dev/null
+cmake --build "$dir" -j"${JOBS:-2}" --target fuzz_frames fuzz_session fuzz_relay -- --no-print-directory >/dev/null
 /usr/bin/python3 tests/fuzz/make_corpus.py "$dir/seeds" >/dev/null
 export ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-for target in fuzz_frames fuzz_session; do
+for target in fuzz_frames fuzz_session fuzz_relay; do
   mkdir -p "$dir/corpus/$target"
   echo "== $target for ${seconds}s"
   (cd "$dir" && "./tests/fuzz/$target" -max_total_time="$seconds" -max_len=4096 -timeout=10 -print_final_stats=1 \

@@ -83,6 +83,24 @@ def main(out: Path) -> None:
         pass
     seeds["cancel_request"] = struct.pack("!iiii", 16, 80877102, 1234, 5678)
     seeds["ssl_then_gss"] = struct.pack("!ii", 8, 80877103) + struct.pack("!ii", 8, 80877104)
+    # fuzz_relay's scripts: chunks of (control byte: 0x80 = upstream, low 7 bits = length) + bytes.
+    def chunk(upstream: bool, data: bytes) -> bytes:
+        out = b""
+        while data:
+            piece, data = data[:127], data[127:]
+            out += bytes([(0x80 if upstream else 0) | len(piece)]) + piece
+        return out
+
+    def msg(kind: bytes, body: bytes) -> bytes:
+        return kind + struct.pack("!i", len(body) + 4) + body
+
+    row = msg(b"D", struct.pack("!hi", 1, 1) + b"1")
+    seeds["relay_simple"] = b"\x02" + chunk(False, msg(b"Q", b"select 1\0")) + chunk(
+        True, msg(b"T", struct.pack("!h", 1) + b"a\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)) + row * 3
+        + msg(b"C", b"SELECT 3\0") + msg(b"Z", b"I"))
+    seeds["relay_extended"] = b"\x81" + chunk(False, msg(b"P", b"\0select 1\0\0\0") + msg(b"B", b"\0\0\0\0\0\0\0\0")
+        + msg(b"E", b"\0\0\0\0\0") + msg(b"S", b"")) + chunk(True, msg(b"1", b"") + msg(b"2", b"") + row
+        + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
     for name, data in seeds.items():
         if data:
             (out / name).write_bytes(data)

@@ -51,10 +51,8 @@ class SessionConnection final : public Poco::Net::TCPServerConnection {
     } catch (const Poco::Exception&) {
       address = "unknown";
     }
-    // The session owns a descriptor of its own: Poco closes its socket when run() returns. (dup, not
-    // fcntl(F_DUPFD_CLOEXEC): TSan follows a descriptor's reuse only through the calls it intercepts.)
-    const int fd = ::dup(socket().impl()->sockfd());
-    if (fd >= 0) (void)::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    // The session owns a descriptor of its own: Poco closes its socket when run() returns.
+    const int fd = server_.takeConnection(socket().impl()->sockfd());
     if (fd < 0) {
       observability::logEvent(observability::LogLevel::kError, "accept_failed",
                               {{"error", std::string("dup: ") + std::strerror(errno)}});
@@ -325,14 +323,17 @@ void Server::reload(const config::ServerConfig& next) {
                            {"restart_required", restart.empty() ? std::string("none") : restart}});
 }
 
-void Server::connectionStarted(int fd) {
+int Server::takeConnection(int acceptedFd) {
   std::lock_guard lock(mutex_);
-  connections_.insert(fd);
+  const int fd = ::fcntl(acceptedFd, F_DUPFD_CLOEXEC, 0);
+  if (fd >= 0) connections_.insert(fd);
+  return fd;
 }
 
 void Server::connectionFinished(int fd) {
   std::lock_guard lock(mutex_);
   connections_.erase(fd);
+  ::close(fd);
   if (connections_.empty()) connectionsDone_.notify_all();
 }
 

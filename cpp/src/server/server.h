@@ -69,7 +69,8 @@ class Server final : public session::ConnectionTracker {
   // Used by the connection objects: tracks live connections so stop() can wait for them.
   // For /readyz: accepting, not shutting down, and `upstream`'s last ping answered. Never blocks on the network.
   [[nodiscard]] Readiness readiness(const ReadinessCheck& upstream) const;
-  void connectionStarted(int fd) override;
+  // The session's own descriptor for an accepted socket (a duplicate: Poco closes its own), tracked.
+  [[nodiscard]] int takeConnection(int acceptedFd);
   void connectionFinished(int fd) override;
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
   [[nodiscard]] session::EventLoop* eventLoop() noexcept { return eventLoop_.get(); }

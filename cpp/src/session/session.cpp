@@ -36,7 +36,6 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
       startupDeadline_(started_ + context.config.startupTimeout),
       clientIn_(kClientReadChunk),
       upstreamIn_(kUpstreamReadChunk) {
-  if (context_.tracker != nullptr) context_.tracker->connectionStarted(clientFd_);
   inStartupCount_ = true;
   overStartupLimit_ = !context_.registry.enterStartup(context_.config.maxStartupConnections);
 }
@@ -169,8 +168,11 @@ void Session::finish() noexcept {
     }
   }
   client_.reset();  // a TLS channel frees its SSL object
-  if (context_.tracker != nullptr) context_.tracker->connectionFinished(clientFd_);
-  ::close(clientFd_);
+  if (context_.tracker != nullptr) {
+    context_.tracker->connectionFinished(clientFd_);
+  } else {
+    ::close(clientFd_);
+  }
 }
 
 

@@ -31,12 +31,12 @@
 
 namespace pgwire_proxy::session {
 
-// Told when a connection's descriptor is taken and given back (the server cuts stuck ones at stop).
+// Where a session's descriptor comes from and goes back to (the server cuts stuck ones at stop).
 class ConnectionTracker {
  public:
   virtual ~ConnectionTracker() = default;
-  virtual void connectionStarted(int fd) = 0;
-  // Called before the descriptor is closed.
+  // Closes the descriptor of a connection that has ended. Under the same lock as the duplication
+  // that may reuse its number, so the reuse is ordered for TSan as it is by the kernel.
   virtual void connectionFinished(int fd) = 0;
 };
 

@@ -1,0 +1,338 @@
+// The relay's decision core without sockets: recorded psql-, psycopg 3-, asyncpg- and JDBC-shaped
+// conversations fed whole, split at every byte and in random chunks must give the same output.
+#include <boost/test/unit_test.hpp>
+
+#include <random>
+
+#include "config/server_config.h"
+#include "guardrails/guardrail_set.h"
+#include "observability/session_observer.h"
+#include "protocol/frame.h"
+#include "session/relay.h"
+#include "test_support.h"
+
+using namespace pgwire_proxy;
+using test_support::cstring;
+using test_support::int16;
+using test_support::int32;
+using test_support::message;
+
+namespace {
+
+// Collects what the relay sends where.
+struct Recorder final : session::RelayHost {
+  std::string client;
+  std::string upstream;
+  int cancels = 0;
+  bool cancellable = false;
+  void toClient(std::span<const char> bytes) override { client.append(bytes.data(), bytes.size()); }
+  void toUpstream(std::span<const char> bytes) override { upstream.append(bytes.data(), bytes.size()); }
+  void cancelUpstream() override { ++cancels; }
+  void setCancellable(bool value) override { cancellable = value; }
+};
+
+// One exchange: the client's bytes, then the upstream's answer to them.
+struct Exchange {
+  std::string client;
+  std::string upstream;
+};
+
+struct Outcome {
+  std::string client;
+  std::string upstream;
+  int cancels = 0;
+  bool operator==(const Outcome&) const = default;
+};
+
+std::ostream& operator<<(std::ostream& out, const Outcome& o) {
+  return out << "client " << o.client.size() << " bytes, upstream " << o.upstream.size() << " bytes, cancels "
+             << o.cancels;
+}
+
+// A minimal shell around the relay, as the session is: client bytes are framed and offered while the
+// relay takes them; upstream bytes are buffered and offered, the unconsumed rest kept.
+class Shell {
+ public:
+  explicit Shell(std::uint64_t maxRows = 0, bool extended = true)
+      : config_(makeConfig(maxRows)),
+        rails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
+        relay_(session::RelayContext{1, observer_, rails_, nullptr, extended, config::Milliseconds(0), "u", "d", "a"},
+               recorder_) {}
+
+  void fromClient(std::string_view bytes) {
+    clientIn_.append(bytes);
+    for (;;) {
+      if (!relay_.acceptingClient()) return;
+      const auto frame = protocol::decodeFrame(std::span<const char>(clientIn_), 1 << 24);
+      if (!frame) return;
+      if (!relay_.onClientFrame(*frame)) return;
+      clientIn_.erase(0, frame->bytes.size());
+    }
+  }
+
+  void fromUpstream(std::string_view bytes) {
+    upstreamIn_.append(bytes);
+    const std::size_t consumed = relay_.onUpstreamBytes(std::span<const char>(upstreamIn_));
+    upstreamIn_.erase(0, consumed);
+    fromClient({});  // a batch that ended lets the next buffered messages in
+  }
+
+  [[nodiscard]] Outcome outcome() const { return {recorder_.client, recorder_.upstream, recorder_.cancels}; }
+  [[nodiscard]] const session::Relay& relay() const { return relay_; }
+
+ private:
+  static config::ServerConfig makeConfig(std::uint64_t maxRows) {
+    config::ServerConfig config;
+    config.maxRows = maxRows;
+    config.maxBytes = 0;
+    return config;
+  }
+  config::ServerConfig config_;
+  observability::SessionObserver observer_;
+  guardrails::GuardrailHolder rails_;
+  Recorder recorder_;
+  session::Relay relay_;
+  std::string clientIn_;
+  std::string upstreamIn_;
+};
+
+// Feeds the exchanges, each side cut by `cut` into pieces (a piece list of sizes, repeated).
+Outcome run(const std::vector<Exchange>& exchanges, const std::function<std::vector<std::size_t>(std::size_t)>& cut,
+            std::uint64_t maxRows = 0) {
+  Shell shell(maxRows);
+  auto feed = [&cut](const std::string& bytes, const std::function<void(std::string_view)>& into) {
+    std::size_t at = 0;
+    for (const std::size_t piece : cut(bytes.size())) {
+      into(std::string_view(bytes).substr(at, piece));
+      at += piece;
+    }
+    if (at < bytes.size()) into(std::string_view(bytes).substr(at));
+  };
+  for (const auto& exchange : exchanges) {
+    feed(exchange.client, [&shell](std::string_view b) { shell.fromClient(b); });
+    feed(exchange.upstream, [&shell](std::string_view b) { shell.fromUpstream(b); });
+  }
+  BOOST_TEST(!shell.relay().busy());
+  return shell.outcome();
+}
+
+std::vector<std::size_t> whole(std::size_t size) { return {size}; }
+
+// Every split point of every exchange, one at a time, and random chunkings, all equal the whole run.
+void checkSplits(const std::vector<Exchange>& exchanges, std::uint64_t maxRows = 0) {
+  const Outcome expected = run(exchanges, whole, maxRows);
+  std::size_t longest = 0;
+  for (const auto& e : exchanges) longest = std::max({longest, e.client.size(), e.upstream.size()});
+  for (std::size_t split = 1; split < longest; ++split) {
+    const Outcome got = run(exchanges, [split](std::size_t size) {
+      return split < size ? std::vector<std::size_t>{split} : std::vector<std::size_t>{size};
+    }, maxRows);
+    BOOST_TEST_REQUIRE(got == expected, "split at byte " << split);
+  }
+  std::mt19937 random(20261202);
+  for (int round = 0; round < 200; ++round) {
+    const Outcome got = run(exchanges, [&random](std::size_t size) {
+      std::vector<std::size_t> pieces;
+      std::size_t total = 0;
+      while (total < size) {
+        const std::size_t piece = std::min<std::size_t>(size - total, 1 + random() % 7);
+        pieces.push_back(piece);
+        total += piece;
+      }
+      return pieces;
+    }, maxRows);
+    BOOST_TEST_REQUIRE(got == expected, "random chunking, round " << round);
+  }
+  // Byte by byte.
+  BOOST_TEST(run(exchanges, [](std::size_t size) { return std::vector<std::size_t>(size, 1); }, maxRows) == expected);
+}
+
+// ---- messages ------------------------------------------------------------------------------------
+
+std::string query(const std::string& sql) { return message('Q', cstring(sql)); }
+std::string parse(const std::string& name, const std::string& sql) { return message('P', cstring(name) + cstring(sql) + int16(0)); }
+std::string bind(const std::string& portal, const std::string& statement, const std::vector<std::string>& params) {
+  std::string body = cstring(portal) + cstring(statement) + int16(0) + int16(static_cast<std::int16_t>(params.size()));
+  for (const auto& p : params) body += int32(static_cast<std::int32_t>(p.size())) + p;
+  return message('B', body + int16(0));
+}
+std::string describe(char kind, const std::string& name) { return message('D', std::string(1, kind) + cstring(name)); }
+std::string execute(const std::string& portal, std::int32_t rows = 0) { return message('E', cstring(portal) + int32(rows)); }
+std::string closeMessage(char kind, const std::string& name) { return message('C', std::string(1, kind) + cstring(name)); }
+std::string syncMessage() { return message('S', ""); }
+std::string flush() { return message('H', ""); }
+
+std::string rowDescription(const std::string& column) {
+  return message('T', int16(1) + cstring(column) + int32(0) + int16(0) + int32(25) + int16(-1) + int32(-1) + int16(0));
+}
+std::string dataRow(const std::string& value) { return message('D', int16(1) + int32(static_cast<std::int32_t>(value.size())) + value); }
+std::string commandComplete(const std::string& tag) { return message('C', cstring(tag)); }
+std::string ready(char status = 'I') { return message('Z', std::string(1, status)); }
+std::string parseComplete() { return message('1', ""); }
+std::string bindComplete() { return message('2', ""); }
+std::string closeComplete() { return message('3', ""); }
+std::string parameterDescription() { return message('t', int16(1) + int32(25)); }
+std::string error(const std::string& code, const std::string& text) {
+  return message('E', "SERROR" + std::string(1, '\0') + "VERROR" + std::string(1, '\0') + "C" + code + '\0' + "M" +
+                          text + '\0' + '\0');
+}
+std::string notice(const std::string& text) {
+  return message('N', "SNOTICE" + std::string(1, '\0') + "C00000" + std::string(1, '\0') + "M" + text + '\0' + '\0');
+}
+
+std::string rows(int count, const std::string& prefix = "row") {
+  std::string out;
+  for (int i = 0; i < count; ++i) out += dataRow(prefix + std::to_string(i));
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(relay)
+
+BOOST_AUTO_TEST_CASE(psql_shaped_simple_queries_pass_through_in_every_split) {
+  const std::vector<Exchange> psql = {
+      {query("select 1"), rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()},
+      {query("begin"), commandComplete("BEGIN") + ready('T')},
+      {query("select 1/0"), error("22012", "division by zero") + ready('E')},
+      {query("rollback"), commandComplete("ROLLBACK") + ready()},
+      {query("select a; select b"), rowDescription("a") + rows(3) + commandComplete("SELECT 3") + notice("hi") +
+                                        rowDescription("b") + rows(2, "b") + commandComplete("SELECT 2") + ready()},
+      {query(""), message('I', "") + ready()},
+  };
+  const Outcome outcome = run(psql, whole);
+  std::string allQueries;
+  std::string allReplies;
+  for (const auto& e : psql) {
+    allQueries += e.client;
+    allReplies += e.upstream;
+  }
+  BOOST_TEST(outcome.upstream == allQueries);  // the same bytes up
+  BOOST_TEST(outcome.client == allReplies);    // and down
+  checkSplits(psql);
+}
+
+BOOST_AUTO_TEST_CASE(psycopg_shaped_pipelines_pass_through_in_every_split) {
+  // psycopg 3's defaults: Parse/Bind/Describe/Execute/Sync per statement, BEGIN through it too, and
+  // a pipeline with an error in the middle (the rest up to the Sync is ignored upstream).
+  const std::string statement = parse("", "select $1::int") + bind("", "", {"41"}) + describe('P', "") + execute("") + syncMessage();
+  const std::vector<Exchange> psycopg = {
+      {parse("", "BEGIN") + bind("", "", {}) + describe('P', "") + execute("") + syncMessage(),
+       parseComplete() + bindComplete() + message('n', "") + commandComplete("BEGIN") + ready('T')},
+      {statement, parseComplete() + bindComplete() + rowDescription("int4") + dataRow("41") + commandComplete("SELECT 1") +
+                      ready('T')},
+      {parse("", "select 1/0") + bind("", "", {}) + execute("") + parse("", "select 2") + bind("", "", {}) + execute("") +
+           syncMessage(),
+       parseComplete() + error("22012", "division by zero") + ready('E')},
+      {query("ROLLBACK"), commandComplete("ROLLBACK") + ready()},
+  };
+  const Outcome outcome = run(psycopg, whole);
+  std::string allReplies;
+  for (const auto& e : psycopg) allReplies += e.upstream;
+  BOOST_TEST(outcome.client == allReplies);
+  checkSplits(psycopg);
+}
+
+BOOST_AUTO_TEST_CASE(asyncpg_and_jdbc_shaped_named_statements_in_every_split) {
+  // asyncpg: a named statement described first, then bound and executed; JDBC: named statements
+  // reused, a portal read in pieces (PortalSuspended), and a Close of the statement.
+  const std::vector<Exchange> exchanges = {
+      {parse("__asyncpg_stmt_1__", "select $1::text") + describe('S', "__asyncpg_stmt_1__") + syncMessage(),
+       parseComplete() + parameterDescription() + rowDescription("text") + ready()},
+      {bind("", "__asyncpg_stmt_1__", {std::string(3000, 'x')}) + execute("") + syncMessage(),
+       bindComplete() + dataRow(std::string(3000, 'x')) + commandComplete("SELECT 1") + ready()},
+      {parse("S_1", "select generate_series(1, 5)") + bind("C_1", "S_1", {}) + describe('P', "C_1") + execute("C_1", 2) +
+           flush(),
+       parseComplete() + bindComplete() + rowDescription("g") + rows(2) + message('s', "")},
+      {execute("C_1", 0) + closeMessage('P', "C_1") + closeMessage('S', "S_1") + syncMessage(),
+       rows(3, "r") + commandComplete("SELECT 3") + closeComplete() + closeComplete() + ready()},
+  };
+  checkSplits(exchanges);
+}
+
+BOOST_AUTO_TEST_CASE(a_close_then_a_query_without_sync_is_served_in_every_split) {
+  // pg-cursor after an error: Close of its portal with a Flush, then a simple Query (no Sync). The
+  // proxy ends the batch with its own Sync, whose ReadyForQuery the client never sees.
+  const std::vector<Exchange> exchanges = {
+      {closeMessage('P', "cursor") + flush(), closeComplete()},
+      {query("select 'after'"), ready() /* the proxy's Sync */},
+      {"", rowDescription("?column?") + dataRow("after") + commandComplete("SELECT 1") + ready()},
+  };
+  const Outcome outcome = run(exchanges, whole);
+  BOOST_TEST(outcome.upstream == closeMessage('P', "cursor") + flush() + syncMessage() + query("select 'after'"));
+  BOOST_TEST(outcome.client == closeComplete() + rowDescription("?column?") + dataRow("after") +
+                                   commandComplete("SELECT 1") + ready());
+  checkSplits(exchanges);
+}
+
+BOOST_AUTO_TEST_CASE(a_row_limit_breach_stops_rows_cancels_and_reports_once_in_every_split) {
+  const std::vector<Exchange> exchanges = {
+      {query("select generate_series(1, 5)"),
+       rowDescription("g") + rows(5) + commandComplete("SELECT 5") + ready()},
+      {parse("", "select generate_series(1, 5)") + bind("", "", {}) + execute("") + syncMessage(),
+       parseComplete() + bindComplete() + rows(5) + error("57014", "canceling statement due to user request") +
+           ready()},
+      {query("select 1"), rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()},
+  };
+  const Outcome outcome = run(exchanges, whole, 2);
+  BOOST_TEST(outcome.cancels == 2);  // one per breached statement
+  // Two rows of each, the proxy's 54000 where the third was, and the upstream's ReadyForQuery.
+  const std::string breach = "C54000";
+  std::size_t errors = 0;
+  for (std::size_t at = outcome.client.find(breach); at != std::string::npos; at = outcome.client.find(breach, at + 1)) {
+    ++errors;
+  }
+  BOOST_TEST(errors == 2U);
+  BOOST_TEST(outcome.client.find("57014") == std::string::npos);  // the cancel's own error is the proxy's business
+  BOOST_TEST(outcome.client.ends_with(rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()));
+  BOOST_TEST(outcome.client.find(dataRow("row2")) == std::string::npos);
+  checkSplits(exchanges, 2);
+}
+
+BOOST_AUTO_TEST_CASE(a_breach_inside_a_block_after_the_statement_ended_fails_the_block) {
+  // The cancel came too late: the statement completed inside a block ('T'). The proxy fails the
+  // block with a statement of its own and relays the 'E' that follows, never the 'T'.
+  const std::vector<Exchange> exchanges = {
+      {query("begin"), commandComplete("BEGIN") + ready('T')},
+      {query("select generate_series(1, 3)"),
+       rowDescription("g") + rows(3) + commandComplete("SELECT 3") + ready('T') +
+           error("54000", "pgwire-proxy failed the previous statement") + ready('E')},
+  };
+  const Outcome outcome = run(exchanges, whole, 2);
+  BOOST_TEST(outcome.client.ends_with(ready('E')));
+  BOOST_TEST(outcome.client.find(ready('T') + rowDescription("g")) != std::string::npos);  // the BEGIN's
+  BOOST_TEST(outcome.upstream.find("RAISE EXCEPTION") != std::string::npos);
+  checkSplits(exchanges, 2);
+}
+
+BOOST_AUTO_TEST_CASE(copy_is_refused_and_the_upstream_left_idle) {
+  Shell shell;
+  shell.fromClient(query("copy t from stdin"));
+  shell.fromUpstream(message('G', std::string(1, '\0') + int16(0)));
+  BOOST_TEST(shell.outcome().upstream.ends_with(message('f', cstring("COPY FROM STDIN is not supported by pgwire-proxy"))));
+  shell.fromUpstream(error("57014", "COPY from stdin failed") + ready());
+  const Outcome outcome = shell.outcome();
+  BOOST_TEST(outcome.client.find("C0A000") != std::string::npos);
+  BOOST_TEST(outcome.client.ends_with(ready()));
+  BOOST_TEST(outcome.client.find("COPY from stdin failed") == std::string::npos);
+  BOOST_TEST(!shell.relay().busy());
+}
+
+BOOST_AUTO_TEST_CASE(random_upstream_bytes_never_crash_the_relay) {
+  std::mt19937 random(7);
+  for (int round = 0; round < 2000; ++round) {
+    Shell shell(3);
+    shell.fromClient(round % 2 == 0 ? query("select 1") : parse("", "select 1") + bind("", "", {}) + execute("") + syncMessage());
+    std::string noise;
+    const int length = 1 + static_cast<int>(random() % 64);
+    for (int i = 0; i < length; ++i) noise.push_back(static_cast<char>(random()));
+    try {
+      shell.fromUpstream(noise);
+    } catch (const session::UpstreamFailure&) {
+    } catch (const ProtocolError&) {
+    } catch (const ProxyError&) {
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
