@@ -28,6 +28,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -45,6 +46,8 @@ from pgwire_proxy.cluster import ThrowawayPostgres  # noqa: E402
 from pgwire_proxy.process import ProxyProcess, find_binary  # noqa: E402
 
 DATABASE = "regression"
+# Per pg_regress run; a pass takes well under a minute here.
+TIMEOUT = float(os.environ.get("PGWIRE_PROXY_REGRESS_TIMEOUT") or 600)
 _RESULT = re.compile(r"^(?:test |\s+)(\S+)\s+\.\.\. (ok|FAILED|failed \(ignored\))")
 
 # A test's outcome: ok, FAILED, ignored (an `ignore:` test that failed: random), or missing (not run).
@@ -97,7 +100,18 @@ class Runner:
         env["LC_ALL"] = "C"
         started = time.monotonic()
         with open(out / "pg_regress.out", "w") as stdout:
-            proc = subprocess.run(argv, stdout=stdout, stderr=subprocess.STDOUT, cwd=str(out), env=env)
+            # Its own process group: a hang (a test stuck in the proxy) ends with pg_regress and its psqls.
+            proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, cwd=str(out), env=env,
+                                    start_new_session=True)
+            try:
+                returncode = proc.wait(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                returncode = 2
+                print(f"\nregress: {name}: pg_regress still running after {TIMEOUT:.0f} s "
+                      f"(PGWIRE_PROXY_REGRESS_TIMEOUT); killed, the tests it had not finished count as not run",
+                      file=stdout, flush=True)
         elapsed = time.monotonic() - started
         text = (out / "pg_regress.out").read_text(errors="replace")
         results: Results = {}
@@ -105,9 +119,9 @@ class Runner:
             m = _RESULT.match(line)
             if m:
                 results[m.group(1)] = {"ok": "ok", "FAILED": "FAILED"}.get(m.group(2), "ignored")
-        if not tests and proc.returncode != 0:
+        if not tests and returncode != 0:
             raise RuntimeError(f"pg_regress could not create database {DATABASE}:\n{text}")
-        return proc.returncode, results, elapsed, out
+        return returncode, results, elapsed, out
 
 
 def proxy_options(binary: Path) -> Dict[str, object]:
@@ -157,7 +171,8 @@ def summarize(label: str, all_tests: List[str], results: Results, rc: int, elaps
         print(f"  FAILED ({len(failed)}):")
         print(wrapped(failed))
     if missing:
-        print(f"  not run ({len(missing)}): {' '.join(missing)}")
+        print(f"  not run ({len(missing)}):")
+        print(wrapped(missing))
     sys.stdout.flush()
     return set(failed) | set(missing)
 
