@@ -11,6 +11,8 @@ packages=(
   python3-pytest python3-psycopg python3-pexpect python3-yaml openssl
   prometheus-cpp-dev
   postgresql-15 postgresql-client-15 pgbouncer haproxy
+  # PostgreSQL's regression suite (scripts/regress.sh): dpkg-source unpacks its source package
+  dpkg-dev
   # the driver matrix (tests/e2e/test_drivers.py)
   python3-psycopg2 python3-asyncpg python3-sqlalchemy pgcli
   libpostgresql-jdbc-java default-jdk-headless ruby-pg libdbd-pg-perl
