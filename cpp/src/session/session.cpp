@@ -45,6 +45,16 @@ Session::~Session() {
     releaseUpstream();
     finish();
   }
+  // Descriptors close only here, after the loop has taken them out of its set: a number closed
+  // earlier could be reused by another connection before the loop forgot it.
+  upstreamLink_.reset();
+  upstream_.reset();  // Terminate, then close
+  client_.reset();    // a TLS channel frees its SSL object
+  if (context_.tracker != nullptr) {
+    context_.tracker->connectionFinished(clientFd_);
+  } else {
+    ::close(clientFd_);
+  }
 }
 
 std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
@@ -127,9 +137,7 @@ std::optional<Interest> Session::endingStep(const Readiness& ready) {
       clientOutSent_ = 0;
     }
     if (clientOutPending()) {
-      Interest interest = clientInterest(client_->writeEvents(), endDeadline_);
-      interest.upstreamEpoch = connectEpoch_;
-      return interest;
+      return clientInterest(client_->writeEvents(), endDeadline_);  // the upstream is no longer watched
     }
   }
   finish();
@@ -137,16 +145,14 @@ std::optional<Interest> Session::endingStep(const Readiness& ready) {
 }
 
 void Session::releaseUpstream() noexcept {
+  if (upstreamReleased_) return;
+  upstreamReleased_ = true;
   // A client gone mid-query must not leave its query running upstream.
   if (upstream_ && !upstreamGone_ && upstreamBusy()) sendCancel();
   if (cancelKey_) context_.registry.remove(cancelKey_->processId);
   cancelKey_.reset();
   if (canceller_) canceller_->detach();
-  upstreamLink_.reset();
-  if (upstream_) {
-    upstream_.reset();  // Terminate, then close
-    ++connectEpoch_;    // the loop forgets the closed descriptor (its number may be reused at once)
-  }
+  // The connection itself closes with the session (see the destructor); it is not watched meanwhile.
 }
 
 void Session::finish() noexcept {
@@ -166,12 +172,6 @@ void Session::finish() noexcept {
                                        lifetime.count(), totals.queries, totals.rows, totals.bytes, closeReason_});
     } catch (...) {
     }
-  }
-  client_.reset();  // a TLS channel frees its SSL object
-  if (context_.tracker != nullptr) {
-    context_.tracker->connectionFinished(clientFd_);
-  } else {
-    ::close(clientFd_);
   }
 }
 

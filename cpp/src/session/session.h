@@ -161,6 +161,7 @@ class Session final : public LoopTask, private RelayHost {
   std::unique_ptr<upstream::UpstreamConnection> upstream_;
   std::unique_ptr<Channel> upstreamLink_;  // the relay's view of upstream_'s socket (TLS when libpq made it so)
   bool upstreamGone_ = false;              // lost: nothing left to cancel
+  bool upstreamReleased_ = false;          // the end began: cancelled if busy, key removed
   bool connectingUpstream_ = false;
   upstream::ConnectWait connectWait_;
   std::uint32_t connectEpoch_ = 0;  // bumped whenever the upstream descriptor may have been replaced
