@@ -167,7 +167,7 @@ class Relay {
   // Writes the upstream bytes seen so far and not yet forwarded.
   void flushPending();
 
-  // ---- records, faults, the proxy's errors (relay_support.cpp) ----
+  // ---- records and the proxy's errors (relay_records.cpp); faults (relay_faults.cpp) ----
   [[nodiscard]] observability::QueryRecord startRecord(std::string_view sql);
   void openRecord(const Pending& statement);
   void finishRecord();
