@@ -168,9 +168,13 @@ void Server::start() {
   // Poco 1.11's dispatcher can miss the stop wake-up for a thread not yet waiting; that thread then
   // waits out its idle time, which stop() (joinAll) waits for: keep it short.
   params->setThreadIdleTime(Poco::Timespan(1, 0));
-  tcpServer_ = std::make_unique<Poco::Net::TCPServer>(new SessionConnectionFactory(*this), *threadPool_, socket,
-                                                      params);
-  tcpServer_->start();
+  auto tcpServer = std::make_unique<Poco::Net::TCPServer>(new SessionConnectionFactory(*this), *threadPool_, socket,
+                                                          params);
+  tcpServer->start();
+  {
+    std::lock_guard lock(mutex_);  // /readyz reads it from the metrics thread
+    tcpServer_ = std::move(tcpServer);
+  }
   const std::string upstream = maskedDsn(config_.upstreamDsn);
   observability::logEvent(observability::LogLevel::kInfo, "listening",
                           {{"address", config_.listenAddress}, {"port", static_cast<std::int64_t>(port_)},
