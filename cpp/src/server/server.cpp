@@ -28,6 +28,7 @@
 #include "session/event_loop.h"
 #include "session/session.h"
 #include "session/socket_io.h"
+#include "upstream/upstream_connection.h"
 
 namespace pgwire_proxy::server {
 namespace {
@@ -111,6 +112,18 @@ std::string maskedDsn(const std::string& dsn) {
   return std::regex_replace(masked, query, "$1********");
 }
 
+// Said once when a route's DSN names the user or database itself: those win over the client's.
+void logFixedNames(const std::string& route, const std::string& dsn) {
+  const upstream::DsnNames names = upstream::dsnNames(dsn);
+  if (names.user.empty() && names.dbname.empty()) return;
+  observability::logEvent(
+      observability::LogLevel::kInfo, "route_names_fixed",
+      {{"route", route},
+       {"user", names.user.empty() ? std::string("(the client's)") : names.user},
+       {"dbname", names.dbname.empty() ? std::string("(the client's)") : names.dbname},
+       {"note", "names the DSN gives are used whatever the client asks for"}});
+}
+
 }  // namespace
 
 Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra)
@@ -179,6 +192,7 @@ void Server::start() {
                            {"upstream", upstream}, {"max_connections", config_.maxConnections},
                            {"tls", config_.tlsEnabled},
                            {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
+  if (!config_.upstreamDsn.empty()) logFixedNames("(fallback)", config_.upstreamDsn);
 }
 
 bool Server::stopped() const {

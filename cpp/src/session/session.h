@@ -306,6 +306,15 @@ class Session final : public LoopTask {
   bool forcedSeen_ = false;
   std::string upstreamOut_;      // bytes for the upstream, written as it reads (it never reads while writing)
   std::size_t upstreamOutSent_ = 0;
+
+  // ---- routing and client authentication (startup.cpp) ----
+  // Counts the client against --max-connections (FATAL 53300 when full).
+  void admit();
+  // Picks the route for the client's database and starts the upstream connect (state kConnecting).
+  void connectUpstream();
+  // The route's name: the client's database (its user's name when it sent none). Fault rules, query
+  // records and logs carry it where they carry a database.
+  std::string routeName_;
 };
 
 }  // namespace pgwire_proxy::session

@@ -179,14 +179,27 @@ void Session::beginSession() {
                      "replication connections are not supported by pgwire-proxy");
   }
   if (const std::string* app = startup_.parameter("application_name")) clientApplicationName_ = *app;
+  // PostgreSQL's default: a client that names no database asks for the one named after its user.
+  const std::string* database = startup_.parameter("database");
+  routeName_ = database != nullptr && !database->empty() ? *database : *user;
+  admit();
+  connectUpstream();
+}
+
+void Session::admit() {
   if (!context_.registry.tryAdmit()) {
     throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections",
                      "pgwire-proxy admits at most " + std::to_string(context_.registry.maxSessions()) +
                          " clients at once (--max-connections).");
   }
   admitted_ = true;
+}
 
+void Session::connectUpstream() {
   upstream::ConnectRequest request;
+  request.dsn = context_.config.upstreamDsn;
+  request.user = *startup_.parameter("user");
+  request.database = routeName_;
   for (const auto& [name, value] : startup_.parameters) {
     if (!name.starts_with("_pq_.") && name != "user" && name != "database" && name != "application_name" &&
         name != "replication") {
