@@ -177,8 +177,15 @@ def _patterns(name: str, value: object) -> List[str]:
     return [os.fspath(item) for item in items]  # type: ignore[arg-type]
 
 
+# Python names that are not the option's snake_case (a mapping is plural).
+PYTHON_NAMES = {"database": "databases"}
+
+
 def _snake_case_message(message: str, option_specs: Iterable[Mapping[str, Any]]) -> str:
     """The core names options in kebab-case ('max-rows: ...'); a Python caller passed max_rows."""
+    for core_name, python_name in PYTHON_NAMES.items():
+        if message.startswith(core_name + ":") or message.startswith(core_name + " "):
+            return python_name + message[len(core_name):]
     for spec in option_specs:
         name = spec["name"]
         if message.startswith(name + ":"):
@@ -196,8 +203,10 @@ class Proxy:
     ('64kB', '100MB'). capture_size bounds the query capture (the newest records are kept; 0 keeps
     none). Bad options raise ValueError (bad value) or TypeError (wrong type), naming the option.
 
-    The upstream's user, database and password come from upstream_dsn (else the environment variable
-    PGWIRE_PROXY_UPSTREAM_DSN); the proxy does not authenticate clients. With enable_tls, clients
+    The upstream comes from upstream_dsn (else the environment variable PGWIRE_PROXY_UPSTREAM_DSN):
+    a user or dbname it names is used for every session, where it names none the client's are.
+    databases={'app': dsn, ...} routes clients asking for database 'app' to that DSN (the binary's
+    repeatable --database NAME=DSN); other names go to upstream_dsn, or get FATAL 3D000 without one. With enable_tls, clients
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
@@ -213,7 +222,8 @@ class Proxy:
     """
 
     def __init__(self, upstream_dsn: Optional[str] = None, *, listen_address: str = "127.0.0.1",
-                 port: int = 0, max_connections: Optional[int] = None,
+                 port: int = 0, databases: Optional[Mapping[str, str]] = None,
+                 max_connections: Optional[int] = None,
                  max_startup_connections: Optional[int] = None,
                  query_timeout: Optional[Duration] = None,
                  idle_in_transaction_timeout: Optional[Duration] = None,
@@ -241,6 +251,11 @@ class Proxy:
                                           "log-level": [_text("log_level", log_level)]}
         if upstream_dsn is not None:
             options["upstream-dsn"] = [_text("upstream_dsn", upstream_dsn)]
+        if databases is not None:
+            if not isinstance(databases, Mapping):
+                raise TypeError(f"databases: expected a mapping of database names to DSNs, got {databases!r}")
+            options["database"] = [f"{_text('databases', name)}={_text('databases', dsn)}"
+                                   for name, dsn in databases.items()]
         if max_connections is not None:
             options["max-connections"] = [_count("max_connections", max_connections)]
         if max_startup_connections is not None:
@@ -292,7 +307,10 @@ class Proxy:
         # The proxy ignores a client's user/database (the upstream's come from its DSN); these only
         # give clients of .dsn sensible names to send.
         self.user: str = dsn_names.get("user") or "postgres"
-        self.dbname: str = dsn_names.get("dbname") or self.user
+        # With routes and no fallback, .dsn asks for the first route.
+        self.dbname: str = dsn_names.get("dbname") or (
+            next(iter(databases)) if databases and not (upstream_dsn or os.environ.get(UPSTREAM_DSN_ENV))
+            else self.user)
         self.upstream_dsn: Optional[str] = upstream_dsn
         # stop()'s default, as --shutdown-timeout is the binary's on SIGTERM (validated by the core above).
         self._shutdown_seconds = (_seconds(options["shutdown-timeout"][0]) if "shutdown-timeout" in options
@@ -547,5 +565,6 @@ def _fault_settings(match: Optional[str], action: str, kwargs: Mapping[str, obje
 
 
 def option_names() -> List[str]:
-    """The binary's option names in snake_case (Proxy takes each as a keyword argument)."""
-    return [spec["name"].replace("-", "_") for spec in _load_core().option_specs()]
+    """The binary's option names in snake_case (Proxy takes each as a keyword argument; --database
+    is databases={...})."""
+    return [PYTHON_NAMES.get(spec["name"], spec["name"].replace("-", "_")) for spec in _load_core().option_specs()]

@@ -127,3 +127,101 @@ def test_psql_reports_an_unknown_database_as_direct(pg_upstream, pgwire_proxy_fa
     assert direct.returncode == proxied.returncode == 2
     assert b"does not exist" in direct.stdout, direct.stdout
     assert without_port(proxied.stdout.decode()) == without_port(direct.stdout.decode())
+
+
+# ---- named routes -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def route_databases(pg_upstream):
+    """Two databases, each with a table saying which it is."""
+    for name in ("pgwp_route_alpha", "pgwp_route_beta"):
+        if not pg_upstream.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]):
+            pg_upstream.execute(f"CREATE DATABASE {name}")
+        with psycopg.connect(pg_upstream.dsn_with(dbname=name), autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS which (name text)")
+            conn.execute("TRUNCATE which")
+            conn.execute("INSERT INTO which VALUES (%s)", [name])
+    return "pgwp_route_alpha", "pgwp_route_beta"
+
+
+def landed(proxy, dbname, **extra):
+    """(current_database(), the `which` table's name or None) of a session asking for `dbname`."""
+    with psycopg.connect(proxy.dsn_with(dbname=dbname, **extra), autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        exists = conn.execute("SELECT to_regclass('which') IS NOT NULL").fetchone()[0]
+        return database, conn.execute("SELECT name FROM which").fetchone()[0] if exists else None
+
+
+def test_a_route_map_with_a_fallback(pg_upstream, pgwire_proxy_factory, route_databases):
+    alpha, beta = route_databases
+    proxy = pgwire_proxy_factory(bare_dsn(pg_upstream), databases={
+        "app": pg_upstream.dsn_with(dbname=alpha, user=None),   # a name of its own for a real database
+        "reports": f"{bare_dsn(pg_upstream)} dbname={beta}",
+    })
+    assert landed(proxy, "app") == (alpha, alpha)
+    assert landed(proxy, "reports") == (beta, beta)
+    # Anything else goes to the fallback under its own name (a bare DSN: the client's database).
+    assert landed(proxy, beta) == (beta, beta)
+    assert landed(proxy, "postgres") == ("postgres", None)
+
+
+def test_without_a_fallback_unknown_names_get_3d000_as_postgresql_words_it(pg_upstream, pgwire_proxy_factory,
+                                                                            route_databases):
+    alpha, _ = route_databases
+    proxy = pgwire_proxy_factory("", databases={"app": f"{bare_dsn(pg_upstream)} dbname={alpha}"})
+    assert proxy.dsn_with(dbname="app")  # .dsn asks for the first route
+    assert landed(proxy, "app") == (alpha, alpha)
+    params = {"user": "postgres", "database": "pgwp_no_such_db"}
+    direct = fatal_fields(pg_upstream.host, pg_upstream.port, params)
+    proxied = fatal_fields(proxy.host, proxy.port, params)
+    assert direct["C"] == "3D000"
+    assert proxied == direct
+
+
+def test_fault_rules_match_the_routes_name(pg_upstream, pgwire_proxy_factory, route_databases):
+    alpha, _ = route_databases
+    proxy = pgwire_proxy_factory(bare_dsn(pg_upstream), databases={"app": f"{bare_dsn(pg_upstream)} dbname={alpha}"})
+    proxy.add_fault("^select 'probe'", sqlstate="40001", message="only on the app route", database="app")
+    with psycopg.connect(proxy.dsn_with(dbname="app"), autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        with pytest.raises(psycopg.errors.SerializationFailure, match="only on the app route"):
+            conn.execute("select 'probe'")
+    with psycopg.connect(proxy.dsn_with(dbname=alpha), autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        assert conn.execute("select 'probe'").fetchone() == ("probe",)
+
+
+def test_databases_must_be_a_mapping(pg_upstream):
+    from pgwire_proxy import Proxy
+    with pytest.raises(TypeError, match="databases: expected a mapping"):
+        Proxy(bare_dsn(pg_upstream), databases=["app=host=x"])
+    with pytest.raises(ValueError, match="databases app: invalid connection option"):
+        Proxy(bare_dsn(pg_upstream), databases={"app": "nonsense=1"})
+
+
+def wait_for_log(proxy, pattern):
+    return wait_until(lambda: re.search(pattern, proxy.stderr_text()), f"a log line matching {pattern!r}").group(0)
+
+
+def test_routes_from_the_config_file_reload_on_sighup(pg_upstream, pgwire_proxy_process_factory, route_databases,
+                                                       tmp_path):
+    import os
+    import signal
+    alpha, beta = route_databases
+    config = tmp_path / "routes.properties"
+    config.write_text(f"database.1 = app={bare_dsn(pg_upstream)} dbname={alpha}\n")
+    proxy = pgwire_proxy_process_factory(bare_dsn(pg_upstream), config=str(config))
+    with psycopg.connect(proxy.dsn_with(dbname="app"), autocommit=True) as before:
+        assert before.execute("SELECT current_database()").fetchone() == (alpha,)
+        config.write_text(f"database.1 = app={bare_dsn(pg_upstream)} dbname={beta}\n"
+                          f"database.2 = other={bare_dsn(pg_upstream)} dbname={alpha}\n")
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        assert "changed=database" in wait_for_log(proxy, r"event=reloaded .*")
+        # New sessions take the new routes; the open one stays where it is.
+        assert landed(proxy, "app") == (beta, beta)
+        assert landed(proxy, "other") == (alpha, alpha)
+        assert before.execute("SELECT current_database()").fetchone() == (alpha,)
+        # A broken route changes nothing.
+        config.write_text("database.1 = app=nonsense_keyword=1\n")
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        wait_for_log(proxy, r"event=reload_failed .*nonsense_keyword.*")
+        assert landed(proxy, "app") == (beta, beta)

@@ -21,6 +21,11 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"upstream-dsn", "dsn",
        "libpq connection string or URI of the upstream PostgreSQL. Default: the environment variable "
        "PGWIRE_PROXY_UPSTREAM_DSN (keeps passwords out of argv)."},
+      {"database", "name=dsn",
+       "A route: a client asking for database NAME goes to DSN (whose own user/dbname win; where it names "
+       "none the client's are used). Repeatable; re-read on SIGHUP (new sessions). Other names go to "
+       "--upstream-dsn, or get FATAL 3D000 without one.",
+       true},
       {"max-connections", "n", "Most concurrent client sessions; the next gets FATAL 53300. Default: 100."},
       {"max-startup-connections", "n",
        "Most connections still in startup (TLS, startup packet, upstream connect) at once; the next is "
@@ -98,6 +103,13 @@ ServerConfig configFromOptions(const OptionValues& values) {
     config.upstreamDsn = *v;
   } else if (const char* env = std::getenv("PGWIRE_PROXY_UPSTREAM_DSN")) {
     config.upstreamDsn = env;
+  }
+  for (const auto& route : all("database")) {
+    const auto equals = route.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      throw ConfigError("database: expected NAME=DSN, got \"" + route + "\"");
+    }
+    config.databases.emplace_back(route.substr(0, equals), route.substr(equals + 1));
   }
   if (auto* v = value("max-connections")) {
     config.maxConnections = static_cast<int>(parseInteger(*v, "max-connections", 1, 100000));

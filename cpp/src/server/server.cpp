@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <optional>
 #include <regex>
@@ -132,12 +133,14 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       observer_(observers(config_, metrics_, std::move(extra))),
       registry_(config_.maxConnections, config_.instanceId),
       guardrails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
+      routes_(std::make_shared<const upstream::RouteTable>(config_.databases, config_.upstreamDsn)),
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this,
+               &routes_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -166,7 +169,9 @@ void Server::start() {
   if (!config_.logFile.empty()) logger.setFile(config_.logFile);
   if (!config_.metricsAddress.empty()) {
     // The /readyz callback owns the upstream check, so its thread lives exactly as long as the endpoint.
-    auto upstream = std::make_shared<ReadinessCheck>(config_.upstreamDsn);
+    // Without a fallback, the first route stands for the upstream.
+    auto upstream = std::make_shared<ReadinessCheck>(config_.upstreamDsn.empty() ? config_.databases.front().second
+                                                                                  : config_.upstreamDsn);
     metricsEndpoint_ = std::make_unique<MetricsEndpoint>(
         config_.metricsAddress, [metrics = metrics_] { return metrics->render(); },
         [this, upstream] { return readiness(*upstream); });
@@ -193,6 +198,7 @@ void Server::start() {
                            {"tls", config_.tlsEnabled},
                            {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
   if (!config_.upstreamDsn.empty()) logFixedNames("(fallback)", config_.upstreamDsn);
+  for (const auto& [name, dsn] : config_.databases) logFixedNames(name, dsn);
 }
 
 bool Server::stopped() const {
@@ -285,6 +291,7 @@ void Server::reload(const config::ServerConfig& next) {
   std::string changed;
   std::string restart;
   auto note = [](std::string& list, const char* name) { list += list.empty() ? name : std::string(",") + name; };
+  if (next.databases != config_.databases) note(changed, "database");
   if (next.maxRows != config_.maxRows) note(changed, "max-rows");
   if (next.maxBytes != config_.maxBytes) note(changed, "max-bytes");
   if (next.denyPatterns != config_.denyPatterns) note(changed, "deny");
@@ -316,6 +323,15 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logQueries != config_.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
+  if (next.databases != config_.databases) {
+    routes_.store(std::make_shared<const upstream::RouteTable>(next.databases, config_.upstreamDsn));
+    for (const auto& route : next.databases) {
+      if (std::find(config_.databases.begin(), config_.databases.end(), route) == config_.databases.end()) {
+        logFixedNames(route.first, route.second);
+      }
+    }
+    config_.databases = next.databases;
+  }
   if (faultSpecs) {
     faults_.replace(std::move(*faultSpecs));
   } else if (!config_.faultsFile.empty()) {

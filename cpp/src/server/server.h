@@ -20,6 +20,7 @@
 #include "session/event_loop.h"
 #include "session/registry.h"
 #include "session/session.h"
+#include "upstream/routes.h"
 
 namespace Poco {
 class ThreadPool;
@@ -85,6 +86,7 @@ class Server final : public session::ConnectionTracker {
   guardrails::GuardrailHolder guardrails_;
   faults::FaultRegistry faults_;
   session::PeerDirectory peers_;
+  upstream::RouteHolder routes_;
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;

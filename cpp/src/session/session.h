@@ -28,6 +28,7 @@
 #include "session/registry.h"
 #include "session/socket_io.h"
 
+#include "upstream/routes.h"
 #include "upstream/upstream_connection.h"
 
 
@@ -55,6 +56,9 @@ struct SessionContext {
   faults::FaultRegistry* faults = nullptr;  // fault rules to apply to queries; null: none
   const PeerDirectory* peers = nullptr;       // the other instances, for cancel keys they issued
   ConnectionTracker* tracker = nullptr;       // null: nobody to tell
+
+  // ---- routing and client authentication (startup.cpp) ----
+  const upstream::RouteHolder* routes = nullptr;  // null: everything goes to config.upstreamDsn
 };
 
 // One client's life on the event loop, from its first byte to its last: SSL negotiation and the TLS

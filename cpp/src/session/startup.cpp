@@ -197,7 +197,17 @@ void Session::admit() {
 
 void Session::connectUpstream() {
   upstream::ConnectRequest request;
-  request.dsn = context_.config.upstreamDsn;
+  if (context_.routes != nullptr) {
+    const auto route = context_.routes->load()->find(routeName_);
+    // PostgreSQL's own words for a database it does not have.
+    if (!route) {
+      throw ProxyError(Severity::kFatal, sqlstate::kInvalidCatalogName,
+                       "database \"" + routeName_ + "\" does not exist");
+    }
+    request.dsn = route->dsn;
+  } else {
+    request.dsn = context_.config.upstreamDsn;
+  }
   request.user = *startup_.parameter("user");
   request.database = routeName_;
   for (const auto& [name, value] : startup_.parameters) {
