@@ -206,7 +206,10 @@ class Proxy:
     The upstream comes from upstream_dsn (else the environment variable PGWIRE_PROXY_UPSTREAM_DSN):
     a user or dbname it names is used for every session, where it names none the client's are.
     databases={'app': dsn, ...} routes clients asking for database 'app' to that DSN (the binary's
-    repeatable --database NAME=DSN); other names go to upstream_dsn, or get FATAL 3D000 without one. With enable_tls, clients
+    repeatable --database NAME=DSN); other names go to upstream_dsn, or get FATAL 3D000 without one.
+    auth='trust' (the default: clients are not asked), 'passthrough' (the client's password goes
+    upstream as the client's user) or 'scram-sha-256' (against auth_file, PgBouncer's userlist.txt);
+    see docs/security.md. With enable_tls, clients
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
@@ -235,6 +238,7 @@ class Proxy:
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
                  tls_key: Optional[PathLike] = None, tls_ca: Optional[PathLike] = None,
                  tls_required: bool = False, metrics_address: Optional[str] = None,
+                 auth: Optional[str] = None, auth_file: Optional[PathLike] = None,
                  faults: Optional[PathLike] = None, instance_id: Optional[int] = None,
                  peers: Union[None, str, Mapping[int, str]] = None,
                  log_level: str = "warning", log_format: Optional[str] = None,
@@ -288,10 +292,10 @@ class Proxy:
             if value:
                 options[name] = [""]
         for name, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-ca", tls_ca),
-                            ("log-file", log_file), ("faults", faults)):
+                            ("log-file", log_file), ("faults", faults), ("auth-file", auth_file)):
             if value is not None:
                 options[name] = [_path(name.replace("-", "_"), value)]
-        for name, value in (("metrics-address", metrics_address), ("log-format", log_format),
+        for name, value in (("metrics-address", metrics_address), ("log-format", log_format), ("auth", auth),
                             ("extended-protocol", extended_protocol)):
             if value is not None:
                 options[name] = [_text(name.replace("-", "_"), value)]

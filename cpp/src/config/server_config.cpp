@@ -121,6 +121,15 @@ void validateDsn(std::string_view setting, const std::string& dsn) {
   }
 }
 
+std::string_view authModeName(AuthMode mode) noexcept {
+  switch (mode) {
+    case AuthMode::kTrust: return "trust";
+    case AuthMode::kPassthrough: return "passthrough";
+    case AuthMode::kScramSha256: return "scram-sha-256";
+  }
+  return "trust";
+}
+
 void ServerConfig::validate() const {
   if (listenAddress.empty()) throw ConfigError("listen-address: must not be empty");
   if (upstreamDsn.empty() && databases.empty()) {
@@ -144,6 +153,12 @@ void ServerConfig::validate() const {
     }
   } else if (tlsCertFile.empty() || tlsKeyFile.empty()) {
     throw ConfigError("enable-tls: needs --tls-cert and --tls-key");
+  }
+  if (authMode == AuthMode::kScramSha256 && authFile.empty()) {
+    throw ConfigError("auth: scram-sha-256 needs --auth-file (the users and their secrets)");
+  }
+  if (authMode != AuthMode::kScramSha256 && !authFile.empty()) {
+    throw ConfigError("auth-file: only used with --auth=scram-sha-256");
   }
   if (!metricsAddress.empty()) {
     const auto colon = metricsAddress.rfind(':');

@@ -18,6 +18,11 @@ class ConfigError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// How clients authenticate to the proxy: trust (nobody is asked), passthrough (the client's password
+// goes upstream as the client's user), scram-sha-256 (against --auth-file).
+enum class AuthMode { kTrust, kPassthrough, kScramSha256 };
+[[nodiscard]] std::string_view authModeName(AuthMode mode) noexcept;
+
 struct ServerConfig {
   std::string listenAddress = "127.0.0.1";
   std::uint16_t port = 5433;            // 0 picks a free port
@@ -48,6 +53,10 @@ struct ServerConfig {
   std::string tlsCertFile;
   std::string tlsKeyFile;
   std::string tlsCaFile;     // when set, clients must present a certificate signed by it
+
+  // Client authentication.
+  AuthMode authMode = AuthMode::kTrust;
+  std::string authFile;  // --auth=scram-sha-256: userlist.txt; re-read on reload
 
   std::string metricsAddress;     // HOST:PORT for the Prometheus endpoint; empty = off
   std::string faultsFile;

@@ -134,13 +134,17 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       registry_(config_.maxConnections, config_.instanceId),
       guardrails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
       routes_(std::make_shared<const upstream::RouteTable>(config_.databases, config_.upstreamDsn)),
+      credentials_(config_.authFile.empty() ? nullptr
+                                            : std::make_unique<auth::CredentialsHolder>(
+                                                  std::make_shared<const auth::Credentials>(
+                                                      auth::Credentials::read(config_.authFile)))),
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this,
-               &routes_} {
+               &routes_, credentials_.get()} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -196,6 +200,7 @@ void Server::start() {
                           {{"address", config_.listenAddress}, {"port", static_cast<std::int64_t>(port_)},
                            {"upstream", upstream}, {"max_connections", config_.maxConnections},
                            {"tls", config_.tlsEnabled},
+                           {"auth", std::string(config::authModeName(config_.authMode))},
                            {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
   if (!config_.upstreamDsn.empty()) logFixedNames("(fallback)", config_.upstreamDsn);
   for (const auto& [name, dsn] : config_.databases) logFixedNames(name, dsn);
@@ -283,6 +288,11 @@ void Server::reload(const config::ServerConfig& next) {
   if (!observability::parseLogLevel(next.logLevel, level) || !observability::parseLogFormat(next.logFormat, format)) {
     throw config::ConfigError("log-level/log-format: invalid value");
   }
+  // The auth file is read before anything changes: a bad line fails the whole reload.
+  std::shared_ptr<const auth::Credentials> credentials;
+  if (credentials_ && !next.authFile.empty()) {
+    credentials = std::make_shared<const auth::Credentials>(auth::Credentials::read(next.authFile));
+  }
   if (tls_) tls_->reload();  // re-reads the files; throws (keeping the old ones) when they are bad
   // Fault rules are re-read on every reload (their counts start over); a bad file keeps the old rules.
   std::optional<std::vector<faults::RuleSpec>> faultSpecs;
@@ -292,6 +302,8 @@ void Server::reload(const config::ServerConfig& next) {
   std::string restart;
   auto note = [](std::string& list, const char* name) { list += list.empty() ? name : std::string(",") + name; };
   if (next.databases != config_.databases) note(changed, "database");
+  if (credentials) note(changed, "auth-file");
+  if (next.authMode != config_.authMode) note(restart, "auth");
   if (next.maxRows != config_.maxRows) note(changed, "max-rows");
   if (next.maxBytes != config_.maxBytes) note(changed, "max-bytes");
   if (next.denyPatterns != config_.denyPatterns) note(changed, "deny");
@@ -323,6 +335,10 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logQueries != config_.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
+  if (credentials) {
+    credentials_->store(std::move(credentials));
+    config_.authFile = next.authFile;
+  }
   if (next.databases != config_.databases) {
     routes_.store(std::make_shared<const upstream::RouteTable>(next.databases, config_.upstreamDsn));
     for (const auto& route : next.databases) {

@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 
+#include "auth/auth_file.h"
 #include "config/server_config.h"
 #include "faults/fault_rules.h"
 #include "guardrails/guardrail_set.h"
@@ -87,6 +88,7 @@ class Server final : public session::ConnectionTracker {
   faults::FaultRegistry faults_;
   session::PeerDirectory peers_;
   upstream::RouteHolder routes_;
+  std::unique_ptr<auth::CredentialsHolder> credentials_;  // --auth=scram-sha-256
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;

@@ -13,6 +13,8 @@
 
 #include <atomic>
 
+#include "auth/auth_file.h"
+#include "auth/scram.h"
 #include "config/server_config.h"
 #include "faults/fault_rules.h"
 #include "guardrails/guardrail_set.h"
@@ -59,6 +61,7 @@ struct SessionContext {
 
   // ---- routing and client authentication (startup.cpp) ----
   const upstream::RouteHolder* routes = nullptr;  // null: everything goes to config.upstreamDsn
+  const auth::CredentialsHolder* credentials = nullptr;  // --auth=scram-sha-256: the auth file in force
 };
 
 // One client's life on the event loop, from its first byte to its last: SSL negotiation and the TLS
@@ -315,10 +318,24 @@ class Session final : public LoopTask {
   // Counts the client against --max-connections (FATAL 53300 when full).
   void admit();
   // Picks the route for the client's database and starts the upstream connect (state kConnecting).
-  void connectUpstream();
+  // `password` (passthrough): the client's, to connect as the client with; wiped once libpq has it.
+  void connectUpstream(std::string password = {});
   // The route's name: the client's database (its user's name when it sent none). Fault rules, query
   // records and logs carry it where they carry a database.
   std::string routeName_;
+  // Client authentication, a sub-state of kAwaitingStartup (startupStep hands over to authStep):
+  // the proxy's request is out, the client's answer is awaited, all within --startup-timeout.
+  enum class AuthPhase { kNone, kPassword, kSaslInitial, kSaslResponse };
+  AuthPhase authPhase_ = AuthPhase::kNone;
+  std::unique_ptr<auth::ScramServer> scram_;
+  // Sends the --auth request (or, for trust, admits and connects at once).
+  void beginAuthentication();
+  [[nodiscard]] std::optional<Interest> authStep(const Readiness& ready);
+  // One PasswordMessage / SASLInitialResponse / SASLResponse; true when authentication is done.
+  [[nodiscard]] bool handleAuthMessage(const protocol::Frame& frame);
+  // Counted and logged (observers); the caller throws the client's error.
+  void authFailed(std::string_view reason);
+  [[nodiscard]] bool peerIsLoopback() const;
 };
 
 }  // namespace pgwire_proxy::session
