@@ -95,6 +95,7 @@ class Proxy {
     d["errors_by_class"] = c.errorsByClass;
     d["limit_breaches"] = stats_->guardrailsByLimit();
     d["faults_injected"] = c.faultsByAction;
+    d["auth_failures"] = c.authFailuresByReason;
     d["queries_by_outcome"] = c.queriesByOutcome;
     return d;
   }

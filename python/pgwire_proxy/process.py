@@ -86,13 +86,18 @@ def find_binary() -> Path:
 
 def build_argv(options: Mapping[str, object]) -> List[str]:
     """snake_case options to --kebab-case flags: True is a bare flag, False/None are left out,
-    a list or tuple repeats the flag."""
+    a list or tuple repeats the flag, a mapping repeats it as KEY=VALUE (databases={'app': dsn} is
+    --database=app=DSN, as Proxy takes it)."""
     argv: List[str] = []
     for name, value in options.items():
+        if name == "databases":
+            name = "database"
         flag = "--" + name.replace("_", "-")
         if value is None or value is False:
             continue
-        if value is True:
+        if isinstance(value, Mapping):
+            argv.extend(f"{flag}={key}={item}" for key, item in value.items())
+        elif value is True:
             argv.append(flag)
         elif isinstance(value, (list, tuple)):
             argv.extend(f"{flag}={item}" for item in value)
@@ -134,7 +139,11 @@ class ProxyProcess:
             names = {}
         # The proxy ignores the client's user/database; these only keep clients' defaults tidy.
         self.user = names.get("user", "postgres")
-        self.dbname = names.get("dbname", self.user)
+        routes = options.get("databases") or options.get("database")
+        if not dsn_for_names and isinstance(routes, Mapping) and routes:
+            self.dbname = next(iter(routes))  # with routes and no fallback, .dsn asks for the first route
+        else:
+            self.dbname = names.get("dbname", self.user)
 
     # --- the interface shared with the in-process Proxy ----------------------------------------
 

@@ -177,8 +177,15 @@ def _patterns(name: str, value: object) -> List[str]:
     return [os.fspath(item) for item in items]  # type: ignore[arg-type]
 
 
+# Python names that are not the option's snake_case (a mapping is plural).
+PYTHON_NAMES = {"database": "databases"}
+
+
 def _snake_case_message(message: str, option_specs: Iterable[Mapping[str, Any]]) -> str:
     """The core names options in kebab-case ('max-rows: ...'); a Python caller passed max_rows."""
+    for core_name, python_name in PYTHON_NAMES.items():
+        if message.startswith(core_name + ":") or message.startswith(core_name + " "):
+            return python_name + message[len(core_name):]
     for spec in option_specs:
         name = spec["name"]
         if message.startswith(name + ":"):
@@ -196,8 +203,13 @@ class Proxy:
     ('64kB', '100MB'). capture_size bounds the query capture (the newest records are kept; 0 keeps
     none). Bad options raise ValueError (bad value) or TypeError (wrong type), naming the option.
 
-    The upstream's user, database and password come from upstream_dsn (else the environment variable
-    PGWIRE_PROXY_UPSTREAM_DSN); the proxy does not authenticate clients. With enable_tls, clients
+    The upstream comes from upstream_dsn (else the environment variable PGWIRE_PROXY_UPSTREAM_DSN):
+    a user or dbname it names is used for every session, where it names none the client's are.
+    databases={'app': dsn, ...} routes clients asking for database 'app' to that DSN (the binary's
+    repeatable --database NAME=DSN); other names go to upstream_dsn, or get FATAL 3D000 without one.
+    auth='trust' (the default: clients are not asked), 'passthrough' (the client's password goes
+    upstream as the client's user) or 'scram-sha-256' (against auth_file, PgBouncer's userlist.txt);
+    see docs/security.md. With enable_tls, clients
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
@@ -213,7 +225,8 @@ class Proxy:
     """
 
     def __init__(self, upstream_dsn: Optional[str] = None, *, listen_address: str = "127.0.0.1",
-                 port: int = 0, max_connections: Optional[int] = None,
+                 port: int = 0, databases: Optional[Mapping[str, str]] = None,
+                 max_connections: Optional[int] = None,
                  max_startup_connections: Optional[int] = None,
                  query_timeout: Optional[Duration] = None,
                  idle_in_transaction_timeout: Optional[Duration] = None,
@@ -225,6 +238,7 @@ class Proxy:
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
                  tls_key: Optional[PathLike] = None, tls_ca: Optional[PathLike] = None,
                  tls_required: bool = False, metrics_address: Optional[str] = None,
+                 auth: Optional[str] = None, auth_file: Optional[PathLike] = None,
                  faults: Optional[PathLike] = None, instance_id: Optional[int] = None,
                  peers: Union[None, str, Mapping[int, str]] = None,
                  log_level: str = "warning", log_format: Optional[str] = None,
@@ -241,6 +255,11 @@ class Proxy:
                                           "log-level": [_text("log_level", log_level)]}
         if upstream_dsn is not None:
             options["upstream-dsn"] = [_text("upstream_dsn", upstream_dsn)]
+        if databases is not None:
+            if not isinstance(databases, Mapping):
+                raise TypeError(f"databases: expected a mapping of database names to DSNs, got {databases!r}")
+            options["database"] = [f"{_text('databases', name)}={_text('databases', dsn)}"
+                                   for name, dsn in databases.items()]
         if max_connections is not None:
             options["max-connections"] = [_count("max_connections", max_connections)]
         if max_startup_connections is not None:
@@ -273,10 +292,10 @@ class Proxy:
             if value:
                 options[name] = [""]
         for name, value in (("tls-cert", tls_cert), ("tls-key", tls_key), ("tls-ca", tls_ca),
-                            ("log-file", log_file), ("faults", faults)):
+                            ("log-file", log_file), ("faults", faults), ("auth-file", auth_file)):
             if value is not None:
                 options[name] = [_path(name.replace("-", "_"), value)]
-        for name, value in (("metrics-address", metrics_address), ("log-format", log_format),
+        for name, value in (("metrics-address", metrics_address), ("log-format", log_format), ("auth", auth),
                             ("extended-protocol", extended_protocol)):
             if value is not None:
                 options[name] = [_text(name.replace("-", "_"), value)]
@@ -292,7 +311,10 @@ class Proxy:
         # The proxy ignores a client's user/database (the upstream's come from its DSN); these only
         # give clients of .dsn sensible names to send.
         self.user: str = dsn_names.get("user") or "postgres"
-        self.dbname: str = dsn_names.get("dbname") or self.user
+        # With routes and no fallback, .dsn asks for the first route.
+        self.dbname: str = dsn_names.get("dbname") or (
+            next(iter(databases)) if databases and not (upstream_dsn or os.environ.get(UPSTREAM_DSN_ENV))
+            else self.user)
         self.upstream_dsn: Optional[str] = upstream_dsn
         # stop()'s default, as --shutdown-timeout is the binary's on SIGTERM (validated by the core above).
         self._shutdown_seconds = (_seconds(options["shutdown-timeout"][0]) if "shutdown-timeout" in options
@@ -547,5 +569,6 @@ def _fault_settings(match: Optional[str], action: str, kwargs: Mapping[str, obje
 
 
 def option_names() -> List[str]:
-    """The binary's option names in snake_case (Proxy takes each as a keyword argument)."""
-    return [spec["name"].replace("-", "_") for spec in _load_core().option_specs()]
+    """The binary's option names in snake_case (Proxy takes each as a keyword argument; --database
+    is databases={...})."""
+    return [PYTHON_NAMES.get(spec["name"], spec["name"].replace("-", "_")) for spec in _load_core().option_specs()]

@@ -3,6 +3,7 @@
 
 #include "config/options.h"
 #include "config/server_config.h"
+#include "upstream/routes.h"
 #include "upstream/upstream_connection.h"
 
 using namespace pgwire_proxy::config;
@@ -39,6 +40,26 @@ BOOST_AUTO_TEST_CASE(sizes) {
   for (const char* bad : {"", "MB", "10mb", "1.5MB", "-1", "99999999999TB"}) {
     BOOST_CHECK_THROW((void)parseSize(bad, "max-bytes"), ConfigError);
   }
+}
+
+BOOST_AUTO_TEST_CASE(routes) {
+  const auto config = configFromOptions({{"database", {"app=host=127.0.0.1 dbname=a", "b=host=127.0.0.1"}}});
+  BOOST_TEST(config.upstreamDsn.empty());  // routes alone are enough
+  BOOST_REQUIRE(config.databases.size() == 2U);
+  BOOST_TEST(config.databases[0].first == "app");
+  BOOST_TEST(config.databases[0].second == "host=127.0.0.1 dbname=a");
+  for (const char* bad : {"app", "=host=x", "app=nonsense=1", "app=host=x gssencmode=require"}) {
+    BOOST_CHECK_THROW((void)configFromOptions({{"database", {bad}}}), ConfigError);
+  }
+  BOOST_CHECK_THROW((void)configFromOptions({{"database", {"a=host=x", "a=host=y"}}}), ConfigError);
+
+  const pgwire_proxy::upstream::RouteTable withFallback(config.databases, "host=fallback");
+  BOOST_TEST(withFallback.find("app")->dsn == "host=127.0.0.1 dbname=a");
+  BOOST_TEST(withFallback.find("other")->name == "other");
+  BOOST_TEST(withFallback.find("other")->dsn == "host=fallback");
+  const pgwire_proxy::upstream::RouteTable without(config.databases, "");
+  BOOST_TEST(!without.find("other").has_value());
+  BOOST_TEST(!without.find("APP").has_value());  // names are exact, as PostgreSQL's database names
 }
 
 BOOST_AUTO_TEST_CASE(integers) {

@@ -536,13 +536,16 @@ def test_a_session_is_listed_as_soon_as_the_client_is_connected(pgwire_proxy):
 
 def test_proxy_keywords_are_the_binarys_options():
     """Proxy.__init__ takes every option of the binary, under its snake_case name (capture_size is
-    the only Python-only one), so the module and the binary cannot drift apart."""
+    the only Python-only one; the repeatable --database NAME=DSN is the mapping databases={...}), so
+    the module and the binary cannot drift apart."""
+    renamed = {"database": "databases"}
     params = inspect.signature(Proxy.__init__).parameters
     keywords = {name for name in params if name not in ("self", "capture_size")}
-    core = {spec["name"].replace("-", "_") for spec in _core.option_specs()}
+    core = {renamed.get(spec["name"], spec["name"].replace("-", "_")) for spec in _core.option_specs()}
     assert (sorted(core - keywords), sorted(keywords - core)) == ([], []), \
         "(options Proxy lacks, Proxy keywords the core does not know)"
-    assert option_names() == [spec["name"].replace("-", "_") for spec in _core.option_specs()]
+    assert option_names() == [renamed.get(spec["name"], spec["name"].replace("-", "_"))
+                              for spec in _core.option_specs()]
     for name in keywords:
         assert params[name].default is not inspect.Parameter.empty or name == "upstream_dsn", name
     assert pgwire_proxy.Proxy is Proxy

@@ -78,8 +78,9 @@ def test_startup_parameters_apply_to_the_upstream_session(pgwire_proxy):
     assert rows == [["ISO, DMY", "Europe/Lisbon", "sql_standard", "2", "postgres", "postgres"]]
 
 
-def test_client_user_and_database_are_ignored(pg_upstream, pgwire_proxy):
-    # The upstream identity comes from the DSN, whatever the client asks for.
+def test_the_dsns_user_and_database_win_over_the_clients(pg_upstream, pgwire_proxy):
+    # A DSN that names the user and database decides them, whatever the client asks for (test_routing.py
+    # has the client's own names when the DSN gives none).
     params = {"user": "someone_else", "database": "some_other_db"}
     msgs, conn = handshake(pgwire_proxy.host, pgwire_proxy.port, params=params)
     with conn:

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdlib>
 
+#include "auth/auth_file.h"
 #include "faults/fault_rules.h"
 #include "guardrails/query_filter.h"
 #include "observability/log.h"
@@ -21,6 +22,11 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"upstream-dsn", "dsn",
        "libpq connection string or URI of the upstream PostgreSQL. Default: the environment variable "
        "PGWIRE_PROXY_UPSTREAM_DSN (keeps passwords out of argv)."},
+      {"database", "name=dsn",
+       "A route: a client asking for database NAME goes to DSN (whose own user/dbname win; where it names "
+       "none the client's are used). Repeatable; re-read on SIGHUP (new sessions). Other names go to "
+       "--upstream-dsn, or get FATAL 3D000 without one.",
+       true},
       {"max-connections", "n", "Most concurrent client sessions; the next gets FATAL 53300. Default: 100."},
       {"max-startup-connections", "n",
        "Most connections still in startup (TLS, startup packet, upstream connect) at once; the next is "
@@ -54,6 +60,14 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"tls-key", "path", "PEM private key of --tls-cert; must not be group or world readable."},
       {"tls-ca", "path", "PEM CA certificates; when given, clients must present a certificate signed by one."},
       {"tls-required", nullptr, "Refuse clients that do not use TLS (FATAL 28000). Default: off."},
+      {"auth", "method",
+       "How clients authenticate: trust (nobody is asked; the upstream decides as for the proxy's own "
+       "connection), passthrough (the client's password, asked in clear text only over TLS or from "
+       "loopback, goes upstream as the client's user), scram-sha-256 (SCRAM with the client against "
+       "--auth-file; -PLUS channel binding over TLS). Default: trust."},
+      {"auth-file", "path",
+       "Users for --auth=scram-sha-256, PgBouncer's userlist.txt format (\"user\" \"secret\", the secret a "
+       "SCRAM-SHA-256 verifier or a plain password); no group/world access; re-read on SIGHUP."},
       {"faults", "path",
        "Fault rules to inject, one a line (match=REGEX; action=error|delay|drop|notice; ...), re-read on "
        "SIGHUP. See docs/fault-injection.md. Default: none."},
@@ -98,6 +112,13 @@ ServerConfig configFromOptions(const OptionValues& values) {
     config.upstreamDsn = *v;
   } else if (const char* env = std::getenv("PGWIRE_PROXY_UPSTREAM_DSN")) {
     config.upstreamDsn = env;
+  }
+  for (const auto& route : all("database")) {
+    const auto equals = route.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      throw ConfigError("database: expected NAME=DSN, got \"" + route + "\"");
+    }
+    config.databases.emplace_back(route.substr(0, equals), route.substr(equals + 1));
   }
   if (auto* v = value("max-connections")) {
     config.maxConnections = static_cast<int>(parseInteger(*v, "max-connections", 1, 100000));
@@ -185,6 +206,13 @@ ServerConfig configFromOptions(const OptionValues& values) {
       if (id != config.instanceId) config.peers.emplace_back(id, std::string(item.substr(equals + 1)));
     }
   }
+  if (auto* v = value("auth")) {
+    if (*v == "trust") config.authMode = AuthMode::kTrust;
+    else if (*v == "passthrough") config.authMode = AuthMode::kPassthrough;
+    else if (*v == "scram-sha-256") config.authMode = AuthMode::kScramSha256;
+    else throw ConfigError("auth: invalid value \"" + *v + "\" (trust, passthrough or scram-sha-256)");
+  }
+  if (auto* v = value("auth-file")) config.authFile = *v;
   if (auto* v = value("faults")) {
     config.faultsFile = *v;
     (void)faults::readFaultFile(*v);  // a bad rule fails before anything listens
@@ -195,6 +223,7 @@ ServerConfig configFromOptions(const OptionValues& values) {
   if (config.tlsEnabled) {
     const session::TlsContext tls({config.tlsCertFile, config.tlsKeyFile, config.tlsCaFile});
   }
+  if (!config.authFile.empty()) (void)auth::Credentials::read(config.authFile);  // names a bad file:line
   return config;
 }
 

@@ -102,26 +102,49 @@ std::string formatDuration(Milliseconds value) {
   return std::to_string(ms) + "ms";
 }
 
-void ServerConfig::validate() const {
-  if (listenAddress.empty()) throw ConfigError("listen-address: must not be empty");
-  if (upstreamDsn.empty()) {
-    throw ConfigError(
-        "upstream-dsn: no upstream given (use --upstream-dsn or the environment variable PGWIRE_PROXY_UPSTREAM_DSN)");
-  }
+void validateDsn(std::string_view setting, const std::string& dsn) {
   char* error = nullptr;
-  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> options(PQconninfoParse(upstreamDsn.c_str(), &error),
+  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> options(PQconninfoParse(dsn.c_str(), &error),
                                                                        &PQconninfoFree);
   if (!options) {
     std::string message = error != nullptr ? error : "out of memory";
     PQfreemem(error);
     while (!message.empty() && message.back() == '\n') message.pop_back();
-    throw ConfigError("upstream-dsn: " + message);
+    throw ConfigError(std::string(setting) + ": " + message);
   }
   for (PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
     if (std::string_view(o->keyword) == "gssencmode" && o->val != nullptr && std::string_view(o->val) == "require") {
-      throw ConfigError("upstream-dsn: gssencmode=require is not supported (the relay cannot speak GSSAPI "
+      throw ConfigError(std::string(setting) +
+                        ": gssencmode=require is not supported (the relay cannot speak GSSAPI "
                         "encryption; use sslmode for an encrypted upstream link)");
     }
+  }
+}
+
+std::string_view authModeName(AuthMode mode) noexcept {
+  switch (mode) {
+    case AuthMode::kTrust: return "trust";
+    case AuthMode::kPassthrough: return "passthrough";
+    case AuthMode::kScramSha256: return "scram-sha-256";
+  }
+  return "trust";
+}
+
+void ServerConfig::validate() const {
+  if (listenAddress.empty()) throw ConfigError("listen-address: must not be empty");
+  if (upstreamDsn.empty() && databases.empty()) {
+    throw ConfigError(
+        "upstream-dsn: no upstream given (use --upstream-dsn or the environment variable PGWIRE_PROXY_UPSTREAM_DSN, "
+        "or --database NAME=DSN)");
+  }
+  if (!upstreamDsn.empty()) validateDsn("upstream-dsn", upstreamDsn);
+  for (std::size_t i = 0; i < databases.size(); ++i) {
+    const auto& [name, dsn] = databases[i];
+    if (name.empty()) throw ConfigError("database: a route needs a name (NAME=DSN)");
+    for (std::size_t j = 0; j < i; ++j) {
+      if (databases[j].first == name) throw ConfigError("database: \"" + name + "\" is routed twice");
+    }
+    validateDsn("database " + name, dsn);
   }
   if (!tlsEnabled) {
     if (tlsRequired) throw ConfigError("tls-required: needs --enable-tls");
@@ -130,6 +153,12 @@ void ServerConfig::validate() const {
     }
   } else if (tlsCertFile.empty() || tlsKeyFile.empty()) {
     throw ConfigError("enable-tls: needs --tls-cert and --tls-key");
+  }
+  if (authMode == AuthMode::kScramSha256 && authFile.empty()) {
+    throw ConfigError("auth: scram-sha-256 needs --auth-file (the users and their secrets)");
+  }
+  if (authMode != AuthMode::kScramSha256 && !authFile.empty()) {
+    throw ConfigError("auth-file: only used with --auth=scram-sha-256");
   }
   if (!metricsAddress.empty()) {
     const auto colon = metricsAddress.rfind(':');

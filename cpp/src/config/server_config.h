@@ -18,10 +18,17 @@ class ConfigError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// How clients authenticate to the proxy: trust (nobody is asked), passthrough (the client's password
+// goes upstream as the client's user), scram-sha-256 (against --auth-file).
+enum class AuthMode { kTrust, kPassthrough, kScramSha256 };
+[[nodiscard]] std::string_view authModeName(AuthMode mode) noexcept;
+
 struct ServerConfig {
   std::string listenAddress = "127.0.0.1";
   std::uint16_t port = 5433;            // 0 picks a free port
-  std::string upstreamDsn;              // libpq connection string or URI
+  std::string upstreamDsn;              // libpq connection string or URI; the fallback route (may be empty with routes)
+  // Named routes (--database NAME=DSN): a client asking for NAME goes to DSN. Reloadable.
+  std::vector<std::pair<std::string, std::string>> databases;
   int maxConnections = 100;             // concurrent client sessions
   int maxStartupConnections = 2000;       // connections before their session opens (pre-authentication)
   Milliseconds queryTimeout{30'000};    // upstream statement_timeout; 0 = off
@@ -47,6 +54,10 @@ struct ServerConfig {
   std::string tlsKeyFile;
   std::string tlsCaFile;     // when set, clients must present a certificate signed by it
 
+  // Client authentication.
+  AuthMode authMode = AuthMode::kTrust;
+  std::string authFile;  // --auth=scram-sha-256: userlist.txt; re-read on reload
+
   std::string metricsAddress;     // HOST:PORT for the Prometheus endpoint; empty = off
   std::string faultsFile;
   // Scale-out: this instance's id (0-255; -1 = none) is encoded in the cancel keys it issues, and
@@ -63,6 +74,9 @@ struct ServerConfig {
   // Throws ConfigError naming the first invalid setting; checks the DSN with libpq's parser.
   void validate() const;
 };
+
+// Checks a DSN with libpq's parser (and what the relay cannot do); the message starts with `setting`.
+void validateDsn(std::string_view setting, const std::string& dsn);
 
 // "500ms", "30s", "2min", "1h", a bare number of seconds, "0" = off. Throws ConfigError.
 [[nodiscard]] Milliseconds parseDuration(std::string_view text, std::string_view setting);

@@ -124,6 +124,13 @@ void Metrics::upstreamConnected(std::uint64_t, double seconds, bool ok) {
   if (!ok) upstreamConnectFailures_.fetch_add(1, kRelaxed);
 }
 
+void Metrics::authenticationFailed(std::uint64_t, std::string_view, std::string_view, std::string_view,
+                                   std::string_view reason) {
+  for (std::size_t i = 0; i < authFailures_.size(); ++i) {
+    if (kAuthFailureReasons[i] == reason) authFailures_[i].fetch_add(1, kRelaxed);
+  }
+}
+
 void Metrics::tlsHandshake(std::uint64_t, bool ok) {
   tlsHandshakes_.fetch_add(1, kRelaxed);
   if (!ok) tlsFailures_.fetch_add(1, kRelaxed);
@@ -212,6 +219,12 @@ std::string Metrics::render() const {
   sample(out, "pgwire_proxy_tls_handshakes_total", "", tlsHandshakes_.load(kRelaxed));
   header(out, "pgwire_proxy_tls_handshake_failures_total", "counter", "Client TLS handshakes that failed.");
   sample(out, "pgwire_proxy_tls_handshake_failures_total", "", tlsFailures_.load(kRelaxed));
+  header(out, "pgwire_proxy_auth_failures_total", "counter",
+         "Client authentications that failed (--auth), by reason.");
+  for (std::size_t i = 0; i < authFailures_.size(); ++i) {
+    sample(out, "pgwire_proxy_auth_failures_total", "reason=\"" + std::string(kAuthFailureReasons[i]) + "\"",
+           authFailures_[i].load(kRelaxed));
+  }
   header(out, "pgwire_proxy_faults_injected_total", "counter",
          "Faults injected by fault rules (--faults, Proxy.add_fault), by action.");
   for (std::size_t i = 0; i < kFaultActions.size(); ++i) {
@@ -249,6 +262,9 @@ Metrics::Counts Metrics::counts() const {
   }
   for (std::size_t i = 0; i < kFaultActions.size(); ++i) {
     c.faultsByAction[std::string(kFaultActions[i])] = faults_[i].load(kRelaxed);
+  }
+  for (std::size_t i = 0; i < authFailures_.size(); ++i) {
+    c.authFailuresByReason[std::string(kAuthFailureReasons[i])] = authFailures_[i].load(kRelaxed);
   }
   return c;
 }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <string>
 
@@ -41,6 +42,8 @@ class Metrics final : public SessionObserver {
                        const ProxyError& error) override;
   void upstreamConnected(std::uint64_t sessionId, double seconds, bool ok) override;
   void tlsHandshake(std::uint64_t sessionId, bool ok) override;
+  void authenticationFailed(std::uint64_t sessionId, std::string_view clientAddress, std::string_view user,
+                            std::string_view method, std::string_view reason) override;
   void cancelRequested(CancelResult result) override;
   void queryFinished(const QueryRecord& record) override;
   void proxyError(std::uint64_t sessionId, const ProxyError& error) override;
@@ -53,7 +56,8 @@ class Metrics final : public SessionObserver {
   // For the Python API's stats().
   struct Counts {
     std::uint64_t connectionsAccepted, connectionsActive, connectionsRejected, queries, rows, bytes;
-    std::map<std::string, std::uint64_t> queriesByOutcome, cancelsByResult, errorsByClass, faultsByAction;
+    std::map<std::string, std::uint64_t> queriesByOutcome, cancelsByResult, errorsByClass, faultsByAction,
+        authFailuresByReason;
   };
   [[nodiscard]] Counts counts() const;
 
@@ -74,7 +78,8 @@ class Metrics final : public SessionObserver {
   std::array<std::atomic<std::uint64_t>, 4> cancels_{};
   std::atomic<std::uint64_t> tlsHandshakes_{0};
   std::atomic<std::uint64_t> tlsFailures_{0};
-  std::array<std::atomic<std::uint64_t>, 4> faults_{};  // by faults::Action: error, delay, drop, notice
+  std::array<std::atomic<std::uint64_t>, 4> faults_{};
+  std::array<std::atomic<std::uint64_t>, std::size(kAuthFailureReasons)> authFailures_{};  // by faults::Action: error, delay, drop, notice
 };
 
 [[nodiscard]] RejectReason rejectReasonFromName(std::string_view name) noexcept;

@@ -59,6 +59,12 @@ void LoggingObserver::sessionRejected(std::uint64_t sessionId, std::string_view 
             {"message", error.message()}});
 }
 
+void LoggingObserver::authenticationFailed(std::uint64_t sessionId, std::string_view clientAddress,
+                                           std::string_view user, std::string_view method, std::string_view reason) {
+  logEvent(LogLevel::kWarning, "auth_failed",
+           {{"session", sessionId}, {"client", clientAddress}, {"user", user}, {"method", method}, {"reason", reason}});
+}
+
 void LoggingObserver::proxyError(std::uint64_t sessionId, const ProxyError& error) {
   logEvent(LogLevel::kWarning, "proxy_error",
            {{"session", sessionId}, {"sqlstate", error.sqlstate()}, {"message", error.message()}});

@@ -46,6 +46,14 @@ struct SessionSummary {
   std::string_view reason;
 };
 
+// Why a client authentication failed: wrong_password, unknown_user (SCRAM against --auth-file),
+// upstream_rejected (passthrough: the upstream's verdict), insecure_transport (passthrough without
+// TLS from a non-loopback peer), protocol_violation, channel_binding, timeout (--startup-timeout),
+// abandoned (the client left mid-exchange: libpq without a password, psql before it prompts).
+inline constexpr std::string_view kAuthFailureReasons[] = {"wrong_password",     "unknown_user",    "upstream_rejected",
+                                                           "insecure_transport", "protocol_violation",
+                                                           "channel_binding",    "timeout",         "abandoned"};
+
 // kPeer: the key belongs to another instance and the request was forwarded to it (--peers).
 enum class CancelResult { kUnmatched, kIdle, kForwarded, kPeer };
 [[nodiscard]] std::string_view cancelResultName(CancelResult result) noexcept;
@@ -65,6 +73,11 @@ class SessionObserver {
   virtual void sessionRejected(std::uint64_t /*sessionId*/, std::string_view /*clientAddress*/,
                                std::string_view /*reason*/, const ProxyError& /*error*/) {}
   virtual void upstreamConnected(std::uint64_t /*sessionId*/, double /*seconds*/, bool /*ok*/) {}
+  // A client failed to authenticate (--auth): `method` passthrough or scram-sha-256, `reason` one of
+  // kAuthFailureReasons (a metric label). Never a password.
+  virtual void authenticationFailed(std::uint64_t /*sessionId*/, std::string_view /*clientAddress*/,
+                                    std::string_view /*user*/, std::string_view /*method*/,
+                                    std::string_view /*reason*/) {}
   virtual void tlsHandshake(std::uint64_t /*sessionId*/, bool /*ok*/) {}
   virtual void cancelRequested(CancelResult /*result*/) {}
   virtual void queryStarted(std::uint64_t /*sessionId*/, std::string_view /*sql*/) {}
@@ -102,6 +115,10 @@ class ObserverList final : public SessionObserver {
   }
   void tlsHandshake(std::uint64_t id, bool ok) override {
     for (auto& o : observers_) o->tlsHandshake(id, ok);
+  }
+  void authenticationFailed(std::uint64_t id, std::string_view address, std::string_view user, std::string_view method,
+                            std::string_view reason) override {
+    for (auto& o : observers_) o->authenticationFailed(id, address, user, method, reason);
   }
   void cancelRequested(CancelResult result) override {
     for (auto& o : observers_) o->cancelRequested(result);
@@ -144,6 +161,8 @@ class LoggingObserver final : public SessionObserver {
   void queryFinished(const QueryRecord& record) override;
   void faultInjected(std::uint64_t sessionId, std::uint64_t ruleId, std::string_view action,
                      std::string_view queryExcerpt) override;
+  void authenticationFailed(std::uint64_t sessionId, std::string_view clientAddress, std::string_view user,
+                            std::string_view method, std::string_view reason) override;
 
  private:
   const bool logQueries_;

@@ -134,6 +134,21 @@ ErrorFields parseErrorFieldsPrefix(std::span<const char> prefix) {
   return result;
 }
 
+void writeAuthenticationRequest(MessageWriter& writer, std::int32_t code, std::string_view data) {
+  writer.beginMessage(backend::kAuthentication);
+  writer.writeInt32(code);
+  writer.writeBytes(data);
+  writer.endMessage();
+}
+
+void writeAuthenticationSasl(MessageWriter& writer, const std::vector<std::string>& mechanisms) {
+  writer.beginMessage(backend::kAuthentication);
+  writer.writeInt32(10);
+  for (const auto& mechanism : mechanisms) writer.writeCString(mechanism);
+  writer.writeByte(0);
+  writer.endMessage();
+}
+
 void writeAuthenticationOk(MessageWriter& writer) {
   writer.beginMessage(backend::kAuthentication);
   writer.writeInt32(0);

@@ -78,6 +78,11 @@ struct ErrorFields {
 
 // ---- messages the proxy builds -----------------------------------------------------------------
 
+// An Authentication request other than Ok: `code` 3 (CleartextPassword), 11 (SASLContinue), 12
+// (SASLFinal) with its data.
+void writeAuthenticationRequest(MessageWriter& writer, std::int32_t code, std::string_view data = {});
+// AuthenticationSASL (10) offering `mechanisms`, best first.
+void writeAuthenticationSasl(MessageWriter& writer, const std::vector<std::string>& mechanisms);
 void writeAuthenticationOk(MessageWriter& writer);
 void writeParameterStatus(MessageWriter& writer, std::string_view name, std::string_view value);
 void writeBackendKeyData(MessageWriter& writer, std::int32_t processId, std::int32_t secretKey);

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <optional>
 #include <regex>
@@ -28,6 +29,7 @@
 #include "session/event_loop.h"
 #include "session/session.h"
 #include "session/socket_io.h"
+#include "upstream/upstream_connection.h"
 
 namespace pgwire_proxy::server {
 namespace {
@@ -109,6 +111,18 @@ std::string maskedDsn(const std::string& dsn) {
   return std::regex_replace(masked, query, "$1********");
 }
 
+// Said once when a route's DSN names the user or database itself: those win over the client's.
+void logFixedNames(const std::string& route, const std::string& dsn) {
+  const upstream::DsnNames names = upstream::dsnNames(dsn);
+  if (names.user.empty() && names.dbname.empty()) return;
+  observability::logEvent(
+      observability::LogLevel::kInfo, "route_names_fixed",
+      {{"route", route},
+       {"user", names.user.empty() ? std::string("(the client's)") : names.user},
+       {"dbname", names.dbname.empty() ? std::string("(the client's)") : names.dbname},
+       {"note", "names the DSN gives are used whatever the client asks for"}});
+}
+
 }  // namespace
 
 Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra)
@@ -117,12 +131,18 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       observer_(observers(config_, metrics_, std::move(extra))),
       registry_(config_.maxConnections, config_.instanceId),
       guardrails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
+      routes_(std::make_shared<const upstream::RouteTable>(config_.databases, config_.upstreamDsn)),
+      credentials_(config_.authFile.empty() ? nullptr
+                                            : std::make_unique<auth::CredentialsHolder>(
+                                                  std::make_shared<const auth::Credentials>(
+                                                      auth::Credentials::read(config_.authFile)))),
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this} {
+      context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this,
+               &routes_, credentials_.get()} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -151,7 +171,9 @@ void Server::start() {
   if (!config_.logFile.empty()) logger.setFile(config_.logFile);
   if (!config_.metricsAddress.empty()) {
     // The /readyz callback owns the upstream check, so its thread lives exactly as long as the endpoint.
-    auto upstream = std::make_shared<ReadinessCheck>(config_.upstreamDsn);
+    // Without a fallback, the first route stands for the upstream.
+    auto upstream = std::make_shared<ReadinessCheck>(config_.upstreamDsn.empty() ? config_.databases.front().second
+                                                                                  : config_.upstreamDsn);
     metricsEndpoint_ = std::make_unique<MetricsEndpoint>(
         config_.metricsAddress, [metrics = metrics_] { return metrics->render(); },
         [this, upstream] { return readiness(*upstream); });
@@ -180,7 +202,10 @@ void Server::start() {
                           {{"address", config_.listenAddress}, {"port", static_cast<std::int64_t>(port_)},
                            {"upstream", upstream}, {"max_connections", config_.maxConnections},
                            {"tls", config_.tlsEnabled},
+                           {"auth", std::string(config::authModeName(config_.authMode))},
                            {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
+  if (!config_.upstreamDsn.empty()) logFixedNames("(fallback)", config_.upstreamDsn);
+  for (const auto& [name, dsn] : config_.databases) logFixedNames(name, dsn);
 }
 
 bool Server::stopped() const {
@@ -265,6 +290,11 @@ void Server::reload(const config::ServerConfig& next) {
   if (!observability::parseLogLevel(next.logLevel, level) || !observability::parseLogFormat(next.logFormat, format)) {
     throw config::ConfigError("log-level/log-format: invalid value");
   }
+  // The auth file is read before anything changes: a bad line fails the whole reload.
+  std::shared_ptr<const auth::Credentials> credentials;
+  if (credentials_ && !next.authFile.empty()) {
+    credentials = std::make_shared<const auth::Credentials>(auth::Credentials::read(next.authFile));
+  }
   if (tls_) tls_->reload();  // re-reads the files; throws (keeping the old ones) when they are bad
   // Fault rules are re-read on every reload (their counts start over); a bad file keeps the old rules.
   std::optional<std::vector<faults::RuleSpec>> faultSpecs;
@@ -273,6 +303,9 @@ void Server::reload(const config::ServerConfig& next) {
   std::string changed;
   std::string restart;
   auto note = [](std::string& list, const char* name) { list += list.empty() ? name : std::string(",") + name; };
+  if (next.databases != config_.databases) note(changed, "database");
+  if (credentials) note(changed, "auth-file");
+  if (next.authMode != config_.authMode) note(restart, "auth");
   if (next.maxRows != config_.maxRows) note(changed, "max-rows");
   if (next.maxBytes != config_.maxBytes) note(changed, "max-bytes");
   if (next.denyPatterns != config_.denyPatterns) note(changed, "deny");
@@ -304,6 +337,19 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logQueries != config_.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
+  if (credentials) {
+    credentials_->store(std::move(credentials));
+    config_.authFile = next.authFile;
+  }
+  if (next.databases != config_.databases) {
+    routes_.store(std::make_shared<const upstream::RouteTable>(next.databases, config_.upstreamDsn));
+    for (const auto& route : next.databases) {
+      if (std::find(config_.databases.begin(), config_.databases.end(), route) == config_.databases.end()) {
+        logFixedNames(route.first, route.second);
+      }
+    }
+    config_.databases = next.databases;
+  }
   if (faultSpecs) {
     faults_.replace(std::move(*faultSpecs));
   } else if (!config_.faultsFile.empty()) {

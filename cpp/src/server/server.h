@@ -10,6 +10,7 @@
 #include <set>
 #include <string>
 
+#include "auth/auth_file.h"
 #include "config/server_config.h"
 #include "faults/fault_rules.h"
 #include "guardrails/guardrail_set.h"
@@ -20,6 +21,7 @@
 #include "session/event_loop.h"
 #include "session/registry.h"
 #include "session/session.h"
+#include "upstream/routes.h"
 
 namespace Poco {
 class ThreadPool;
@@ -86,6 +88,8 @@ class Server final : public session::ConnectionTracker {
   guardrails::GuardrailHolder guardrails_;
   faults::FaultRegistry faults_;
   session::PeerDirectory peers_;
+  upstream::RouteHolder routes_;
+  std::unique_ptr<auth::CredentialsHolder> credentials_;  // --auth=scram-sha-256
   std::unique_ptr<session::TlsContextHolder> tls_;
   int wakeFd_ = -1;
   int forceFd_ = -1;

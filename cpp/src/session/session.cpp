@@ -165,10 +165,10 @@ void Session::finish() noexcept {
     const std::chrono::duration<double> lifetime = Clock::now() - started_;
     const Relay::Totals totals = relay_ ? relay_->totals() : Relay::Totals{};
     const std::string* user = startup_.parameter("user");
-    const std::string* database = startup_.parameter("database");
     try {
-      context_.observer.sessionClosed({id_, clientAddress_, user != nullptr ? *user : std::string_view(),
-                                       database != nullptr ? *database : std::string_view(), clientApplicationName_,
+      // The database is the route's name (the client's database, its user's name when it sent none).
+      context_.observer.sessionClosed({id_, clientAddress_, user != nullptr ? *user : std::string_view(), routeName_,
+                                       clientApplicationName_,
                                        lifetime.count(), totals.queries, totals.rows, totals.bytes, closeReason_});
     } catch (...) {
     }

@@ -11,6 +11,8 @@
 
 #include <atomic>
 
+#include "auth/auth_file.h"
+#include "auth/scram.h"
 #include "config/server_config.h"
 #include "faults/fault_rules.h"
 #include "guardrails/guardrail_set.h"
@@ -26,6 +28,7 @@
 #include "session/registry.h"
 #include "session/socket_io.h"
 
+#include "upstream/routes.h"
 #include "upstream/upstream_connection.h"
 
 
@@ -53,6 +56,10 @@ struct SessionContext {
   faults::FaultRegistry* faults = nullptr;  // fault rules to apply to queries; null: none
   const PeerDirectory* peers = nullptr;       // the other instances, for cancel keys they issued
   ConnectionTracker* tracker = nullptr;       // null: nobody to tell
+
+  // ---- routing and client authentication (startup.cpp) ----
+  const upstream::RouteHolder* routes = nullptr;  // null: everything goes to config.upstreamDsn
+  const auth::CredentialsHolder* credentials = nullptr;  // --auth=scram-sha-256: the auth file in force
 };
 
 // One client's life on the event loop, from its first byte to its last: SSL negotiation and the TLS
@@ -176,6 +183,29 @@ class Session final : public LoopTask, private RelayHost {
   std::size_t clientOutSent_ = 0;
   std::string upstreamOut_;  // bytes for the upstream, written as it reads (it never reads while writing)
   std::size_t upstreamOutSent_ = 0;
+
+  // ---- routing and client authentication (startup.cpp) ----
+  // Counts the client against --max-connections (FATAL 53300 when full).
+  void admit();
+  // Picks the route for the client's database and starts the upstream connect (state kConnecting).
+  // `password` (passthrough): the client's, to connect as the client with; wiped once libpq has it.
+  void connectUpstream(std::string password = {});
+  // The route's name: the client's database (its user's name when it sent none). Fault rules, query
+  // records and logs carry it where they carry a database.
+  std::string routeName_;
+  // Client authentication, a sub-state of kAwaitingStartup (startupStep hands over to authStep):
+  // the proxy's request is out, the client's answer is awaited, all within --startup-timeout.
+  enum class AuthPhase { kNone, kPassword, kSaslInitial, kSaslResponse };
+  AuthPhase authPhase_ = AuthPhase::kNone;
+  std::unique_ptr<auth::ScramServer> scram_;
+  // Sends the --auth request (or, for trust, admits and connects at once).
+  void beginAuthentication();
+  [[nodiscard]] std::optional<Interest> authStep(const Readiness& ready);
+  // One PasswordMessage / SASLInitialResponse / SASLResponse; true when authentication is done.
+  [[nodiscard]] bool handleAuthMessage(const protocol::Frame& frame);
+  // Counted and logged (observers); the caller throws the client's error.
+  void authFailed(std::string_view reason);
+  [[nodiscard]] bool peerIsLoopback() const;
 };
 
 }  // namespace pgwire_proxy::session

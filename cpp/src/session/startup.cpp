@@ -1,10 +1,15 @@
 // A session's startup on the event loop: SSL negotiation and the TLS handshake, the startup packet,
 // cancel requests, admission and the upstream connect, each a state with a deadline.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 #include <poll.h>
+#include <sys/socket.h>
 
 #include "observability/log.h"
 #include "protocol/constants.h"
+#include "protocol/reader.h"
 #include "protocol/writer.h"
 #include "session/cancel_sender.h"
 #include "session/session.h"
@@ -17,6 +22,20 @@ namespace {
 
 bool isFalse(const std::string& value) {
   return value == "false" || value == "0" || value == "off" || value == "no";
+}
+
+// PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH: the largest password or SASL message it reads.
+constexpr std::uint32_t kMaxAuthMessage = 65535;
+
+std::string_view failureName(auth::Failure failure) {
+  switch (failure) {
+    case auth::Failure::kWrongPassword: return "wrong_password";
+    case auth::Failure::kUnknownUser: return "unknown_user";
+    case auth::Failure::kChannelBinding: return "channel_binding";
+    case auth::Failure::kProtocol:
+    case auth::Failure::kNone: break;
+  }
+  return "protocol_violation";
 }
 
 ProxyError refusedAtShutdown() {
@@ -41,6 +60,7 @@ void Session::leaveStartup() noexcept {
 }
 
 std::optional<Interest> Session::startupStep(const Readiness& ready) {
+  if (authPhase_ != AuthPhase::kNone) return authStep(ready);
   if (overStartupLimit_) {
     throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections in startup",
                      "pgwire-proxy accepts at most " + std::to_string(context_.config.maxStartupConnections) +
@@ -96,7 +116,7 @@ std::optional<Interest> Session::startupStep(const Readiness& ready) {
         }
         startup_ = std::move(packet);
         beginSession();
-        return connectStep(Readiness{});
+        return authPhase_ == AuthPhase::kNone ? connectStep(Readiness{}) : authStep(Readiness{});
     }
   }
 }
@@ -179,14 +199,216 @@ void Session::beginSession() {
                      "replication connections are not supported by pgwire-proxy");
   }
   if (const std::string* app = startup_.parameter("application_name")) clientApplicationName_ = *app;
+  // PostgreSQL's default: a client that names no database asks for the one named after its user.
+  const std::string* database = startup_.parameter("database");
+  routeName_ = database != nullptr && !database->empty() ? *database : *user;
+  beginAuthentication();
+}
+
+bool Session::peerIsLoopback() const {
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  if (::getpeername(clientFd_, reinterpret_cast<sockaddr*>(&peer), &length) != 0) return false;
+  if (peer.ss_family == AF_UNIX) return true;
+  if (peer.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(peer);
+    return (ntohl(in.sin_addr.s_addr) >> 24) == 127;
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+    if (IN6_IS_ADDR_LOOPBACK(&in6)) return true;
+    return IN6_IS_ADDR_V4MAPPED(&in6) && in6.s6_addr[12] == 127;
+  }
+  return false;
+}
+
+void Session::authFailed(std::string_view reason) {
+  const std::string* user = startup_.parameter("user");
+  context_.observer.authenticationFailed(id_, clientAddress_, user != nullptr ? std::string_view(*user) : std::string_view(),
+                                         config::authModeName(context_.config.authMode), reason);
+}
+
+void Session::beginAuthentication() {
+  const std::string& user = *startup_.parameter("user");
+  std::string out;
+  protocol::MessageWriter writer(out);
+  switch (context_.config.authMode) {
+    case config::AuthMode::kTrust:
+      admit();
+      connectUpstream();
+      return;
+    case config::AuthMode::kPassthrough:
+      // The password arrives in clear text: only where nobody can read it on the way.
+      if (!client_->encrypted() && !peerIsLoopback()) {
+        authFailed("insecure_transport");
+        throw ProxyError(Severity::kFatal, sqlstate::kInvalidAuthorization,
+                         "pgwire-proxy asks for passwords only over TLS or from a loopback client",
+                         "With --auth=passthrough the password is sent in clear text; this connection from " +
+                             clientAddress_ + " is not encrypted.",
+                         context_.tls != nullptr ? "Connect with sslmode=require."
+                                                 : "Connect from the proxy's own host, or run pgwire-proxy with --enable-tls.");
+      }
+      protocol::writeAuthenticationRequest(writer, 3);  // AuthenticationCleartextPassword
+      authPhase_ = AuthPhase::kPassword;
+      break;
+    case config::AuthMode::kScramSha256: {
+      std::string binding;  // tls-server-end-point: what SCRAM-SHA-256-PLUS binds the exchange to
+      if (client_->encrypted()) binding = auth::tlsServerEndPoint(static_cast<TlsChannel&>(*client_).ssl());
+      const auto credentials = context_.credentials->load();
+      scram_ = std::make_unique<auth::ScramServer>(user, credentials->find(user), binding,
+                                                   context_.credentials->mockKey());
+      protocol::writeAuthenticationSasl(writer, auth::ScramServer::mechanisms(!binding.empty()));
+      authPhase_ = AuthPhase::kSaslInitial;
+      break;
+    }
+  }
+  writeClient(out);
+}
+
+std::optional<Interest> Session::authStep(const Readiness& ready) {
+  if (ready.shutdown) throw refusedAtShutdown();
+  if (ready.timedOut && Clock::now() >= startupDeadline_) {
+    authFailed("timeout");
+    throw ProtocolError("timeout expired during authentication (startup-timeout " +
+                        config::formatDuration(context_.config.startupTimeout) + ")");
+  }
+  for (;;) {
+    if (clientOutPending()) {
+      writeClientOut();
+      if (clientOutPending()) return clientInterest(client_->writeEvents(), startupDeadline_);
+    }
+    std::optional<protocol::Frame> frame;
+    try {
+      frame = protocol::decodeFrame(clientIn_.readable(), kMaxAuthMessage);
+    } catch (const ProtocolError&) {
+      authFailed("protocol_violation");
+      throw;
+    }
+    if (frame) {
+      const bool done = handleAuthMessage(*frame);
+      clientIn_.consume(frame->bytes.size());
+      if (done) return connectStep(Readiness{});
+      continue;
+    }
+    const auto count = client_->read(clientIn_.prepareWrite(kClientReadChunk));
+    if (count && *count == 0) {
+      // libpq without a password does this (and psql, before it prompts for one).
+      authFailed("abandoned");
+      throw SessionEnded{"client left during authentication"};
+    }
+    if (count) {
+      clientIn_.commitWrite(*count);
+      continue;
+    }
+    return clientInterest(client_->readEvents(), startupDeadline_);
+  }
+}
+
+bool Session::handleAuthMessage(const protocol::Frame& frame) {
+  if (frame.type() != protocol::frontend::kPassword) {
+    authFailed("protocol_violation");
+    throw ProxyError(Severity::kFatal, sqlstate::kProtocolViolation,
+                     std::string(authPhase_ == AuthPhase::kPassword ? "expected password response"
+                                                                    : "expected SASL response") +
+                         ", got message type " + std::to_string(static_cast<int>(frame.type())));
+  }
+  const std::span<const char> body = frame.body();
+  if (authPhase_ == AuthPhase::kPassword) {
+    // PostgreSQL's recv_password_packet checks, in its words.
+    const std::string_view text(body.data(), body.size());
+    if (text.empty() || text.find('\0') != text.size() - 1) {
+      authFailed("protocol_violation");
+      throw ProxyError(Severity::kFatal, sqlstate::kProtocolViolation, "invalid password packet size");
+    }
+    if (text.size() == 1) {
+      authFailed("wrong_password");
+      throw ProxyError(Severity::kFatal, sqlstate::kInvalidPassword, "empty password returned by client");
+    }
+    std::string password(text.substr(0, text.size() - 1));
+    // The buffered copy goes now (the bytes are the session's own buffer, viewed read-only here).
+    OPENSSL_cleanse(const_cast<char*>(frame.bytes.data()), frame.bytes.size());
+    authPhase_ = AuthPhase::kNone;
+    admit();
+    connectUpstream(std::move(password));
+    return true;
+  }
+
+  auth::ScramServer::Step result;
+  if (authPhase_ == AuthPhase::kSaslInitial) {
+    std::string mechanism;
+    std::optional<std::string_view> data;
+    try {
+      protocol::MessageReader reader(body);
+      mechanism.assign(reader.readCString());
+      const std::int32_t length = reader.readInt32();
+      if (length < -1) throw ProtocolError("insufficient data left in message");
+      if (length >= 0) {
+        const auto bytes = reader.readBytes(static_cast<std::size_t>(length));
+        data = std::string_view(bytes.data(), bytes.size());
+      }
+      reader.expectEnd();
+    } catch (const ProtocolError&) {
+      authFailed("protocol_violation");
+      throw;
+    }
+    result = scram_->initialResponse(mechanism, data);
+  } else {
+    result = scram_->response(std::string_view(body.data(), body.size()));
+  }
+  if (result.kind == auth::ScramServer::Step::Kind::kFailure) {
+    authFailed(failureName(result.reason));
+    throw *result.error;
+  }
+  std::string out;
+  protocol::MessageWriter writer(out);
+  if (result.kind == auth::ScramServer::Step::Kind::kContinue) {
+    protocol::writeAuthenticationRequest(writer, 11, result.data);  // AuthenticationSASLContinue
+    writeClient(out);
+    authPhase_ = AuthPhase::kSaslResponse;
+    return false;
+  }
+  protocol::writeAuthenticationRequest(writer, 12, result.data);  // AuthenticationSASLFinal; Ok comes at open
+  writeClient(out);
+  authPhase_ = AuthPhase::kNone;
+  scram_.reset();
+  admit();
+  connectUpstream();
+  return true;
+}
+
+void Session::admit() {
   if (!context_.registry.tryAdmit()) {
     throw ProxyError(Severity::kFatal, sqlstate::kTooManyConnections, "too many connections",
                      "pgwire-proxy admits at most " + std::to_string(context_.registry.maxSessions()) +
                          " clients at once (--max-connections).");
   }
   admitted_ = true;
+}
 
+void Session::connectUpstream(std::string password) {
   upstream::ConnectRequest request;
+  if (!password.empty()) {
+    request.asClient = true;
+    request.password = std::move(password);
+  }
+  // Neither copy outlives the connect's start (libpq's own is wiped when the connect ends).
+  struct WipeOnExit {
+    std::string& secret;
+    ~WipeOnExit() { upstream::wipe(secret); }
+  } wipeOnExit{request.password};
+  if (context_.routes != nullptr) {
+    const auto route = context_.routes->load()->find(routeName_);
+    // PostgreSQL's own words for a database it does not have.
+    if (!route) {
+      throw ProxyError(Severity::kFatal, sqlstate::kInvalidCatalogName,
+                       "database \"" + routeName_ + "\" does not exist");
+    }
+    request.dsn = route->dsn;
+  } else {
+    request.dsn = context_.config.upstreamDsn;
+  }
+  request.user = *startup_.parameter("user");
+  request.database = routeName_;
   for (const auto& [name, value] : startup_.parameters) {
     if (!name.starts_with("_pq_.") && name != "user" && name != "database" && name != "application_name" &&
         name != "replication") {
@@ -223,8 +445,13 @@ std::optional<Interest> Session::connectStep(const Readiness& ready) {
     } else if (ready.timedOut && Clock::now() >= connectDeadline_) {
       throw upstream::UpstreamConnection::timeoutError(context_.config);
     }
-  } catch (const ProxyError&) {
+  } catch (const ProxyError& error) {
     context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart_).count(), false);
+    // Passthrough: the upstream's verdict on the client's password is the authentication's.
+    if (context_.config.authMode == config::AuthMode::kPassthrough &&
+        (error.sqlstate() == sqlstate::kInvalidPassword || error.sqlstate() == sqlstate::kInvalidAuthorization)) {
+      authFailed("upstream_rejected");
+    }
     throw;
   }
   Interest interest;
@@ -248,11 +475,10 @@ void Session::openSession() {
     upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
   }
   const std::string* user = startup_.parameter("user");
-  const std::string* database = startup_.parameter("database");
   relay_ = std::make_unique<Relay>(
       RelayContext{id_, context_.observer, context_.guardrails, context_.faults, context_.config.extendedProtocolRelay,
-                   upstream_->statementTimeout(), user != nullptr ? *user : std::string(),
-                   database != nullptr ? *database : std::string(), clientApplicationName_},
+                   upstream_->statementTimeout(), user != nullptr ? *user : std::string(), routeName_,
+                   clientApplicationName_},
       static_cast<RelayHost&>(*this));
   canceller_ = std::make_shared<QueryCanceller>(loop(), taskId());
   cancelKey_ = context_.registry.add(canceller_);

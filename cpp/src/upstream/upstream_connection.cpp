@@ -2,6 +2,7 @@
 #include "upstream/upstream_connection.h"
 
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -66,7 +67,35 @@ ProxyError connectionError(const std::string& libpqMessage) {
 
 using ConninfoPtr = std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)>;
 
+ConninfoPtr parseDsn(const std::string& text) {
+  char* parseError = nullptr;
+  ConninfoPtr dsn(PQconninfoParse(text.c_str(), &parseError), &PQconninfoFree);
+  if (!dsn) {
+    std::string message = parseError != nullptr ? parseError : "out of memory";
+    PQfreemem(parseError);
+    throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
+                     "invalid upstream connection string: " + trimTrailingNewlines(message));
+  }
+  return dsn;
+}
+
 }  // namespace
+
+DsnNames dsnNames(const std::string& dsn) {
+  DsnNames names;
+  const ConninfoPtr options = parseDsn(dsn);
+  for (PQconninfoOption* o = options.get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || *o->val == '\0') continue;
+    if (std::strcmp(o->keyword, "user") == 0) names.user = o->val;
+    if (std::strcmp(o->keyword, "dbname") == 0) names.dbname = o->val;
+  }
+  return names;
+}
+
+void wipe(std::string& secret) noexcept {
+  if (!secret.empty()) OPENSSL_cleanse(secret.data(), secret.size());
+  secret.clear();
+}
 
 std::string auditApplicationName(std::string_view clientApplication, std::string_view clientAddress) {
   constexpr std::size_t kMaxLength = 63;  // NAMEDATALEN - 1
@@ -177,23 +206,29 @@ std::string escapeOptionValue(std::string_view value) {
 }
 
 UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request) {
-  char* parseError = nullptr;
-  ConninfoPtr dsn(PQconninfoParse(config.upstreamDsn.c_str(), &parseError), &PQconninfoFree);
-  if (!dsn) {
-    std::string message = parseError != nullptr ? parseError : "out of memory";
-    PQfreemem(parseError);
-    throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
-                     "invalid upstream connection string: " + trimTrailingNewlines(message));
-  }
+  const ConninfoPtr dsn = parseDsn(request.dsn.empty() ? config.upstreamDsn : request.dsn);
 
   // Start from the DSN's own settings; then add what the client asked for and what the proxy enforces.
   Parameters params;
+  // The password (the DSN's or the client's) is wiped from this copy whatever happens below.
+  struct WipeOnExit {
+    Parameters& params;
+    ~WipeOnExit() {
+      for (auto& [key, value] : params) {
+        if (key == "password") wipe(value);
+      }
+    }
+  } wipeOnExit{params};
   std::string options;
+  bool namesUser = false;
+  bool namesDatabase = false;
   for (PQconninfoOption* o = dsn.get(); o->keyword != nullptr; ++o) {
     if (o->val == nullptr || *o->val == '\0') continue;
     if (std::strcmp(o->keyword, "options") == 0) {
       options = o->val;
     } else {
+      namesUser = namesUser || std::strcmp(o->keyword, "user") == 0;
+      namesDatabase = namesDatabase || std::strcmp(o->keyword, "dbname") == 0;
       params.emplace_back(o->keyword, o->val);
     }
   }
@@ -206,6 +241,15 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
     }
     params.emplace_back(key, value);
   };
+  // The DSN's names win; where it names none the client's are used (not libpq's PGUSER/PGDATABASE).
+  // Passthrough connects as the client with the client's password, whatever the DSN names.
+  if (request.asClient) {
+    set("user", request.user);
+    set("password", request.password);
+  } else if (!namesUser && !request.user.empty()) {
+    set("user", request.user);
+  }
+  if (!namesDatabase && !request.database.empty()) set("dbname", request.database);
   auto appendOption = [&options](const std::string& item) {
     if (!options.empty()) options += ' ';
     options += item;
@@ -254,6 +298,7 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
 
   if (PQstatus(conn_) == CONNECTION_BAD) {
     ProxyError error = connectionError(PQerrorMessage(conn_));
+    wipePassword();
     PQfinish(conn_);
     conn_ = nullptr;
     throw error;
@@ -279,6 +324,7 @@ struct LibpqCancelPrefix {
 
 std::optional<ConnectWait> UpstreamConnection::continueConnect() {
   auto fail = [this](ProxyError error) {
+    wipePassword();
     PQfinish(conn_);
     conn_ = nullptr;
     throw error;
@@ -296,6 +342,7 @@ std::optional<ConnectWait> UpstreamConnection::continueConnect() {
     default:
       return ConnectWait{PQsocket(conn_), POLLOUT};
   }
+  wipePassword();
   // Connected: libpq's own writes (Terminate at the end) must never wait on a wedged upstream.
   (void)PQsetnonblocking(conn_, 1);
   cancel_ = PQgetCancel(conn_);
@@ -320,6 +367,15 @@ ProxyError UpstreamConnection::timeoutError(const config::ServerConfig& config) 
   return ProxyError(Severity::kFatal, sqlstate::kConnectionFailure,
                     "could not connect to the upstream server: timeout expired after " +
                         config::formatDuration(config.connectTimeout));
+}
+
+void UpstreamConnection::wipePassword() noexcept {
+  // PQpass returns libpq's own (mutable) storage: the DSN's or the client's password. It is not read
+  // again once the connect has ended (no PQreset here).
+  if (conn_ == nullptr) return;
+  if (char* password = PQpass(conn_); password != nullptr && *password != '\0') {
+    OPENSSL_cleanse(password, std::strlen(password));
+  }
 }
 
 UpstreamConnection::~UpstreamConnection() {

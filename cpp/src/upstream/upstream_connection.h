@@ -25,10 +25,29 @@ using Parameters = std::vector<std::pair<std::string, std::string>>;
 
 // What a session asks of the upstream connection, beyond the DSN.
 struct ConnectRequest {
+  std::string dsn;                // the route's DSN; empty: --upstream-dsn
   Parameters clientParameters;    // the client's startup parameters (user/database already removed)
   std::string auditApplicationName;  // becomes the upstream's application_name
+  // The client's user and database: used where the DSN names none (a DSN that names them wins).
+  std::string user;
+  std::string database;
+  // Passthrough authentication: connect as `user` with this password whatever the DSN says. Wiped
+  // by the caller once the connect has started (libpq's own copy is wiped when the connect ends).
+  bool asClient = false;
+  std::string password;
   std::chrono::steady_clock::time_point deadline;
 };
+
+// The user and database a DSN names itself (empty when it names none); throws ProxyError for a DSN
+// libpq cannot parse.
+struct DsnNames {
+  std::string user;
+  std::string dbname;
+};
+[[nodiscard]] DsnNames dsnNames(const std::string& dsn);
+
+// Overwrites a secret before its memory is released (OPENSSL_cleanse: not optimised away).
+void wipe(std::string& secret) noexcept;
 
 // Builds the upstream's application_name, `pgwire-proxy/<app>@<address>`, within PostgreSQL's 63 bytes.
 [[nodiscard]] std::string auditApplicationName(std::string_view clientApplication, std::string_view clientAddress);
@@ -97,6 +116,9 @@ class UpstreamConnection {
   void abandon();
 
  private:
+  // Overwrites libpq's copy of the password (PQpass): the connect is over, it is needed no more.
+  void wipePassword() noexcept;
+
   std::chrono::milliseconds statementTimeout_{0};
   std::optional<CancelData> cancelData_;
   int pollStatus_ = 0;  // libpq's PostgresPollingStatusType of the last step
