@@ -27,6 +27,9 @@ def refused(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             return False
+    except ConnectionResetError:
+        # A handshake the listener's shutdown caught half-way: not yet the clean refusal; try again.
+        return False
     except ConnectionRefusedError:
         return True
 

@@ -194,7 +194,13 @@ void Server::beginShutdown() {
     shutdownBegun_ = true;
     server = std::move(tcpServer_);
   }
-  // Destroying the TCPServer closes the listening socket: new connections are refused at once.
+  // Poco 1.11's acceptor polls the listening socket with a 250 ms timeout and looks at its stop flag
+  // only between polls, so TCPServer::stop() (from the destructor) waited out the rest of a poll.
+  // shutdown() on a listening socket ends its poll at once (Linux: the socket goes to CLOSE, poll
+  // reports POLLHUP, accept fails with EINVAL): new connections are refused from here on, and the
+  // acceptor turns round in microseconds until stop() sets the flag.
+  (void)::shutdown(server->socket().impl()->sockfd(), SHUT_RDWR);
+  // Destroying the TCPServer stops the acceptor and closes the socket.
   // Running connections keep their pool threads (Poco's dispatcher is reference-counted).
   server.reset();
   const std::uint64_t one = 1;
