@@ -300,6 +300,19 @@ def test_bad_rules_are_refused(pgwire_proxy, rule, message):
     assert pgwire_proxy.faults() == []
 
 
+def test_a_bad_match_names_the_fault_option_and_the_dialect(pgwire_proxy):
+    # Python's (?i) is not POSIX ERE: the error names `fault match` (not the deny list whose code it
+    # shares), the dialect, and the way to ignore case.
+    with pytest.raises(ValueError) as excinfo:
+        pgwire_proxy.add_fault("(?i)^commit", sqlstate="40001", message="x")
+    message = str(excinfo.value)
+    assert message.startswith('fault match: invalid pattern "(?i)^commit" (a POSIX extended regular expression)')
+    assert "deny" not in message and "ignore-case option" in message, message
+    fault = pgwire_proxy.add_fault("^commit", sqlstate="40001", message="x", ignore_case=True)
+    assert pgwire_proxy.faults()[0]["match"] == "^commit"
+    fault.remove()
+
+
 def test_in_process_proxy_reads_a_rules_file(pgwire_proxy_factory, tmp_path):
     rules = tmp_path / "faults.rules"
     rules.write_text("match=file_probe; action=error; sqlstate=40P01; message=deadlock detected (file)\n")
