@@ -201,7 +201,10 @@ class Proxy:
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
-    guardrails; the default 'reject' refuses it with 0A000. faults names a rules file (as the
+    guardrails; the default 'reject' refuses it with 0A000. deny and allow (and the lines of deny_file
+    and allow_file) are POSIX extended regular expressions (glibc's regcomp: [[:space:]], and also
+    \\s \\w \\b; no (?i), use patterns_ignore_case=True; no \\d, use [0-9]) searched anywhere in the
+    query text; fault rules' match is the same dialect. faults names a rules file (as the
     binary's --faults; add_fault adds rules at runtime). instance_id and peers ({id: 'host:port'}
     or the binary's 'ID=HOST:PORT,...') route cancel requests between instances (docs/scaling.md).
     metrics_address ('127.0.0.1:0' picks a port) serves
@@ -429,9 +432,10 @@ class Proxy:
                   per_session: bool = False, probability: Optional[float] = None, seed: Optional[int] = None,
                   user: Optional[str] = None, database: Optional[str] = None,
                   application_name: Optional[str] = None, ignore_case: bool = False) -> Fault:
-        """Injects a fault into the queries that `match` (a POSIX regex searched in the query text;
-        None: every query), from each session's next query on. Rules apply in the order added; the
-        first that fires wins. See docs/fault-injection.md.
+        """Injects a fault into the queries that `match` (a POSIX extended regular expression, as deny
+        and allow take, searched anywhere in the query text; not Python's re: no (?i) or \\d, use
+        ignore_case=True and [0-9]; None: every query), from each session's next query on. Rules
+        apply in the order added; the first that fires wins. See docs/fault-injection.md.
 
         action='error' answers with an ErrorResponse (sqlstate, message, detail, hint; severity
         'FATAL' closes the connection) instead of running the query (when='before', the default) or

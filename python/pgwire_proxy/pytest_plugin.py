@@ -66,7 +66,8 @@ def pgwire_proxy(pgwire_proxy_factory) -> Proxy:
 @pytest.fixture
 def pgwire_faults(pgwire_proxy) -> Iterator[Callable[..., "Fault"]]:
     """add(match=None, action="error", **rule) puts a fault rule on `pgwire_proxy` (see
-    Proxy.add_fault) and returns its Fault; every rule added is removed at teardown.
+    Proxy.add_fault; `match` is a POSIX extended regular expression, not Python's re) and returns its
+    Fault; every rule added is removed at teardown.
 
         def test_retry(pgwire_proxy, pgwire_faults):
             pgwire_faults("^commit", sqlstate="40001", message="could not serialize access", nth=1)
@@ -121,41 +122,51 @@ def pgwire_proxy_process_factory(pg_upstream) -> Iterator[Callable[..., ProxyPro
         pytest.fail("\n".join(unclean), pytrace=False)
 
 
-def _listing(queries: CapturedQueries) -> str:
+def _listing(queries: CapturedQueries, counted: Optional[List[bool]] = None) -> str:
+    """The block's queries, one a line; with `counted`, those that count are marked `*`."""
     lines = []
     for i, q in enumerate(queries, 1):
         status = q.outcome if q.sqlstate is None else f"{q.outcome} {q.sqlstate}"
-        lines.append(f"  {i}. [{status}] {q.sql}")
+        mark = "" if counted is None else ("* " if counted[i - 1] else "  ")
+        lines.append(f"  {mark}{i}. [{status}] {q.sql}")
     return "\n".join(lines) or "  (none)"
 
 
 @contextlib.contextmanager
 def check_queries(proxy: Proxy, count: Optional[int] = None, max: Optional[int] = None,  # noqa: A002
                   match: Union[None, str, Pattern[str]] = None) -> Iterator[CapturedQueries]:
-    """Fails the test unless the block ran exactly `count` (or at most `max`) queries through `proxy`;
-    with `match`, only queries whose SQL matches that regex (re.search) are counted. The failure lists
-    every query of the block. Yields the block's queries (filled when it ends). An exception raised
-    inside the block propagates unchanged (nothing is asserted then)."""
+    """Raises AssertionError unless the block ran exactly `count` (or at most `max`) queries through
+    `proxy`; with `match`, only queries whose SQL matches that regex are counted. `match` is Python's
+    `re` (re.search, so `(?i)`, `\\d` and `\\b` work), unlike the proxy's own patterns (deny, allow,
+    fault rules), which are POSIX extended regular expressions. The message lists every query of the
+    block, marking the counted ones `*` when `match` is given. Yields the block's queries (filled when
+    it ends). An exception raised inside the block propagates unchanged (nothing is asserted then)."""
+    __tracebackhide__ = True
     if count is None and max is None:
         raise TypeError("assert_queries needs count= or max=")
     pattern = re.compile(match) if isinstance(match, str) else match
     with proxy.capture() as captured:
         yield captured
-    counted = [q for q in captured if pattern is None or pattern.search(q.sql)]
-    what = f" matching {pattern.pattern!r}" if pattern is not None else ""
-    if count is not None and len(counted) != count:
-        pytest.fail(f"expected {count} queries{what}, the proxy saw {len(counted)}:\n{_listing(captured)}",
-                    pytrace=False)
-    if max is not None and len(counted) > max:
-        pytest.fail(f"expected at most {max} queries{what}, the proxy saw {len(counted)}:\n"
-                    f"{_listing(captured)}", pytrace=False)
+    flags = [pattern is None or bool(pattern.search(q.sql)) for q in captured]
+    seen = sum(flags)
+    if pattern is None:
+        what, listing = ":", _listing(captured)
+    else:
+        what = f" (marked *, of {len(captured)} in the block):"
+        listing = _listing(captured, flags)
+    matching = "" if pattern is None else f" matching {pattern.pattern!r}"
+    if count is not None and seen != count:
+        raise AssertionError(f"expected {count} queries{matching}, the proxy saw {seen}{what}\n{listing}")
+    if max is not None and seen > max:
+        raise AssertionError(f"expected at most {max} queries{matching}, the proxy saw {seen}{what}\n{listing}")
 
 
 @pytest.fixture
 def assert_queries() -> Callable[..., "contextlib.AbstractContextManager[CapturedQueries]"]:
-    """assert_queries(proxy, count=None, max=None, match=None): a context manager that fails the test
-    with the list of queries when the block's query count is not as expected, in the manner of
-    pytest-django's django_assert_num_queries.
+    """assert_queries(proxy, count=None, max=None, match=None): a context manager that raises
+    AssertionError with the list of queries when the block's query count is not as expected, in the
+    manner of pytest-django's django_assert_num_queries. `match` is a Python `re` pattern (re.search),
+    not the proxy's POSIX dialect.
 
         with assert_queries(pgwire_proxy, count=2) as queries:
             conn.execute("select 1")

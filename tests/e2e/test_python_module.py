@@ -415,7 +415,8 @@ def test_assert_queries_passes(pgwire_proxy, assert_queries):
 
 def test_assert_queries_fails_listing_the_queries(pgwire_proxy, assert_queries):
     with connect(pgwire_proxy) as conn:
-        with pytest.raises(pytest.fail.Exception) as failed:
+        # An AssertionError (what pytest.raises(AssertionError) and unittest expect), not pytest's Failed.
+        with pytest.raises(AssertionError) as failed:
             with assert_queries(pgwire_proxy, count=1):
                 conn.execute("select 'first'")
                 with pytest.raises(errors.UndefinedTable):
@@ -423,11 +424,21 @@ def test_assert_queries_fails_listing_the_queries(pgwire_proxy, assert_queries):
         assert str(failed.value) == ("expected 1 queries, the proxy saw 2:\n"
                                      "  1. [ok] select 'first'\n"
                                      "  2. [error 42P01] select * from missing_table")
-        with pytest.raises(pytest.fail.Exception, match=r"at most 1 queries matching '\^select', the proxy saw 2"):
+        # With match=, the listing marks the queries that were counted.
+        with pytest.raises(AssertionError) as failed:
             with assert_queries(pgwire_proxy, max=1, match="^select"):
                 conn.execute("select 1")
-                conn.execute("select 2")
                 conn.execute("set application_name = 'x'")
+                conn.execute("select 2")
+        assert str(failed.value) == ("expected at most 1 queries matching '^select', the proxy saw 2 "
+                                     "(marked *, of 3 in the block):\n"
+                                     "  * 1. [ok] select 1\n"
+                                     "    2. [ok] set application_name = 'x'\n"
+                                     "  * 3. [ok] select 2")
+        # match= is Python's re: (?i) works here (the proxy's own patterns are POSIX ERE).
+        with assert_queries(pgwire_proxy, count=1, match=r"(?i)^SELECT\s+\d"):
+            conn.execute("select 3")
+            conn.execute("show application_name")
         with pytest.raises(TypeError, match="count= or max="):
             with assert_queries(pgwire_proxy):
                 pass
