@@ -396,7 +396,7 @@ class Proxy:
         return self._core.metrics_text()
 
     def stats(self) -> Dict[str, Any]:
-        """A snapshot of the counters since start, among them:
+        """A snapshot of the counters since start (or since the last reset_stats() / reset()), among them:
 
         connections_total, active_sessions, queries_total, rows_total, bytes_total (result bytes sent
         to clients), cancel_requests, cancels_matched (requests whose key named a live session),
@@ -405,9 +405,21 @@ class Proxy:
         drop, notice) and queries_by_outcome. The same counters as
         metrics_text(), so tests and dashboards agree; queries_by_outcome therefore uses the metrics'
         finer labels (ok, error, cancelled, timeout, limit_rows, limit_bytes, denied) where
-        QueryRecord.outcome says 'cancelled' or 'limit'.
+        QueryRecord.outcome says 'cancelled' or 'limit'. active_sessions is the live number, never reset.
         """
         return self._core.stats()
+
+    def reset_stats(self) -> None:
+        """stats() counts from now on, as on a fresh proxy (a key counted only before is left out). The
+        Prometheus counters of metrics_text() and the metrics endpoint are not reset: they only go up."""
+        self._core.reset_stats()
+
+    def reset(self) -> None:
+        """What a shared proxy does between tests: forgets the captured queries, removes every fault
+        rule and restarts the stats() counters (reset_stats). Sessions still open are not touched."""
+        self._core.clear_queries()
+        self._core.clear_faults()
+        self._core.reset_stats()
 
     def sessions(self) -> List[Dict[str, Any]]:
         """The live client sessions: id, backend_pid (the key the client was given), client_address,

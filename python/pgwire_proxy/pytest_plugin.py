@@ -1,7 +1,8 @@
 """pytest fixtures: a PostgreSQL for the test session and pgwire-proxy instances in front of it.
 
 pg_upstream                    session scope: a throwaway initdb cluster, or PGWIRE_PROXY_TEST_DSN's server
-pgwire_proxy                   a started in-process Proxy in front of pg_upstream on a free port
+pgwire_proxy_session           session scope: one in-process Proxy (default options) shared by the tests
+pgwire_proxy                   that shared proxy, reset for each test (queries, faults, stats)
 pgwire_proxy_factory           make(**options) -> started in-process Proxy; all stopped at teardown
 pgwire_proxy_process_factory   the same with the pgwire-proxy binary as a subprocess (signals, argv, env)
 pgwire_faults                  add(match, action, **rule) -> Fault on pgwire_proxy; removed at teardown
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from typing import Callable, Iterator, List, Optional, Pattern, Union
 
 import pytest
@@ -24,8 +26,12 @@ from .cluster import from_environment
 from .process import ProxyProcess, find_binary
 from .proxy import CapturedQueries, Fault, Proxy
 
-__all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_factory", "pgwire_proxy_process_factory",
-           "assert_queries", "check_queries"]
+__all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_session", "pgwire_proxy_factory",
+           "pgwire_proxy_process_factory", "pgwire_faults", "assert_queries", "check_queries", "SharedProxy"]
+
+# How long a test's teardown waits for the client sessions it closed to end on the shared proxy before
+# deciding that the test left one open (and replacing the proxy, so the next test starts clean).
+SESSION_DRAIN_SECONDS = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +63,69 @@ def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
         proxy.stop(timeout=10)
 
 
+class SharedProxy:
+    """The proxy behind `pgwire_proxy_session`: one in-process Proxy with default options in front of
+    pg_upstream, reused by every test, and replaced by a fresh one when a test stopped it or left a
+    client connected."""
+
+    def __init__(self, upstream_dsn: str):
+        self._upstream_dsn = upstream_dsn
+        self._proxy: Optional[Proxy] = None
+
+    def get(self) -> Proxy:
+        """The running shared proxy, reset (no queries, faults or counts from before), started if needed."""
+        proxy = self._proxy
+        if proxy is None or not proxy.running:
+            proxy = self._proxy = Proxy(self._upstream_dsn).start()
+        else:
+            proxy.reset()
+        return proxy
+
+    def release(self, drain_seconds: float = SESSION_DRAIN_SECONDS) -> None:
+        """After a test: waits up to `drain_seconds` for the sessions its clients closed to end; a
+        session still open then, or a stopped proxy, makes the next get() start a new one (the proxy is
+        stopped, so the open client gets FATAL 57P01)."""
+        proxy = self._proxy
+        if proxy is None:
+            return
+        if proxy.running:
+            deadline = time.monotonic() + drain_seconds
+            while proxy.sessions():
+                if time.monotonic() > deadline:
+                    proxy.stop(timeout=10)
+                    break
+                time.sleep(0.001)
+        if not proxy.running:
+            self._proxy = None
+
+    def stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop(timeout=10)
+            self._proxy = None
+
+
+@pytest.fixture(scope="session")
+def pgwire_proxy_session(pg_upstream) -> Iterator[SharedProxy]:
+    """The proxy that `pgwire_proxy` hands each test, for the whole test session: `.get()` gives it
+    running and reset, `.release()` ends a test's use. Depend on `pgwire_proxy` in tests; this is for
+    fixtures of a wider scope (module, session) that need the proxy's address."""
+    shared = SharedProxy(pg_upstream.dsn)
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def pgwire_proxy(pgwire_proxy_factory) -> Proxy:
-    """A started proxy with default options in front of pg_upstream, on a free port."""
-    return pgwire_proxy_factory()
+def pgwire_proxy(pgwire_proxy_session) -> Iterator[Proxy]:
+    """A started proxy with default options in front of pg_upstream, shared by the tests of the session
+    (starting and stopping one per test is what a suite would otherwise pay for) and reset for each:
+    no captured queries, no fault rules, stats() counting from zero. A test that leaves a client
+    connected, or stops the proxy, gets the next test a new proxy (on another port); options of your
+    own: pgwire_proxy_factory."""
+    proxy = pgwire_proxy_session.get()
+    try:
+        yield proxy
+    finally:
+        pgwire_proxy_session.release()
 
 
 @pytest.fixture
@@ -91,6 +156,10 @@ if os.environ.get("PGWIRE_PROXY_FIXTURE") == "process":
     @pytest.fixture
     def pgwire_proxy_factory(pgwire_proxy_process_factory):  # noqa: F811 - deliberate override
         return pgwire_proxy_process_factory
+
+    @pytest.fixture
+    def pgwire_proxy(pgwire_proxy_factory):  # noqa: F811 - a process per test: it has no reset
+        return pgwire_proxy_factory()
 
 
 @pytest.fixture

@@ -53,7 +53,16 @@ def upstream_backends(pg_upstream, app: str) -> int:
 
 # ---- error ---------------------------------------------------------------------------------------
 
+def injected_errors_metric(proxy) -> int:
+    # The Prometheus counter counts since the proxy started (pgwire_proxy's is shared between tests and
+    # its metrics are never reset, unlike stats()): compare values.
+    prefix = 'pgwire_proxy_faults_injected_total{action="error"} '
+    (line,) = [line for line in proxy.metrics_text().splitlines() if line.startswith(prefix)]
+    return int(line[len(prefix):])
+
+
 def test_error_before_the_query_never_runs_it(pgwire_proxy, pgwire_faults, pg_upstream, items):
+    metric_before = injected_errors_metric(pgwire_proxy)
     fault = pgwire_faults("^insert", **SERIALIZATION, detail="injected", hint="retry")
     with connect(pgwire_proxy) as conn:
         with pytest.raises(errors.SerializationFailure) as excinfo:
@@ -67,7 +76,7 @@ def test_error_before_the_query_never_runs_it(pgwire_proxy, pgwire_faults, pg_up
     record = [q for q in pgwire_proxy.queries() if q.sql.startswith("insert")][-1]
     assert (record.injected, record.outcome, record.sqlstate) == ("error", "error", "40001")
     assert pgwire_proxy.stats()["faults_injected"]["error"] == 1
-    assert 'pgwire_proxy_faults_injected_total{action="error"} 1' in pgwire_proxy.metrics_text()
+    assert injected_errors_metric(pgwire_proxy) == metric_before + 1
 
 
 def test_retry_loop_survives_a_40001_on_the_third_commit(pgwire_proxy, pgwire_faults, pg_upstream, items):
