@@ -47,6 +47,21 @@ py::dict toDict(const observability::QueryRecord& r) {
   return d;
 }
 
+using Counter = std::map<std::string, std::uint64_t>;
+
+// `now` less `base`, key by key; a key counted only before the baseline is left out, so that after
+// resetStats() the maps look as a fresh proxy's do (keys a fresh proxy lists with 0 stay).
+Counter since(const Counter& now, const Counter& base) {
+  Counter out;
+  for (const auto& [key, value] : now) {
+    const auto it = base.find(key);
+    const std::uint64_t before = it == base.end() ? 0 : it->second;
+    if (value == before && before != 0) continue;
+    out[key] = value - before;
+  }
+  return out;
+}
+
 py::list toList(const std::vector<observability::QueryRecord>& records) {
   py::list list;
   for (const auto& r : records) list.append(toDict(r));
@@ -76,28 +91,38 @@ class Proxy {
   [[nodiscard]] std::uint16_t port() const { return server_->port(); }
   [[nodiscard]] std::string host() const { return server_->host(); }
 
-  // The same counters the metrics endpoint serves, plus errors by full SQLSTATE and breaches by limit.
+  // The same counters the metrics endpoint serves, plus errors by full SQLSTATE and breaches by limit;
+  // counted since the start or the last resetStats() (active_sessions is the live number).
   py::dict stats() const {
     const auto c = server_->metrics().counts();
+    const Counter cancels = since(c.cancelsByResult, base_.counts.cancelsByResult);
     std::uint64_t cancelRequests = 0;
-    for (const auto& [result, n] : c.cancelsByResult) cancelRequests += n;
+    for (const auto& [result, n] : cancels) cancelRequests += n;
+    const auto matched = cancels.find("matched");
     py::dict d;
-    d["connections_total"] = c.connectionsAccepted;
-    d["connections_rejected"] = c.connectionsRejected;
+    d["connections_total"] = c.connectionsAccepted - base_.counts.connectionsAccepted;
+    d["connections_rejected"] = c.connectionsRejected - base_.counts.connectionsRejected;
     d["active_sessions"] = c.connectionsActive;
-    d["queries_total"] = c.queries;
-    d["rows_total"] = c.rows;
-    d["bytes_total"] = c.bytes;
+    d["queries_total"] = c.queries - base_.counts.queries;
+    d["rows_total"] = c.rows - base_.counts.rows;
+    d["bytes_total"] = c.bytes - base_.counts.bytes;
     d["cancel_requests"] = cancelRequests;
-    d["cancels_matched"] = c.cancelsByResult.at("matched");
-    d["cancels_by_result"] = c.cancelsByResult;
-    d["errors_by_sqlstate"] = stats_->errorsBySqlstate();
-    d["errors_by_class"] = c.errorsByClass;
-    d["limit_breaches"] = stats_->guardrailsByLimit();
-    d["faults_injected"] = c.faultsByAction;
-    d["auth_failures"] = c.authFailuresByReason;
-    d["queries_by_outcome"] = c.queriesByOutcome;
+    d["cancels_matched"] = matched == cancels.end() ? 0 : matched->second;
+    d["cancels_by_result"] = cancels;
+    d["errors_by_sqlstate"] = since(stats_->errorsBySqlstate(), base_.errorsBySqlstate);
+    d["errors_by_class"] = since(c.errorsByClass, base_.counts.errorsByClass);
+    d["limit_breaches"] = since(stats_->guardrailsByLimit(), base_.guardrailsByLimit);
+    d["faults_injected"] = since(c.faultsByAction, base_.counts.faultsByAction);
+    d["auth_failures"] = since(c.authFailuresByReason, base_.counts.authFailuresByReason);
+    d["queries_by_outcome"] = since(c.queriesByOutcome, base_.counts.queriesByOutcome);
     return d;
+  }
+
+  // stats() counts from here on (the metrics endpoint's counters, monotonic, are not touched).
+  void resetStats() {
+    base_.counts = server_->metrics().counts();
+    base_.errorsBySqlstate = stats_->errorsBySqlstate();
+    base_.guardrailsByLimit = stats_->guardrailsByLimit();
   }
 
   // Fault rules: `settings` are the --faults file's key=value pairs (match, action, sqlstate ...).
@@ -161,6 +186,11 @@ class Proxy {
   std::shared_ptr<observability::StatsCollector> stats_;
   std::unique_ptr<server::Server> server_;
   bool started_ = false;
+  // The counts at the last resetStats() (zeros before any); only touched with the GIL held.
+  struct Baseline {
+    observability::Metrics::Counts counts{};
+    Counter errorsBySqlstate, guardrailsByLimit;
+  } base_;
 };
 
 py::list optionSpecs() {
@@ -192,7 +222,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("host", &Proxy::host)
       .def_property_readonly("metrics_port", &Proxy::metricsPort)
       .def("metrics_text", &Proxy::metricsText, "The Prometheus exposition the metrics endpoint serves.")
-      .def("stats", &Proxy::stats)
+      .def("stats", &Proxy::stats, "The counters since start or the last reset_stats().")
+      .def("reset_stats", &Proxy::resetStats, "stats() counts from now on (the metrics' counters are not reset).")
       .def("sessions", &Proxy::sessions)
       .def("queries", &Proxy::queries)
       .def("queries_since", &Proxy::queriesSince, py::arg("sequence"))

@@ -213,7 +213,10 @@ class Proxy:
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
     tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
-    guardrails; the default 'reject' refuses it with 0A000. faults names a rules file (as the
+    guardrails; the default 'reject' refuses it with 0A000. deny and allow (and the lines of deny_file
+    and allow_file) are POSIX extended regular expressions (glibc's regcomp: [[:space:]], and also
+    \\s \\w \\b; no (?i), use patterns_ignore_case=True; no \\d, use [0-9]) searched anywhere in the
+    query text; fault rules' match is the same dialect. faults names a rules file (as the
     binary's --faults; add_fault adds rules at runtime). instance_id and peers ({id: 'host:port'}
     or the binary's 'ID=HOST:PORT,...') route cancel requests between instances (docs/scaling.md).
     metrics_address ('127.0.0.1:0' picks a port) serves
@@ -415,7 +418,7 @@ class Proxy:
         return self._core.metrics_text()
 
     def stats(self) -> Dict[str, Any]:
-        """A snapshot of the counters since start, among them:
+        """A snapshot of the counters since start (or since the last reset_stats() / reset()), among them:
 
         connections_total, active_sessions, queries_total, rows_total, bytes_total (result bytes sent
         to clients), cancel_requests, cancels_matched (requests whose key named a live session),
@@ -424,9 +427,21 @@ class Proxy:
         drop, notice) and queries_by_outcome. The same counters as
         metrics_text(), so tests and dashboards agree; queries_by_outcome therefore uses the metrics'
         finer labels (ok, error, cancelled, timeout, limit_rows, limit_bytes, denied) where
-        QueryRecord.outcome says 'cancelled' or 'limit'.
+        QueryRecord.outcome says 'cancelled' or 'limit'. active_sessions is the live number, never reset.
         """
         return self._core.stats()
+
+    def reset_stats(self) -> None:
+        """stats() counts from now on, as on a fresh proxy (a key counted only before is left out). The
+        Prometheus counters of metrics_text() and the metrics endpoint are not reset: they only go up."""
+        self._core.reset_stats()
+
+    def reset(self) -> None:
+        """What a shared proxy does between tests: forgets the captured queries, removes every fault
+        rule and restarts the stats() counters (reset_stats). Sessions still open are not touched."""
+        self._core.clear_queries()
+        self._core.clear_faults()
+        self._core.reset_stats()
 
     def sessions(self) -> List[Dict[str, Any]]:
         """The live client sessions: id, backend_pid (the key the client was given), client_address,
@@ -451,9 +466,10 @@ class Proxy:
                   per_session: bool = False, probability: Optional[float] = None, seed: Optional[int] = None,
                   user: Optional[str] = None, database: Optional[str] = None,
                   application_name: Optional[str] = None, ignore_case: bool = False) -> Fault:
-        """Injects a fault into the queries that `match` (a POSIX regex searched in the query text;
-        None: every query), from each session's next query on. Rules apply in the order added; the
-        first that fires wins. See docs/fault-injection.md.
+        """Injects a fault into the queries that `match` (a POSIX extended regular expression, as deny
+        and allow take, searched anywhere in the query text; not Python's re: no (?i) or \\d, use
+        ignore_case=True and [0-9]; None: every query), from each session's next query on. Rules
+        apply in the order added; the first that fires wins. See docs/fault-injection.md.
 
         action='error' answers with an ErrorResponse (sqlstate, message, detail, hint; severity
         'FATAL' closes the connection) instead of running the query (when='before', the default) or

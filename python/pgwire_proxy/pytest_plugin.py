@@ -1,7 +1,8 @@
 """pytest fixtures: a PostgreSQL for the test session and pgwire-proxy instances in front of it.
 
 pg_upstream                    session scope: a throwaway initdb cluster, or PGWIRE_PROXY_TEST_DSN's server
-pgwire_proxy                   a started in-process Proxy in front of pg_upstream on a free port
+pgwire_proxy_session           session scope: one in-process Proxy (default options) shared by the tests
+pgwire_proxy                   that shared proxy, reset for each test (queries, faults, stats)
 pgwire_proxy_factory           make(**options) -> started in-process Proxy; all stopped at teardown
 pgwire_proxy_process_factory   the same with the pgwire-proxy binary as a subprocess (signals, argv, env)
 pgwire_faults                  add(match, action, **rule) -> Fault on pgwire_proxy; removed at teardown
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from typing import Callable, Iterator, List, Optional, Pattern, Union
 
 import pytest
@@ -24,8 +26,12 @@ from .cluster import from_environment
 from .process import ProxyProcess, find_binary
 from .proxy import CapturedQueries, Fault, Proxy
 
-__all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_factory", "pgwire_proxy_process_factory",
-           "assert_queries", "check_queries"]
+__all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_session", "pgwire_proxy_factory",
+           "pgwire_proxy_process_factory", "pgwire_faults", "assert_queries", "check_queries", "SharedProxy"]
+
+# How long a test's teardown waits for the client sessions it closed to end on the shared proxy before
+# deciding that the test left one open (and replacing the proxy, so the next test starts clean).
+SESSION_DRAIN_SECONDS = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +63,76 @@ def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
         proxy.stop(timeout=10)
 
 
+class SharedProxy:
+    """The proxy behind `pgwire_proxy_session`: one in-process Proxy with default options in front of
+    pg_upstream, reused by every test, and replaced by a fresh one when a test stopped it or left a
+    client connected."""
+
+    def __init__(self, upstream_dsn: str):
+        self._upstream_dsn = upstream_dsn
+        self._proxy: Optional[Proxy] = None
+
+    def get(self) -> Proxy:
+        """The running shared proxy, reset (no queries, faults or counts from before), started if needed."""
+        proxy = self._proxy
+        if proxy is None or not proxy.running:
+            proxy = self._proxy = Proxy(self._upstream_dsn).start()
+        else:
+            proxy.reset()
+        return proxy
+
+    def release(self, drain_seconds: float = SESSION_DRAIN_SECONDS) -> None:
+        """After a test: waits up to `drain_seconds` for the sessions its clients closed to end; a
+        session still open then, or a stopped proxy, makes the next get() start a new one (the proxy is
+        stopped, so the open client gets FATAL 57P01)."""
+        proxy = self._proxy
+        if proxy is None:
+            return
+        if proxy.running:
+            deadline = time.monotonic() + drain_seconds
+            while proxy.sessions():
+                if time.monotonic() > deadline:
+                    proxy.stop(timeout=10)
+                    break
+                time.sleep(0.001)
+        if not proxy.running:
+            self._proxy = None
+
+    def stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop(timeout=10)
+            self._proxy = None
+
+
+@pytest.fixture(scope="session")
+def pgwire_proxy_session(pg_upstream) -> Iterator[SharedProxy]:
+    """The proxy that `pgwire_proxy` hands each test, for the whole test session: `.get()` gives it
+    running and reset, `.release()` ends a test's use. Depend on `pgwire_proxy` in tests; this is for
+    fixtures of a wider scope (module, session) that need the proxy's address."""
+    shared = SharedProxy(pg_upstream.dsn)
+    yield shared
+    shared.stop()
+
+
 @pytest.fixture
-def pgwire_proxy(pgwire_proxy_factory) -> Proxy:
-    """A started proxy with default options in front of pg_upstream, on a free port."""
-    return pgwire_proxy_factory()
+def pgwire_proxy(pgwire_proxy_session) -> Iterator[Proxy]:
+    """A started proxy with default options in front of pg_upstream, shared by the tests of the session
+    (starting and stopping one per test is what a suite would otherwise pay for) and reset for each:
+    no captured queries, no fault rules, stats() counting from zero. A test that leaves a client
+    connected, or stops the proxy, gets the next test a new proxy (on another port); options of your
+    own: pgwire_proxy_factory."""
+    proxy = pgwire_proxy_session.get()
+    try:
+        yield proxy
+    finally:
+        pgwire_proxy_session.release()
 
 
 @pytest.fixture
 def pgwire_faults(pgwire_proxy) -> Iterator[Callable[..., "Fault"]]:
     """add(match=None, action="error", **rule) puts a fault rule on `pgwire_proxy` (see
-    Proxy.add_fault) and returns its Fault; every rule added is removed at teardown.
+    Proxy.add_fault; `match` is a POSIX extended regular expression, not Python's re) and returns its
+    Fault; every rule added is removed at teardown.
 
         def test_retry(pgwire_proxy, pgwire_faults):
             pgwire_faults("^commit", sqlstate="40001", message="could not serialize access", nth=1)
@@ -90,6 +156,10 @@ if os.environ.get("PGWIRE_PROXY_FIXTURE") == "process":
     @pytest.fixture
     def pgwire_proxy_factory(pgwire_proxy_process_factory):  # noqa: F811 - deliberate override
         return pgwire_proxy_process_factory
+
+    @pytest.fixture
+    def pgwire_proxy(pgwire_proxy_factory):  # noqa: F811 - a process per test: it has no reset
+        return pgwire_proxy_factory()
 
 
 @pytest.fixture
@@ -121,41 +191,51 @@ def pgwire_proxy_process_factory(pg_upstream) -> Iterator[Callable[..., ProxyPro
         pytest.fail("\n".join(unclean), pytrace=False)
 
 
-def _listing(queries: CapturedQueries) -> str:
+def _listing(queries: CapturedQueries, counted: Optional[List[bool]] = None) -> str:
+    """The block's queries, one a line; with `counted`, those that count are marked `*`."""
     lines = []
     for i, q in enumerate(queries, 1):
         status = q.outcome if q.sqlstate is None else f"{q.outcome} {q.sqlstate}"
-        lines.append(f"  {i}. [{status}] {q.sql}")
+        mark = "" if counted is None else ("* " if counted[i - 1] else "  ")
+        lines.append(f"  {mark}{i}. [{status}] {q.sql}")
     return "\n".join(lines) or "  (none)"
 
 
 @contextlib.contextmanager
 def check_queries(proxy: Proxy, count: Optional[int] = None, max: Optional[int] = None,  # noqa: A002
                   match: Union[None, str, Pattern[str]] = None) -> Iterator[CapturedQueries]:
-    """Fails the test unless the block ran exactly `count` (or at most `max`) queries through `proxy`;
-    with `match`, only queries whose SQL matches that regex (re.search) are counted. The failure lists
-    every query of the block. Yields the block's queries (filled when it ends). An exception raised
-    inside the block propagates unchanged (nothing is asserted then)."""
+    """Raises AssertionError unless the block ran exactly `count` (or at most `max`) queries through
+    `proxy`; with `match`, only queries whose SQL matches that regex are counted. `match` is Python's
+    `re` (re.search, so `(?i)`, `\\d` and `\\b` work), unlike the proxy's own patterns (deny, allow,
+    fault rules), which are POSIX extended regular expressions. The message lists every query of the
+    block, marking the counted ones `*` when `match` is given. Yields the block's queries (filled when
+    it ends). An exception raised inside the block propagates unchanged (nothing is asserted then)."""
+    __tracebackhide__ = True
     if count is None and max is None:
         raise TypeError("assert_queries needs count= or max=")
     pattern = re.compile(match) if isinstance(match, str) else match
     with proxy.capture() as captured:
         yield captured
-    counted = [q for q in captured if pattern is None or pattern.search(q.sql)]
-    what = f" matching {pattern.pattern!r}" if pattern is not None else ""
-    if count is not None and len(counted) != count:
-        pytest.fail(f"expected {count} queries{what}, the proxy saw {len(counted)}:\n{_listing(captured)}",
-                    pytrace=False)
-    if max is not None and len(counted) > max:
-        pytest.fail(f"expected at most {max} queries{what}, the proxy saw {len(counted)}:\n"
-                    f"{_listing(captured)}", pytrace=False)
+    flags = [pattern is None or bool(pattern.search(q.sql)) for q in captured]
+    seen = sum(flags)
+    if pattern is None:
+        what, listing = ":", _listing(captured)
+    else:
+        what = f" (marked *, of {len(captured)} in the block):"
+        listing = _listing(captured, flags)
+    matching = "" if pattern is None else f" matching {pattern.pattern!r}"
+    if count is not None and seen != count:
+        raise AssertionError(f"expected {count} queries{matching}, the proxy saw {seen}{what}\n{listing}")
+    if max is not None and seen > max:
+        raise AssertionError(f"expected at most {max} queries{matching}, the proxy saw {seen}{what}\n{listing}")
 
 
 @pytest.fixture
 def assert_queries() -> Callable[..., "contextlib.AbstractContextManager[CapturedQueries]"]:
-    """assert_queries(proxy, count=None, max=None, match=None): a context manager that fails the test
-    with the list of queries when the block's query count is not as expected, in the manner of
-    pytest-django's django_assert_num_queries.
+    """assert_queries(proxy, count=None, max=None, match=None): a context manager that raises
+    AssertionError with the list of queries when the block's query count is not as expected, in the
+    manner of pytest-django's django_assert_num_queries. `match` is a Python `re` pattern (re.search),
+    not the proxy's POSIX dialect.
 
         with assert_queries(pgwire_proxy, count=2) as queries:
             conn.execute("select 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import psycopg
@@ -83,3 +84,29 @@ def test_every_action_through_the_binary(pgwire_proxy_process_factory, tmp_path)
             conn.execute("select 'fatal_after_probe'")
     with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_sighup_reports_faults_only_when_the_file_changed(pgwire_proxy_process_factory, tmp_path):
+    rules = tmp_path / "faults.rules"
+    rules.write_text("match=^select 'kept_probe'; nth=1; action=error; sqlstate=40001; message=once\n")
+    proxy = pgwire_proxy_process_factory(faults=str(rules))
+
+    def reloads():
+        return re.findall(r"event=reloaded .*", proxy.stderr_text())
+
+    with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        with pytest.raises(errors.SerializationFailure, match="once"):
+            conn.execute("select 'kept_probe'")
+        # The same file: nothing changed, so nothing is reported and the rule keeps its count (nth=1
+        # has fired; replacing the rules would arm it again).
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(reloads()) == 1, what="the first reload")
+        assert "changed=none" in reloads()[0], reloads()
+        assert conn.execute("select 'kept_probe'").fetchone() == ("kept_probe",)
+        # A changed file is reported and replaces the rules.
+        rules.write_text("match=^select 'kept_probe'; nth=1; action=error; sqlstate=40001; message=new\n")
+        proxy.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(reloads()) == 2, what="the second reload")
+        assert "changed=faults" in reloads()[1], reloads()
+        with pytest.raises(errors.SerializationFailure, match="new"):
+            conn.execute("select 'kept_probe'")

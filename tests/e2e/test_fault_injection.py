@@ -53,7 +53,16 @@ def upstream_backends(pg_upstream, app: str) -> int:
 
 # ---- error ---------------------------------------------------------------------------------------
 
+def injected_errors_metric(proxy) -> int:
+    # The Prometheus counter counts since the proxy started (pgwire_proxy's is shared between tests and
+    # its metrics are never reset, unlike stats()): compare values.
+    prefix = 'pgwire_proxy_faults_injected_total{action="error"} '
+    (line,) = [line for line in proxy.metrics_text().splitlines() if line.startswith(prefix)]
+    return int(line[len(prefix):])
+
+
 def test_error_before_the_query_never_runs_it(pgwire_proxy, pgwire_faults, pg_upstream, items):
+    metric_before = injected_errors_metric(pgwire_proxy)
     fault = pgwire_faults("^insert", **SERIALIZATION, detail="injected", hint="retry")
     with connect(pgwire_proxy) as conn:
         with pytest.raises(errors.SerializationFailure) as excinfo:
@@ -67,7 +76,7 @@ def test_error_before_the_query_never_runs_it(pgwire_proxy, pgwire_faults, pg_up
     record = [q for q in pgwire_proxy.queries() if q.sql.startswith("insert")][-1]
     assert (record.injected, record.outcome, record.sqlstate) == ("error", "error", "40001")
     assert pgwire_proxy.stats()["faults_injected"]["error"] == 1
-    assert 'pgwire_proxy_faults_injected_total{action="error"} 1' in pgwire_proxy.metrics_text()
+    assert injected_errors_metric(pgwire_proxy) == metric_before + 1
 
 
 def test_retry_loop_survives_a_40001_on_the_third_commit(pgwire_proxy, pgwire_faults, pg_upstream, items):
@@ -329,6 +338,19 @@ def test_bad_rules_are_refused(pgwire_proxy, rule, message):
     with pytest.raises(ValueError, match=message):
         pgwire_proxy.add_fault(**rule)
     assert pgwire_proxy.faults() == []
+
+
+def test_a_bad_match_names_the_fault_option_and_the_dialect(pgwire_proxy):
+    # Python's (?i) is not POSIX ERE: the error names `fault match` (not the deny list whose code it
+    # shares), the dialect, and the way to ignore case.
+    with pytest.raises(ValueError) as excinfo:
+        pgwire_proxy.add_fault("(?i)^commit", sqlstate="40001", message="x")
+    message = str(excinfo.value)
+    assert message.startswith('fault match: invalid pattern "(?i)^commit" (a POSIX extended regular expression)')
+    assert "deny" not in message and "ignore-case option" in message, message
+    fault = pgwire_proxy.add_fault("^commit", sqlstate="40001", message="x", ignore_case=True)
+    assert pgwire_proxy.faults()[0]["match"] == "^commit"
+    fault.remove()
 
 
 def test_in_process_proxy_reads_a_rules_file(pgwire_proxy_factory, tmp_path):

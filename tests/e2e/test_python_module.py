@@ -415,7 +415,8 @@ def test_assert_queries_passes(pgwire_proxy, assert_queries):
 
 def test_assert_queries_fails_listing_the_queries(pgwire_proxy, assert_queries):
     with connect(pgwire_proxy) as conn:
-        with pytest.raises(pytest.fail.Exception) as failed:
+        # An AssertionError (what pytest.raises(AssertionError) and unittest expect), not pytest's Failed.
+        with pytest.raises(AssertionError) as failed:
             with assert_queries(pgwire_proxy, count=1):
                 conn.execute("select 'first'")
                 with pytest.raises(errors.UndefinedTable):
@@ -423,11 +424,21 @@ def test_assert_queries_fails_listing_the_queries(pgwire_proxy, assert_queries):
         assert str(failed.value) == ("expected 1 queries, the proxy saw 2:\n"
                                      "  1. [ok] select 'first'\n"
                                      "  2. [error 42P01] select * from missing_table")
-        with pytest.raises(pytest.fail.Exception, match=r"at most 1 queries matching '\^select', the proxy saw 2"):
+        # With match=, the listing marks the queries that were counted.
+        with pytest.raises(AssertionError) as failed:
             with assert_queries(pgwire_proxy, max=1, match="^select"):
                 conn.execute("select 1")
-                conn.execute("select 2")
                 conn.execute("set application_name = 'x'")
+                conn.execute("select 2")
+        assert str(failed.value) == ("expected at most 1 queries matching '^select', the proxy saw 2 "
+                                     "(marked *, of 3 in the block):\n"
+                                     "  * 1. [ok] select 1\n"
+                                     "    2. [ok] set application_name = 'x'\n"
+                                     "  * 3. [ok] select 2")
+        # match= is Python's re: (?i) works here (the proxy's own patterns are POSIX ERE).
+        with assert_queries(pgwire_proxy, count=1, match=r"(?i)^SELECT\s+\d"):
+            conn.execute("select 3")
+            conn.execute("show application_name")
         with pytest.raises(TypeError, match="count= or max="):
             with assert_queries(pgwire_proxy):
                 pass
@@ -435,6 +446,64 @@ def test_assert_queries_fails_listing_the_queries(pgwire_proxy, assert_queries):
         with pytest.raises(ZeroDivisionError):
             with assert_queries(pgwire_proxy, count=5):
                 1 / 0
+
+
+# ---- the shared proxy of pgwire_proxy: reset between tests --------------------------------------
+
+_DIRTIED: Dict[str, object] = {}
+
+
+def test_shared_proxy_first_test_leaves_queries_faults_and_counts(pgwire_proxy):
+    with connect(pgwire_proxy) as conn:
+        conn.execute("select 'left behind'")
+        with pytest.raises(errors.UndefinedTable):
+            conn.execute("select * from no_such_table")
+        pgwire_proxy.add_fault("^select 'faulted'", sqlstate="40001", message="left armed")
+        with pytest.raises(errors.SerializationFailure):
+            conn.execute("select 'faulted'")
+    assert pgwire_proxy.queries() and pgwire_proxy.faults() and pgwire_proxy.stats()["queries_total"] == 3
+    _DIRTIED.update(port=pgwire_proxy.port, proxy=pgwire_proxy)
+
+
+def test_shared_proxy_next_test_finds_it_reset(pgwire_proxy):
+    if not _DIRTIED:
+        pytest.skip("runs after test_shared_proxy_first_test_leaves_queries_faults_and_counts")
+    assert pgwire_proxy is _DIRTIED["proxy"] and pgwire_proxy.port == _DIRTIED["port"]  # the same proxy
+    assert pgwire_proxy.queries() == [] and pgwire_proxy.faults() == []
+    stats = pgwire_proxy.stats()
+    assert (stats["queries_total"], stats["connections_total"], stats["errors_by_sqlstate"],
+            stats["faults_injected"].get("error", 0), stats["active_sessions"]) == (0, 0, {}, 0, 0), stats
+    assert pgwire_proxy.sessions() == []
+    with connect(pgwire_proxy) as conn:
+        assert conn.execute("select 'faulted'").fetchone() == ("faulted",)  # the rule is gone
+    assert [q.sql for q in pgwire_proxy.queries()] == ["select 'faulted'"]
+    assert pgwire_proxy.stats()["queries_by_outcome"]["ok"] == 1
+
+
+def test_shared_proxy_is_replaced_when_a_test_leaves_a_client_or_stops_it(pg_upstream):
+    from pgwire_proxy.pytest_plugin import SharedProxy
+    shared = SharedProxy(pg_upstream.dsn)
+    try:
+        first = shared.get()
+        left_open = connect(first)
+        left_open.execute("select 1")
+        shared.release(drain_seconds=0.2)  # a client still connected: stopped, its client told 57P01
+        assert not first.running
+        with pytest.raises(psycopg.OperationalError):
+            left_open.execute("select 1")
+        left_open.close()
+        second = shared.get()
+        assert second is not first and second.running and second.queries() == []
+        with connect(second) as conn:
+            conn.execute("select 2")
+        shared.release()  # closed clients: kept
+        assert shared.get() is second and second.queries() == []
+        second.stop()  # a test that stops it
+        shared.release()
+        third = shared.get()
+        assert third is not second and third.running
+    finally:
+        shared.stop()
 
 
 # ---- stats and sessions -------------------------------------------------------------------------

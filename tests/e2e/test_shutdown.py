@@ -3,6 +3,7 @@ refused, the process exits 0 within --shutdown-timeout, and nothing is left upst
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,6 +28,9 @@ def refused(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             return False
+    except ConnectionResetError:
+        # A handshake the listener's shutdown caught half-way: not yet the clean refusal; try again.
+        return False
     except ConnectionRefusedError:
         return True
 
@@ -105,3 +109,23 @@ def test_a_second_signal_makes_shutdown_immediate(pgwire_proxy_process_factory, 
     wait_until(lambda: not running(pg_upstream, "second_signal_probe"), "the upstream query to be cancelled")
     log = proxy.stderr_text()
     assert "event=shutdown_immediate" in log, log
+
+
+def test_the_57p01_of_a_requested_shutdown_is_logged_at_info(pgwire_proxy_process_factory):
+    """A client cut off by SIGTERM (or Proxy.stop(), the fixtures' teardown) is what was asked for: its
+    proxy_error 57P01 is an info line, while the proxy's other refusals stay warnings."""
+    proxy = pgwire_proxy_process_factory(log_format="json")
+    with psycopg.connect(proxy.dsn, autocommit=True) as refused_extended:  # server-side binding: Parse, 0A000
+        with pytest.raises(errors.FeatureNotSupported):
+            refused_extended.execute("select %s::int", [1])
+    idle = connect(proxy)
+    try:
+        assert idle.execute("select 1").fetchone() == (1,)
+        os.kill(proxy.process.pid, signal.SIGTERM)
+        assert proxy.process.wait(15) == 0
+    finally:
+        idle.close()
+    events = [json.loads(line) for line in proxy.stderr_text().splitlines() if line.startswith("{")]
+    errors_logged = {(e["sqlstate"], e["level"]) for e in events if e["event"] == "proxy_error"}
+    assert ("57P01", "INFO") in errors_logged and ("57P01", "WARNING") not in errors_logged, events
+    assert ("0A000", "WARNING") in errors_logged, events

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -217,6 +218,13 @@ def test_sighup_reloads_certificates_without_dropping_clients(pgwire_proxy_proce
     # The client connected before the reload is still served.
     assert first.execute("select 'still here'").fetchone() == ("still here",)
     first.close()
+    # The log names what changed: the files this time, nothing on a reload that finds them the same.
+    os.kill(proxy.process.pid, signal.SIGHUP)
+    while len(re.findall(r"event=reloaded .*", proxy.stderr_text())) < 2:
+        assert time.monotonic() < deadline + 20, proxy.stderr_text()
+        time.sleep(0.02)
+    reloads = re.findall(r"event=reloaded .*", proxy.stderr_text())
+    assert "changed=tls-files" in reloads[0] and "changed=none" in reloads[1], reloads
 
 
 # ---- upstream side -------------------------------------------------------------------------------

@@ -155,12 +155,9 @@ void applySetting(RuleSpec& spec, std::string_view key, std::string_view value) 
 Rule::Rule(std::uint64_t id, RuleSpec spec) : id_(id), spec_(std::move(spec)), random_(spec_.seed) {
   validate(spec_);
   if (!spec_.pattern.empty()) {
-    try {
-      pattern_ = std::make_unique<guardrails::QueryFilter>(std::vector<std::string>{spec_.pattern},
-                                                           std::vector<std::string>{}, spec_.ignoreCase);
-    } catch (const config::ConfigError& error) {
-      throw config::ConfigError(std::string("fault match: ") + error.what());
-    }
+    // The error names this option ("fault match: invalid pattern ..."), not the deny list it reuses.
+    pattern_ = std::make_unique<guardrails::QueryFilter>(std::vector<std::string>{spec_.pattern},
+                                                         std::vector<std::string>{}, spec_.ignoreCase, "fault match");
   }
 }
 

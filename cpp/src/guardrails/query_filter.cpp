@@ -8,9 +8,9 @@
 namespace pgwire_proxy::guardrails {
 
 QueryFilter::QueryFilter(const std::vector<std::string>& denyPatterns, const std::vector<std::string>& allowPatterns,
-                         bool ignoreCase) {
-  for (const auto& p : denyPatterns) compile(deny_, p, ignoreCase, "deny");
-  for (const auto& p : allowPatterns) compile(allow_, p, ignoreCase, "allow");
+                         bool ignoreCase, const char* denyName, const char* allowName) {
+  for (const auto& p : denyPatterns) compile(deny_, p, ignoreCase, denyName);
+  for (const auto& p : allowPatterns) compile(allow_, p, ignoreCase, allowName);
 }
 
 QueryFilter::~QueryFilter() {
@@ -28,7 +28,11 @@ void QueryFilter::compile(std::vector<std::unique_ptr<Pattern>>& into, const std
     char buffer[256];
     regerror(rc, &pattern->compiled, buffer, sizeof buffer);
     regfree(&pattern->compiled);
-    throw config::ConfigError(std::string(list) + ": invalid pattern \"" + text + "\": " + buffer);
+    std::string message = std::string(list) + ": invalid pattern \"" + text + "\" (a POSIX extended regular expression): " + buffer;
+    if (text.starts_with("(?")) {
+      message += "; inline flags such as (?i) are Perl/Python syntax, not POSIX: use the ignore-case option instead";
+    }
+    throw config::ConfigError(message);
   }
   into.push_back(std::move(pattern));
 }

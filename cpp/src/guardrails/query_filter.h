@@ -21,9 +21,10 @@ struct FilterVerdict {
 // queries), searched anywhere in the query text.
 class QueryFilter {
  public:
-  // Throws config::ConfigError naming the pattern when one does not compile.
+  // Throws config::ConfigError naming the option and the pattern when one does not compile; the
+  // options are named `denyName` and `allowName` (a fault rule's pattern is "fault match").
   QueryFilter(const std::vector<std::string>& denyPatterns, const std::vector<std::string>& allowPatterns,
-              bool ignoreCase);
+              bool ignoreCase, const char* denyName = "deny", const char* allowName = "allow");
   ~QueryFilter();
   QueryFilter(const QueryFilter&) = delete;
   QueryFilter& operator=(const QueryFilter&) = delete;

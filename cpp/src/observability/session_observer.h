@@ -147,8 +147,9 @@ class ObserverList final : public SessionObserver {
 
 // Logs events through the Logger: connections at info; every failed query (with its outcome, SQLSTATE,
 // message, duration and an excerpt) at warning when the proxy failed it (limits, timeouts, denials)
-// and at info for upstream errors; every query at info when `logQueries`.
-class LoggingObserver final : public SessionObserver {
+// and at info for upstream errors; every query at info when `logQueries`. (Not final: the server
+// lowers the level of what its own requested shutdown causes.)
+class LoggingObserver : public SessionObserver {
  public:
   explicit LoggingObserver(bool logQueries = false) : logQueries_(logQueries) {}
 

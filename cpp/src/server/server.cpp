@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <fstream>
+#include <sstream>
 #include <optional>
 #include <regex>
 #include <chrono>
@@ -26,6 +28,8 @@
 #include <thread>
 
 #include "observability/log.h"
+#include "protocol/errors.h"
+#include "protocol/sqlstate.h"
 #include "session/event_loop.h"
 #include "session/session.h"
 #include "session/socket_io.h"
@@ -91,11 +95,61 @@ config::ServerConfig validated(config::ServerConfig config) {
   return config;
 }
 
+// The log observer, with the 57P01 that a requested shutdown (SIGTERM, Proxy.stop()) sends every
+// client at info: ending sessions is what was asked for, not something to warn about (a test suite
+// whose fixtures stop proxies under open clients would get a warning per test).
+class ServerLoggingObserver final : public observability::LoggingObserver {
+ public:
+  ServerLoggingObserver(bool logQueries, const std::atomic<bool>& stopRequested)
+      : LoggingObserver(logQueries), stopRequested_(stopRequested) {}
+
+  void proxyError(std::uint64_t sessionId, const ProxyError& error) override {
+    if (!causedByStop(error)) return LoggingObserver::proxyError(sessionId, error);
+    observability::logEvent(observability::LogLevel::kInfo, "proxy_error",
+                            {{"session", sessionId}, {"sqlstate", error.sqlstate()}, {"message", error.message()}});
+  }
+  void sessionRejected(std::uint64_t sessionId, std::string_view clientAddress, std::string_view reason,
+                       const ProxyError& error) override {
+    if (!causedByStop(error)) return LoggingObserver::sessionRejected(sessionId, clientAddress, reason, error);
+    observability::logEvent(observability::LogLevel::kInfo, "session_rejected",
+                            {{"session", sessionId}, {"client", clientAddress}, {"reason", reason},
+                             {"sqlstate", error.sqlstate()}, {"message", error.message()}});
+  }
+
+ private:
+  [[nodiscard]] bool causedByStop(const ProxyError& error) const {
+    return error.sqlstate() == sqlstate::kAdminShutdown && stopRequested_.load(std::memory_order_acquire);
+  }
+  const std::atomic<bool>& stopRequested_;
+};
+
+// The whole file, for comparing what SIGHUP finds with what is in force; nullopt when unreadable
+// (the reader that follows reports why).
+std::optional<std::string> fileText(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream text;
+  text << in.rdbuf();
+  return std::move(text).str();
+}
+
+// The TLS certificate, key and CA files (those reload() re-reads), to report "tls-files" only when
+// one of them changed.
+std::string tlsFilesText(const config::ServerConfig& config) {
+  std::string text;
+  for (const std::string* path : {&config.tlsCertFile, &config.tlsKeyFile, &config.tlsCaFile}) {
+    text += fileText(*path).value_or("(unreadable)");
+    text += '\0';
+  }
+  return text;
+}
+
 std::shared_ptr<observability::ObserverList> observers(const config::ServerConfig& config,
+                                                       const std::atomic<bool>& stopRequested,
                                                        std::shared_ptr<observability::Metrics> metrics,
                                                        std::shared_ptr<observability::SessionObserver> extra) {
   auto list = std::make_shared<observability::ObserverList>();
-  list->add(std::make_shared<observability::LoggingObserver>(config.logQueries));
+  list->add(std::make_shared<ServerLoggingObserver>(config.logQueries, stopRequested));
   list->add(std::move(metrics));
   if (extra) list->add(std::move(extra));
   return list;
@@ -128,7 +182,7 @@ void logFixedNames(const std::string& route, const std::string& dsn) {
 Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra)
     : config_(validated(std::move(config))),
       metrics_(std::make_shared<observability::Metrics>()),
-      observer_(observers(config_, metrics_, std::move(extra))),
+      observer_(observers(config_, stopRequested_, metrics_, std::move(extra))),
       registry_(config_.maxConnections, config_.instanceId),
       guardrails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
       routes_(std::make_shared<const upstream::RouteTable>(config_.databases, config_.upstreamDsn)),
@@ -179,7 +233,11 @@ void Server::start() {
         [this, upstream] { return readiness(*upstream); });
   }
 
-  if (!config_.faultsFile.empty()) faults_.replace(faults::readFaultFile(config_.faultsFile));
+  if (tls_) tlsText_ = tlsFilesText(config_);
+  if (!config_.faultsFile.empty()) {
+    faultsText_ = fileText(config_.faultsFile).value_or("");
+    faults_.replace(faults::readFaultFile(config_.faultsFile));
+  }
   peers_.replace(config_.peers);
   eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
                                                    forceFd_);
@@ -221,7 +279,14 @@ void Server::beginShutdown() {
     shutdownBegun_ = true;
     server = std::move(tcpServer_);
   }
-  // Destroying the TCPServer closes the listening socket: new connections are refused at once.
+  stopRequested_.store(true, std::memory_order_release);
+  // Poco 1.11's acceptor polls the listening socket with a 250 ms timeout and looks at its stop flag
+  // only between polls, so TCPServer::stop() (from the destructor) waited out the rest of a poll.
+  // shutdown() on a listening socket ends its poll at once (Linux: the socket goes to CLOSE, poll
+  // reports POLLHUP, accept fails with EINVAL): new connections are refused from here on, and the
+  // acceptor turns round in microseconds until stop() sets the flag.
+  (void)::shutdown(server->socket().impl()->sockfd(), SHUT_RDWR);
+  // Destroying the TCPServer stops the acceptor and closes the socket.
   // Running connections keep their pool threads (Poco's dispatcher is reference-counted).
   server.reset();
   const std::uint64_t one = 1;
@@ -296,9 +361,18 @@ void Server::reload(const config::ServerConfig& next) {
     credentials = std::make_shared<const auth::Credentials>(auth::Credentials::read(next.authFile));
   }
   if (tls_) tls_->reload();  // re-reads the files; throws (keeping the old ones) when they are bad
-  // Fault rules are re-read on every reload (their counts start over); a bad file keeps the old rules.
+  const std::string tlsText = tls_ ? tlsFilesText(config_) : std::string();  // the paths in force
+  // Fault rules are replaced when the --faults file (its name or its text) changed, and their counts
+  // start over; an unchanged file keeps the rules and their counts. A bad file keeps the old rules.
   std::optional<std::vector<faults::RuleSpec>> faultSpecs;
-  if (!next.faultsFile.empty()) faultSpecs = faults::readFaultFile(next.faultsFile);
+  std::optional<std::string> faultsText;
+  if (!next.faultsFile.empty()) {
+    faultsText = fileText(next.faultsFile);
+    if (!faultsText || next.faultsFile != config_.faultsFile || *faultsText != faultsText_) {
+      faultSpecs = faults::readFaultFile(next.faultsFile);
+    }
+  }
+  const bool faultsChanged = faultSpecs.has_value() || (next.faultsFile.empty() && !config_.faultsFile.empty());
 
   std::string changed;
   std::string restart;
@@ -313,8 +387,8 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.patternsIgnoreCase != config_.patternsIgnoreCase) note(changed, "patterns-ignore-case");
   if (next.logLevel != config_.logLevel) note(changed, "log-level");
   if (next.logFormat != config_.logFormat) note(changed, "log-format");
-  if (tls_) note(changed, "tls-files");
-  if (faultSpecs || !config_.faultsFile.empty()) note(changed, "faults");
+  if (tls_ && tlsText != tlsText_) note(changed, "tls-files");
+  if (faultsChanged) note(changed, "faults");
   if (next.listenAddress != config_.listenAddress) note(restart, "listen-address");
   if (next.port != config_.port && next.port != 0) note(restart, "port");
   if (next.upstreamDsn != config_.upstreamDsn) note(restart, "upstream-dsn");
@@ -352,10 +426,12 @@ void Server::reload(const config::ServerConfig& next) {
   }
   if (faultSpecs) {
     faults_.replace(std::move(*faultSpecs));
-  } else if (!config_.faultsFile.empty()) {
+  } else if (faultsChanged) {
     faults_.clear();  // --faults was dropped from the configuration
   }
   config_.faultsFile = next.faultsFile;
+  faultsText_ = std::move(faultsText).value_or("");
+  tlsText_ = tlsText;
   if (next.peers != config_.peers) note(changed, "peers");
   peers_.replace(next.peers);
   config_.peers = next.peers;

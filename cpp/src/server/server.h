@@ -82,6 +82,10 @@ class Server final : public session::ConnectionTracker {
 
  private:
   config::ServerConfig config_;  // reload() updates the runtime-changeable fields
+  // Set by beginShutdown: from then on the 57P01 each session gets is logged at info, not warning.
+  std::atomic<bool> stopRequested_{false};
+  std::string faultsText_;
+  std::string tlsText_;  // the TLS files as last loaded, for the same report  // the --faults file as last loaded: SIGHUP reports "faults" only when it differs
   std::shared_ptr<observability::Metrics> metrics_;
   std::shared_ptr<observability::ObserverList> observer_;
   session::SessionRegistry registry_;

@@ -1,0 +1,68 @@
+"""The client recipes of docs/testing-with-pgwire-proxy.md, run as written there (psycopg 3 with its
+defaults, psycopg2, SQLAlchemy, asyncpg) against the harness's fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+
+def test_psycopg3(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(extended_protocol="relay")
+    with psycopg.connect(proxy.dsn) as conn:
+        with conn.transaction():
+            conn.execute("create temporary table t (x int)")
+            conn.execute("insert into t values (%s)", [1])
+    assert "insert into t values ($1)" in [q.sql for q in proxy.queries()]   # Parse text, $1
+
+
+def test_psycopg2(pgwire_proxy):
+    psycopg2 = pytest.importorskip("psycopg2")
+    conn = psycopg2.connect(pgwire_proxy.dsn)
+    with conn, conn.cursor() as cur:            # BEGIN ... COMMIT
+        cur.execute("create temporary table orders (id int, total int)")
+        cur.execute("insert into orders values (%s, %s)", (1, 10))
+    conn.close()
+    assert [q.sql for q in pgwire_proxy.queries()] == [
+        "BEGIN", "create temporary table orders (id int, total int)",
+        "insert into orders values (1, 10)", "COMMIT"]
+
+
+@pytest.fixture
+def engine(pgwire_proxy):
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg2")
+    p = pgwire_proxy
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://{p.user}@{p.host}:{p.port}/{p.dbname}",
+                                      poolclass=sqlalchemy.pool.NullPool)
+    yield engine
+    engine.dispose()
+
+
+def test_sqlalchemy(engine, pgwire_proxy, assert_queries):
+    import sqlalchemy
+    with assert_queries(pgwire_proxy, count=1, match=r"(?i)^SELECT 42$"):   # Python re
+        with engine.begin() as conn:
+            assert conn.execute(sqlalchemy.text("select :n"), {"n": 42}).scalar() == 42
+
+
+def test_asyncpg(pgwire_proxy_factory):
+    asyncpg = pytest.importorskip("asyncpg")
+    proxy = pgwire_proxy_factory(extended_protocol="relay")
+
+    async def main():
+        conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user=proxy.user,
+                                     database=proxy.dbname)
+        try:
+            return await conn.fetchval("select $1::int + 1", 41)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == 42
+
+
+def test_host_and_port(pgwire_proxy):
+    assert isinstance(pgwire_proxy.port, int) and pgwire_proxy.host == "127.0.0.1"
+    assert f"host={pgwire_proxy.host} port={pgwire_proxy.port}" in pgwire_proxy.dsn
