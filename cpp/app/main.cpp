@@ -17,6 +17,7 @@
 #include "config/config_file.h"
 #include "config/options.h"
 #include "observability/log.h"
+#include "server/config_loader.h"
 #include "server/server.h"
 
 #ifndef PGWIRE_PROXY_VERSION
@@ -131,10 +132,10 @@ class ProxyApplication final : public Poco::Util::ServerApplication {
       return EXIT_USAGE;
     }
     try {
-      pgwire_proxy::server::Server server(pgwire_proxy::config::configFromOptions(effectiveOptions()));
+      pgwire_proxy::server::Server server(pgwire_proxy::server::loadConfig(effectiveOptions()));
       server.start();
       std::cout << "listening on " << server.host() << ":" << server.port() << std::endl;
-      waitForSignals(server, [this] { return pgwire_proxy::config::configFromOptions(effectiveOptions()); });
+      waitForSignals(server, [this] { return pgwire_proxy::server::loadConfig(effectiveOptions()); });
       drain(server, server.config().shutdownTimeout);
     } catch (const ConfigError& error) {
       std::cerr << "pgwire-proxy: invalid configuration: " << error.what() << "\n";

@@ -10,6 +10,7 @@
 #include "faults/fault_rules.h"
 #include "observability/session_observer.h"
 #include "observability/stats.h"
+#include "server/config_loader.h"
 #include "server/server.h"
 
 namespace py = pybind11;
@@ -73,7 +74,7 @@ class Proxy {
  public:
   Proxy(const config::OptionValues& options, std::size_t captureSize)
       : stats_(std::make_shared<observability::StatsCollector>(captureSize)),
-        server_(std::make_unique<server::Server>(config::configFromOptions(options), stats_)) {}
+        server_(std::make_unique<server::Server>(server::loadConfig(options), stats_)) {}
 
   void start() {
     if (started_) throw std::runtime_error("the proxy was already started (a Proxy starts once; make a new one)");

@@ -4,11 +4,6 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "auth/auth_file.h"
-#include "faults/fault_rules.h"
-#include "guardrails/query_filter.h"
-#include "observability/log.h"
-#include "session/tls_context.h"
 
 namespace pgwire_proxy::config {
 
@@ -148,15 +143,8 @@ ServerConfig configFromOptions(const OptionValues& values) {
   if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");
   config.denyPatterns = all("deny");
   config.allowPatterns = all("allow");
-  auto readPatterns = [](const char* option, const std::string& path, std::vector<std::string>& into) {
-    try {
-      for (auto& pattern : guardrails::readPatternFile(path)) into.push_back(std::move(pattern));
-    } catch (const ConfigError& error) {
-      throw ConfigError(std::string(option) + ": " + error.what());
-    }
-  };
-  for (const auto& path : all("deny-file")) readPatterns("deny-file", path, config.denyPatterns);
-  for (const auto& path : all("allow-file")) readPatterns("allow-file", path, config.allowPatterns);
+  config.denyFiles = all("deny-file");  // read by server::loadConfig (config/ reads no files)
+  config.allowFiles = all("allow-file");
   auto flag = [&value](const char* name) {
     const std::string* v = value(name);
     if (v == nullptr) return false;
@@ -170,20 +158,8 @@ ServerConfig configFromOptions(const OptionValues& values) {
   if (auto* v = value("tls-cert")) config.tlsCertFile = *v;
   if (auto* v = value("tls-key")) config.tlsKeyFile = *v;
   if (auto* v = value("tls-ca")) config.tlsCaFile = *v;
-  if (auto* v = value("log-level")) {
-    observability::LogLevel level{};
-    if (!observability::parseLogLevel(*v, level)) {
-      throw ConfigError("log-level: invalid value \"" + *v + "\" (debug, info, warning, error or off)");
-    }
-    config.logLevel = *v;
-  }
-  if (auto* v = value("log-format")) {
-    observability::LogFormat format{};
-    if (!observability::parseLogFormat(*v, format)) {
-      throw ConfigError("log-format: invalid value \"" + *v + "\" (text or json)");
-    }
-    config.logFormat = *v;
-  }
+  if (auto* v = value("log-level")) config.logLevel = *v;    // checked by server::loadConfig
+  if (auto* v = value("log-format")) config.logFormat = *v;
   if (auto* v = value("log-file")) config.logFile = *v;
   config.logQueries = flag("log-queries");
   if (auto* v = value("metrics-address")) config.metricsAddress = *v;
@@ -213,17 +189,8 @@ ServerConfig configFromOptions(const OptionValues& values) {
     else throw ConfigError("auth: invalid value \"" + *v + "\" (trust, passthrough or scram-sha-256)");
   }
   if (auto* v = value("auth-file")) config.authFile = *v;
-  if (auto* v = value("faults")) {
-    config.faultsFile = *v;
-    (void)faults::readFaultFile(*v);  // a bad rule fails before anything listens
-  }
+  if (auto* v = value("faults")) config.faultsFile = *v;
   config.validate();
-  // Patterns and TLS files are loaded here too, so a bad one fails before anything listens.
-  const guardrails::QueryFilter check(config.denyPatterns, config.allowPatterns, config.patternsIgnoreCase);
-  if (config.tlsEnabled) {
-    const session::TlsContext tls({config.tlsCertFile, config.tlsKeyFile, config.tlsCaFile});
-  }
-  if (!config.authFile.empty()) (void)auth::Credentials::read(config.authFile);  // names a bad file:line
   return config;
 }
 

@@ -22,7 +22,8 @@ struct OptionSpec {
 // Option values by kebab-case name; repeatable options hold several, others their last value.
 using OptionValues = std::map<std::string, std::vector<std::string>>;
 
-// Builds and validates a config. PGWIRE_PROXY_UPSTREAM_DSN stands in for a missing upstream-dsn.
+// Builds and validates a config from the option values alone (the files it names are read by
+// server::loadConfig). PGWIRE_PROXY_UPSTREAM_DSN stands in for a missing upstream-dsn.
 // Throws ConfigError naming the option for an unknown name or an invalid value.
 [[nodiscard]] ServerConfig configFromOptions(const OptionValues& values);
 

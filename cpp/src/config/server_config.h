@@ -45,6 +45,8 @@ struct ServerConfig {
   std::uint64_t maxBytes = 100ULL * 1024 * 1024;  // DataRow bytes per statement sent to the client
   std::vector<std::string> denyPatterns;          // POSIX extended regexes; a match refuses the query
   std::vector<std::string> allowPatterns;         // when any, a query must match one
+  std::vector<std::string> denyFiles;             // --deny-file / --allow-file: their patterns are read into
+  std::vector<std::string> allowFiles;            // denyPatterns / allowPatterns by server::loadConfig
   bool patternsIgnoreCase = false;
 
   // Client-side TLS (the upstream's comes from the DSN's sslmode and friends, through libpq).

@@ -181,6 +181,7 @@ void logFixedNames(const std::string& route, const std::string& dsn) {
 
 Server::Server(config::ServerConfig config, std::shared_ptr<observability::SessionObserver> extra)
     : config_(validated(std::move(config))),
+      applied_(std::make_shared<const config::ServerConfig>(config_)),
       metrics_(std::make_shared<observability::Metrics>()),
       observer_(observers(config_, stopRequested_, metrics_, std::move(extra))),
       registry_(config_.maxConnections, config_.instanceId),
@@ -348,6 +349,10 @@ void Server::stop(std::chrono::milliseconds grace) {
 }
 
 void Server::reload(const config::ServerConfig& next) {
+  std::lock_guard reloadLock(reloadMutex_);
+  // What the last reload applied (the startup configuration at first): compared with, never changed;
+  // a new snapshot replaces it whole at the end.
+  const config::ServerConfig& applied = *applied_;
   next.validate();
   auto rails = std::make_shared<const guardrails::GuardrailSet>(next);  // throws before anything changes
   observability::LogLevel level{};
@@ -368,80 +373,82 @@ void Server::reload(const config::ServerConfig& next) {
   std::optional<std::string> faultsText;
   if (!next.faultsFile.empty()) {
     faultsText = fileText(next.faultsFile);
-    if (!faultsText || next.faultsFile != config_.faultsFile || *faultsText != faultsText_) {
+    if (!faultsText || next.faultsFile != applied.faultsFile || *faultsText != faultsText_) {
       faultSpecs = faults::readFaultFile(next.faultsFile);
     }
   }
-  const bool faultsChanged = faultSpecs.has_value() || (next.faultsFile.empty() && !config_.faultsFile.empty());
+  const bool faultsChanged = faultSpecs.has_value() || (next.faultsFile.empty() && !applied.faultsFile.empty());
 
   std::string changed;
   std::string restart;
   auto note = [](std::string& list, const char* name) { list += list.empty() ? name : std::string(",") + name; };
-  if (next.databases != config_.databases) note(changed, "database");
+  if (next.databases != applied.databases) note(changed, "database");
   if (credentials) note(changed, "auth-file");
-  if (next.authMode != config_.authMode) note(restart, "auth");
-  if (next.maxRows != config_.maxRows) note(changed, "max-rows");
-  if (next.maxBytes != config_.maxBytes) note(changed, "max-bytes");
-  if (next.denyPatterns != config_.denyPatterns) note(changed, "deny");
-  if (next.allowPatterns != config_.allowPatterns) note(changed, "allow");
-  if (next.patternsIgnoreCase != config_.patternsIgnoreCase) note(changed, "patterns-ignore-case");
-  if (next.logLevel != config_.logLevel) note(changed, "log-level");
-  if (next.logFormat != config_.logFormat) note(changed, "log-format");
+  if (next.authMode != applied.authMode) note(restart, "auth");
+  if (next.maxRows != applied.maxRows) note(changed, "max-rows");
+  if (next.maxBytes != applied.maxBytes) note(changed, "max-bytes");
+  if (next.denyPatterns != applied.denyPatterns) note(changed, "deny");
+  if (next.allowPatterns != applied.allowPatterns) note(changed, "allow");
+  if (next.patternsIgnoreCase != applied.patternsIgnoreCase) note(changed, "patterns-ignore-case");
+  if (next.logLevel != applied.logLevel) note(changed, "log-level");
+  if (next.logFormat != applied.logFormat) note(changed, "log-format");
   if (tls_ && tlsText != tlsText_) note(changed, "tls-files");
   if (faultsChanged) note(changed, "faults");
-  if (next.listenAddress != config_.listenAddress) note(restart, "listen-address");
-  if (next.port != config_.port && next.port != 0) note(restart, "port");
+  if (next.listenAddress != applied.listenAddress) note(restart, "listen-address");
+  if (next.port != applied.port && next.port != 0) note(restart, "port");
   if (next.upstreamDsn != config_.upstreamDsn) note(restart, "upstream-dsn");
-  if (next.maxConnections != config_.maxConnections) note(restart, "max-connections");
-  if (next.queryTimeout != config_.queryTimeout) note(restart, "query-timeout");
-  if (next.idleInTransactionTimeout != config_.idleInTransactionTimeout) note(restart, "idle-in-transaction-timeout");
-  if (next.startupTimeout != config_.startupTimeout) note(restart, "startup-timeout");
-  if (next.connectTimeout != config_.connectTimeout) note(restart, "connect-timeout");
-  if (next.shutdownTimeout != config_.shutdownTimeout) note(restart, "shutdown-timeout");
-  if (next.maxMessageSize != config_.maxMessageSize) note(restart, "max-message-size");
-  if (next.extendedProtocolRelay != config_.extendedProtocolRelay) note(restart, "extended-protocol");
-  if (next.instanceId != config_.instanceId) note(restart, "instance-id");
-  if (next.tlsEnabled != config_.tlsEnabled || next.tlsRequired != config_.tlsRequired ||
-      next.tlsCertFile != config_.tlsCertFile || next.tlsKeyFile != config_.tlsKeyFile ||
-      next.tlsCaFile != config_.tlsCaFile) {
+  if (next.maxConnections != applied.maxConnections) note(restart, "max-connections");
+  if (next.queryTimeout != applied.queryTimeout) note(restart, "query-timeout");
+  if (next.idleInTransactionTimeout != applied.idleInTransactionTimeout) note(restart, "idle-in-transaction-timeout");
+  if (next.startupTimeout != applied.startupTimeout) note(restart, "startup-timeout");
+  if (next.connectTimeout != applied.connectTimeout) note(restart, "connect-timeout");
+  if (next.shutdownTimeout != applied.shutdownTimeout) note(restart, "shutdown-timeout");
+  if (next.maxMessageSize != applied.maxMessageSize) note(restart, "max-message-size");
+  if (next.extendedProtocolRelay != applied.extendedProtocolRelay) note(restart, "extended-protocol");
+  if (next.instanceId != applied.instanceId) note(restart, "instance-id");
+  if (next.tlsEnabled != applied.tlsEnabled || next.tlsRequired != applied.tlsRequired ||
+      next.tlsCertFile != applied.tlsCertFile || next.tlsKeyFile != applied.tlsKeyFile ||
+      next.tlsCaFile != applied.tlsCaFile) {
     note(restart, "tls settings");
   }
-  if (next.metricsAddress != config_.metricsAddress) note(restart, "metrics-address");
-  if (next.logFile != config_.logFile) note(restart, "log-file");
-  if (next.logQueries != config_.logQueries) note(restart, "log-queries");
+  if (next.metricsAddress != applied.metricsAddress) note(restart, "metrics-address");
+  if (next.logFile != applied.logFile) note(restart, "log-file");
+  if (next.logQueries != applied.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
+  auto snapshot = std::make_shared<config::ServerConfig>(applied);
   if (credentials) {
     credentials_->store(std::move(credentials));
-    config_.authFile = next.authFile;
+    snapshot->authFile = next.authFile;
   }
-  if (next.databases != config_.databases) {
+  if (next.databases != applied.databases) {
     routes_.store(std::make_shared<const upstream::RouteTable>(next.databases, config_.upstreamDsn));
     for (const auto& route : next.databases) {
-      if (std::find(config_.databases.begin(), config_.databases.end(), route) == config_.databases.end()) {
+      if (std::find(applied.databases.begin(), applied.databases.end(), route) == applied.databases.end()) {
         logFixedNames(route.first, route.second);
       }
     }
-    config_.databases = next.databases;
+    snapshot->databases = next.databases;
   }
   if (faultSpecs) {
     faults_.replace(std::move(*faultSpecs));
   } else if (faultsChanged) {
     faults_.clear();  // --faults was dropped from the configuration
   }
-  config_.faultsFile = next.faultsFile;
+  snapshot->faultsFile = next.faultsFile;
   faultsText_ = std::move(faultsText).value_or("");
   tlsText_ = tlsText;
-  if (next.peers != config_.peers) note(changed, "peers");
+  if (next.peers != applied.peers) note(changed, "peers");
   peers_.replace(next.peers);
-  config_.peers = next.peers;
-  config_.maxRows = next.maxRows;
-  config_.maxBytes = next.maxBytes;
-  config_.denyPatterns = next.denyPatterns;
-  config_.allowPatterns = next.allowPatterns;
-  config_.patternsIgnoreCase = next.patternsIgnoreCase;
-  config_.logLevel = next.logLevel;
-  config_.logFormat = next.logFormat;
+  snapshot->peers = next.peers;
+  snapshot->maxRows = next.maxRows;
+  snapshot->maxBytes = next.maxBytes;
+  snapshot->denyPatterns = next.denyPatterns;
+  snapshot->allowPatterns = next.allowPatterns;
+  snapshot->patternsIgnoreCase = next.patternsIgnoreCase;
+  snapshot->logLevel = next.logLevel;
+  snapshot->logFormat = next.logFormat;
+  applied_ = std::move(snapshot);  // `applied` is not read after this
   observability::Logger::instance().setLevel(level);
   observability::Logger::instance().setFormat(format);
   observability::logEvent(observability::LogLevel::kInfo, "reloaded",

@@ -81,7 +81,12 @@ class Server final : public session::ConnectionTracker {
   [[nodiscard]] session::SessionContext& sessionContext() noexcept { return context_; }
 
  private:
-  config::ServerConfig config_;  // reload() updates the runtime-changeable fields
+  // The configuration the server started with: immutable, what sessions read. Settings a reload
+  // changes live in their own holders (guardrails, routes, credentials, faults, peers, the logger);
+  // `applied_` is the last reload's configuration as a whole, the one the next reload compares with.
+  const config::ServerConfig config_;
+  std::mutex reloadMutex_;
+  std::shared_ptr<const config::ServerConfig> applied_;  // under reloadMutex_
   // Set by beginShutdown: from then on the 57P01 each session gets is logged at info, not warning.
   std::atomic<bool> stopRequested_{false};
   std::string faultsText_;
