@@ -211,9 +211,11 @@ class Proxy:
     upstream as the client's user) or 'scram-sha-256' (against auth_file, PgBouncer's userlist.txt);
     see docs/security.md. With enable_tls, clients
     may use TLS (tls_cert/tls_key the proxy's certificate, tls_ca to require client certificates,
-    tls_required to refuse plain clients). extended_protocol='relay' relays the extended query
+    tls_required to refuse plain clients). protocol='extended' relays the extended query
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
-    guardrails; the default 'reject' refuses it with 0A000. deny and allow (and the lines of deny_file
+    guardrails, protocol='full' also COPY both ways (bounded by max_copy_in_bytes) and the
+    function-call protocol; the default 'simple' refuses them with 0A000 (extended_protocol='relay'
+    is the older name of protocol='extended'). deny and allow (and the lines of deny_file
     and allow_file) are POSIX extended regular expressions (glibc's regcomp: [[:space:]], and also
     \\s \\w \\b; no (?i), use patterns_ignore_case=True; no \\d, use [0-9]) searched anywhere in the
     query text; fault rules' match is the same dialect. faults names a rules file (as the
@@ -236,6 +238,7 @@ class Proxy:
                  startup_timeout: Optional[Duration] = None, connect_timeout: Optional[Duration] = None,
                  shutdown_timeout: Optional[Duration] = None,
                  max_message_size: Optional[Size] = None, extended_protocol: Optional[str] = None,
+                 protocol: Optional[str] = None, max_copy_in_bytes: Optional[Size] = None,
                  max_rows: Optional[int] = None, max_bytes: Optional[Size] = None, deny: Patterns = (), allow: Patterns = (),
                  deny_file: Patterns = (), allow_file: Patterns = (), patterns_ignore_case: bool = False,
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
@@ -273,7 +276,8 @@ class Proxy:
                             ("shutdown-timeout", shutdown_timeout)):
             if value is not None:
                 options[name] = [_duration(name.replace("-", "_"), value)]
-        for name, value in (("max-message-size", max_message_size), ("max-bytes", max_bytes)):
+        for name, value in (("max-message-size", max_message_size), ("max-bytes", max_bytes),
+                            ("max-copy-in-bytes", max_copy_in_bytes)):
             if value is not None:
                 options[name] = [_size(name.replace("-", "_"), value)]
         if max_rows is not None:
@@ -299,7 +303,7 @@ class Proxy:
             if value is not None:
                 options[name] = [_path(name.replace("-", "_"), value)]
         for name, value in (("metrics-address", metrics_address), ("log-format", log_format), ("auth", auth),
-                            ("extended-protocol", extended_protocol)):
+                            ("extended-protocol", extended_protocol), ("protocol", protocol)):
             if value is not None:
                 options[name] = [_text(name.replace("-", "_"), value)]
         if isinstance(capture_size, bool) or not isinstance(capture_size, int):

@@ -38,9 +38,17 @@ const std::vector<OptionSpec>& optionSpecs() {
        "On SIGTERM/SIGINT, how long running queries may finish before they are cancelled (a second signal "
        "cuts it short). Default: 30s."},
       {"max-message-size", "size", "Largest client message (a Query) accepted (kB, MB). Default: 16MB."},
+      {"protocol", "mode",
+       "What is relayed. simple: the simple query protocol; Parse/Bind/Execute, COPY and function calls are "
+       "refused with 0A000. extended: the extended query protocol too, pipelined, with the same guardrails. "
+       "full: extended plus COPY (FROM STDIN and TO STDOUT) and the function-call protocol. Replication "
+       "and COPY BOTH are refused in every mode. Default: simple."},
       {"extended-protocol", "mode",
-       "reject: refuse Parse/Bind/Execute with 0A000 (simple-protocol clients only); relay: relay the extended "
-       "query protocol, pipelined, with the same guardrails. Default: reject."},
+       "The older name of --protocol: reject is simple, relay is extended (--protocol wins when both are "
+       "given). Default: reject."},
+      {"max-copy-in-bytes", "size",
+       "Most bytes one COPY FROM STDIN may send upstream (--protocol=full); past it the COPY is failed "
+       "upstream and the client gets 54000 (0 = off). Default: 1GB."},
       {"max-rows", "n",
        "Most rows per statement sent to a client; past it the statement is cancelled with 54000 (0 = off). "
        "Default: 10000."},
@@ -139,6 +147,14 @@ ServerConfig configFromOptions(const OptionValues& values) {
     }
     config.extendedProtocolRelay = *v == "relay";
   }
+  if (auto* v = value("protocol")) {
+    if (*v != "simple" && *v != "extended" && *v != "full") {
+      throw ConfigError("protocol: invalid value \"" + *v + "\" (simple, extended or full)");
+    }
+    config.extendedProtocolRelay = *v != "simple";
+    config.fullProtocol = *v == "full";
+  }
+  if (auto* v = value("max-copy-in-bytes")) config.maxCopyInBytes = parseSize(*v, "max-copy-in-bytes");
   if (auto* v = value("max-rows")) config.maxRows = static_cast<std::uint64_t>(parseInteger(*v, "max-rows", 0, INT64_MAX));
   if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");
   config.denyPatterns = all("deny");

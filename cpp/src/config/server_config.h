@@ -37,8 +37,11 @@ struct ServerConfig {
   Milliseconds connectTimeout{10'000};  // upstream connection and authentication
   Milliseconds shutdownTimeout{30'000}; // how long running queries may finish after SIGTERM
   std::uint32_t maxMessageSize = 16U * 1024 * 1024;  // largest client message (a Query) accepted
-  // The extended query protocol (Parse/Bind/Execute ...): refused with 0A000 by default, or relayed.
+  // --protocol: the extended query protocol (Parse/Bind/Execute ...) refused with 0A000 by default,
+  // or relayed (extended); full adds COPY both ways and the function-call protocol.
   bool extendedProtocolRelay = false;
+  bool fullProtocol = false;
+  std::uint64_t maxCopyInBytes = 1024ULL * 1024 * 1024;  // one COPY FROM STDIN's bytes upstream; 0 = off
 
   // Guardrails (0 turns a limit off).
   std::uint64_t maxRows = 10'000;                 // rows per statement sent to the client

@@ -32,6 +32,9 @@ class QueryFilter {
   // nullopt when the query may run: it matches no deny pattern and, when allow patterns exist, one of them.
   [[nodiscard]] std::optional<FilterVerdict> check(std::string_view sql) const;
   [[nodiscard]] bool empty() const noexcept { return deny_.empty() && allow_.empty(); }
+  // Whether something with no query text to match (a function call) may run: only without allow
+  // patterns (an allow list admits nothing it cannot check).
+  [[nodiscard]] bool allowsUnmatchable() const noexcept { return allow_.empty(); }
 
  private:
   struct Pattern {

@@ -404,7 +404,10 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.connectTimeout != applied.connectTimeout) note(restart, "connect-timeout");
   if (next.shutdownTimeout != applied.shutdownTimeout) note(restart, "shutdown-timeout");
   if (next.maxMessageSize != applied.maxMessageSize) note(restart, "max-message-size");
-  if (next.extendedProtocolRelay != applied.extendedProtocolRelay) note(restart, "extended-protocol");
+  if (next.extendedProtocolRelay != applied.extendedProtocolRelay || next.fullProtocol != applied.fullProtocol) {
+    note(restart, "protocol");
+  }
+  if (next.maxCopyInBytes != applied.maxCopyInBytes) note(restart, "max-copy-in-bytes");
   if (next.instanceId != applied.instanceId) note(restart, "instance-id");
   if (next.tlsEnabled != applied.tlsEnabled || next.tlsRequired != applied.tlsRequired ||
       next.tlsCertFile != applied.tlsCertFile || next.tlsKeyFile != applied.tlsKeyFile ||

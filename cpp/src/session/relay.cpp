@@ -3,6 +3,7 @@
 
 #include "protocol/constants.h"
 #include "protocol/messages.h"
+#include "protocol/reader.h"
 #include "protocol/writer.h"
 #include "session/session_detail.h"
 
@@ -34,6 +35,7 @@ Relay::Relay(RelayContext context, RelayHost& host) : context_(std::move(context
 
 bool Relay::acceptingClient() const noexcept {
   if (!batch_.open) return true;
+  if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
   return !batch_.ended;  // an extended batch still open takes its next members
 }
 
@@ -48,6 +50,7 @@ std::optional<Clock::time_point> Relay::deadline() const noexcept {
 
 bool Relay::onClientFrame(const protocol::Frame& frame) {
   const char type = frame.type();
+  if (batch_.open && batch_.copyIn != Batch::CopyIn::kNone) return onCopyInFrame(frame);
   if (rejecting_) {
     // The default mode refused an extended-protocol message: PostgreSQL would ignore everything up to
     // the Sync. A simple Query instead of the Sync (node-pg after a refused stream) ends the refusal.
@@ -98,14 +101,102 @@ bool Relay::onClientFrame(const protocol::Frame& frame) {
       return true;
     }
     case fe::kFunctionCall: {
+      if (context_.fullProtocol) {
+        startFunctionCall(frame);
+        return true;
+      }
       const ProxyError error(Severity::kError, sqlstate::kFeatureNotSupported,
-                             "the function call protocol is not supported by pgwire-proxy");
+                             "the function call protocol is not supported by pgwire-proxy",
+                             "Relaying it needs --protocol=full.");
       context_.observer.proxyError(context_.sessionId, error);
       sendError(error, true);
       return true;
     }
     default:
       throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(type)));
+  }
+}
+
+// The function-call protocol (libpq's PQfn: the large-object API, psql's \lo_import): a batch of one,
+// answered with FunctionCallResponse or an error, then ReadyForQuery. It names a function by OID with
+// binary arguments, so there is no text for --allow to match: with an allow list it stays refused.
+void Relay::startFunctionCall(const protocol::Frame& frame) {
+  protocol::MessageReader reader(frame.body());
+  const auto oid = static_cast<std::uint32_t>(reader.readInt32());
+  const std::string text = "function call (oid " + std::to_string(oid) + ")";
+  observability::QueryRecord record = startRecord(text);
+  if (!currentGuardrails()->filter.allowsUnmatchable()) {
+    const ProxyError error(Severity::kError, sqlstate::kInsufficientPrivilege,
+                           "function calls are refused while --allow patterns are in force",
+                           "A function call names a function by OID; there is no query text to match.",
+                           "Use a SELECT of the function instead, or run without --allow.");
+    record.sqlstate = error.sqlstate();
+    record.errorMessage = error.message();
+    record.outcome = observability::QueryOutcome::kDenied;
+    recordAlone(record);
+    sendError(error, true);
+    return;
+  }
+  openBatch();
+  Pending call(fe::kQuery);  // answered like a Query: a reply, then ReadyForQuery
+  call.sql = std::make_shared<const std::string>(text);
+  call.sent = Clock::now();
+  pushPending(std::move(call));
+  batch_.ended = true;
+  statement_ = Statement{};
+  statement_.open = true;
+  statement_.record = std::move(record);
+  statement_.start = Clock::now();
+  host_.toUpstream(frame.bytes);
+}
+
+// ---- COPY FROM STDIN --------------------------------------------------------------------------------
+
+bool Relay::onCopyInFrame(const protocol::Frame& frame) {
+  const char type = frame.type();
+  if (batch_.copyIn == Batch::CopyIn::kAwaitingSync) {
+    // The COPY is over; PostgreSQL ignored the batch's first Sync and waits for this one.
+    if (type == fe::kSync) batch_.copyIn = Batch::CopyIn::kNone;
+    host_.toUpstream(frame.bytes);
+    return true;
+  }
+  switch (type) {
+    case fe::kCopyData: {
+      if (statement_.dropAtCopyData) {
+        dropWithRecord("fault injected: connection dropped in the middle of COPY FROM STDIN");
+      }
+      if (batch_.copyInFailedByProxy) return true;  // the upstream has its CopyFail; the rest is dropped
+      statement_.copyInBytes += frame.bytes.size();
+      if (context_.maxCopyInBytes > 0 && statement_.copyInBytes > context_.maxCopyInBytes) {
+        // Over the limit: the COPY fails upstream (nothing of it is kept) and the client is told.
+        std::string out;
+        protocol::MessageWriter writer(out);
+        protocol::writeCopyFail(writer, "COPY FROM STDIN exceeded the proxy's --max-copy-in-bytes");
+        host_.toUpstream(out);
+        batch_.copyInFailedByProxy = true;
+        reportGuardrail("max-copy-in-bytes", guardrails::formatBytes(context_.maxCopyInBytes));
+        statement_.record.outcome = observability::QueryOutcome::kLimitBytes;
+        failAtFront(ProxyError(Severity::kError, sqlstate::kProgramLimitExceeded,
+                               "COPY FROM STDIN exceeds the proxy's limit of " +
+                                   guardrails::formatBytes(context_.maxCopyInBytes) + " (max-copy-in-bytes)",
+                               "pgwire-proxy failed the COPY upstream; nothing of it was copied.",
+                               "Split the load into smaller COPYs, or raise --max-copy-in-bytes (0 turns it off)."),
+                    false);
+        return true;
+      }
+      host_.toUpstream(frame.bytes);
+      return true;
+    }
+    case fe::kCopyDone:
+    case fe::kCopyFail:
+      batch_.copyIn = batch_.copySyncIgnored ? Batch::CopyIn::kAwaitingSync : Batch::CopyIn::kNone;
+      if (!batch_.copyInFailedByProxy) host_.toUpstream(frame.bytes);
+      return true;
+    default:
+      // Flush and Sync are ignored by PostgreSQL in COPY IN mode; anything else fails the COPY there
+      // (08P01), as it would direct.
+      if (!batch_.copyInFailedByProxy) host_.toUpstream(frame.bytes);
+      return true;
   }
 }
 
@@ -333,6 +424,7 @@ void Relay::failAtClient(const ProxyError& error) {
 }
 
 void Relay::failAtFront(const ProxyError& error, bool cancelStatement) {
+  flushPending();  // what the upstream sent before the failing frame still reaches the client
   if (statement_.open) {
     noteProxyError(error);
     finishRecord();
@@ -350,6 +442,28 @@ void Relay::failAtFront(const ProxyError& error, bool cancelStatement) {
   batch_.clientSkipping = !batch_.ended;
   batch_.swallowing = true;
   batch_.swallowedUpstreamError = false;
+  batch_.failure = error;  // sent once the statement's fate shows (reportFailure)
+  batch_.failedStatementCompleted = false;
+}
+
+void Relay::reportFailure(char transactionStatus) {
+  if (!batch_.failure) return;
+  ProxyError error = std::move(*batch_.failure);
+  batch_.failure.reset();
+  if (batch_.failedStatementCompleted) {
+    // The cancel came too late: say what really happened to the statement.
+    std::string detail;
+    if (transactionStatus == protocol::kTxIdle) {
+      detail = "The statement ran to completion upstream before the cancel reached it: its effects, if any, "
+               "are committed; only its output was dropped.";
+    } else if (transactionStatus == protocol::kTxFailed) {
+      detail = "The statement completed upstream; the proxy ended its transaction block failed, so nothing of it "
+               "will be committed.";
+    } else {
+      detail = "The statement completed upstream; its transaction will not commit (the proxy fails it).";
+    }
+    error = ProxyError(error.severity(), error.sqlstate(), std::string(error.message()), detail, error.hint());
+  }
   sendError(error, false);
 }
 

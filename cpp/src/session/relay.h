@@ -58,6 +58,8 @@ struct RelayContext {
   std::string user;
   std::string database;
   std::string applicationName;
+  bool fullProtocol = false;        // --protocol=full: COPY both ways and function calls are relayed
+  std::uint64_t maxCopyInBytes = 0; // one COPY FROM STDIN's bytes upstream; 0 = off
 };
 
 // The upstream sent something that cannot be relayed: the session ends with 08006.
@@ -129,14 +131,28 @@ class Relay {
     bool commitFailed = false;       // the proxy failed a COMMIT: the upstream rolls back, the block is over
     std::optional<Clock::time_point> deadline;  // the backstop, then the wait for the cancel's effect
     std::optional<ProxyError> fatalAtEnd;       // an injected FATAL: the session ends with it at ReadyForQuery
+    // The proxy failed the statement the upstream runs: its error goes out once the statement's fate
+    // is known (ended by an error, or completed and then committed or not), so it tells the truth.
+    std::optional<ProxyError> failure;
+    bool failedStatementCompleted = false;
+    // COPY FROM STDIN: the client's CopyData, CopyDone and CopyFail flow up. kAwaitingSync: the COPY
+    // came from an Execute whose Sync was already upstream, which PostgreSQL ignored in COPY mode; the
+    // client's next Sync (libpq sends one after CopyDone) ends the batch.
+    enum class CopyIn { kNone, kActive, kAwaitingSync };
+    CopyIn copyIn = CopyIn::kNone;
+    bool copySyncIgnored = false;
+    bool copyInFailedByProxy = false;  // the proxy sent CopyFail: the client's copy data is dropped
   };
   // The statement whose replies are arriving: its record.
   struct Statement {
     bool open = false;
     observability::QueryRecord record;
     Clock::time_point start{};
-    std::optional<std::uint64_t> dropAfterRows;  // fault: drop after_rows
+    std::optional<std::uint64_t> dropAfterRows;  // fault: drop after_rows (DataRows or a COPY TO's CopyData)
     bool dropMidMessage = false;                 // fault: drop mid_message
+    bool dropAtCopyData = false;                 // fault: drop mid_message of a COPY FROM STDIN
+    bool copyOut = false;                        // a COPY TO STDOUT: its CopyData count as rows
+    std::uint64_t copyInBytes = 0;
   };
 
   // ---- client messages (relay.cpp) ----
@@ -151,6 +167,11 @@ class Relay {
   void failAtClient(const ProxyError& error);
   // The proxy failed the statement the upstream is answering (a limit, COPY, the backstop).
   void failAtFront(const ProxyError& error, bool cancel);
+  // The deferred failure goes out, its detail saying what became of the statement.
+  void reportFailure(char transactionStatus);
+  // COPY FROM STDIN: a client frame while the upstream is in COPY IN mode.
+  [[nodiscard]] bool onCopyInFrame(const protocol::Frame& frame);
+  void startFunctionCall(const protocol::Frame& frame);
   void sendError(const ProxyError& error, bool withReadyForQuery);
   void cancel();
 

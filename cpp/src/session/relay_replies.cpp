@@ -52,7 +52,7 @@ std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
     if (!header) break;
     const std::size_t available = data.size() - at_;
     const std::size_t size = header->frameSize();
-    if (statement_.dropMidMessage) {
+    if (statement_.dropMidMessage && header->type != be::kCopyInResponse) {
       at_ += std::min(available, std::max<std::size_t>(1, size / 2));
       flushPending();  // half a message, then nothing
       dropWithRecord("fault injected: connection dropped in the middle of a message");
@@ -103,6 +103,20 @@ bool Relay::onReply(const protocol::Frame& frame) {
   if (batch_.swallowing) {
     if (type == be::kCommandComplete || type == be::kPortalSuspended || type == be::kEmptyQueryResponse) {
       batch_.deadline.reset();  // the cancel came too late, but the statement has ended
+      if (batch_.failure && type != be::kPortalSuspended) {
+        batch_.failedStatementCompleted = true;
+        // Inside an unfinished batch the proxy fails the transaction at the client's Sync: say so now.
+        if (!batch_.ended) reportFailure(protocol::kTxInBlock);
+      } else if (batch_.failure) {
+        reportFailure(0);  // suspended: its rest was never produced
+      }
+    }
+    if (type == be::kCopyInResponse) {
+      // A COPY FROM STDIN in a batch the proxy already failed: nothing of it may be copied.
+      std::string out;
+      protocol::MessageWriter writer(out);
+      protocol::writeCopyFail(writer, "pgwire-proxy failed the batch");
+      host_.toUpstream(out);
     }
     // Asynchronous messages still reach the client.
     return type == be::kNotificationResponse || type == be::kParameterStatus;
@@ -112,6 +126,8 @@ bool Relay::onReply(const protocol::Frame& frame) {
   switch (type) {
     case be::kDataRow:
       return !executing || onDataRow(frame.header);
+    case be::kCopyData:  // a COPY TO STDOUT's rows, one CopyData each
+      return !executing || !statement_.copyOut || onDataRow(frame.header);
     case be::kCommandComplete:
     case be::kEmptyQueryResponse:
     case be::kPortalSuspended:
@@ -139,6 +155,21 @@ bool Relay::onReply(const protocol::Frame& frame) {
       return true;
     case be::kCopyInResponse:
     case be::kCopyOutResponse:
+      if (context_.fullProtocol && executing) {
+        if (!statement_.open) openRecord(batch_.pending.front());
+        if (type == be::kCopyOutResponse) {
+          statement_.copyOut = true;
+          return true;
+        }
+        batch_.copyIn = Batch::CopyIn::kActive;  // the client's CopyData now flow up
+        batch_.copySyncIgnored = front == fe::kExecute && batch_.ended;
+        if (statement_.dropMidMessage) {
+          statement_.dropMidMessage = false;
+          statement_.dropAtCopyData = true;  // mid COPY IN: at the client's first CopyData
+        }
+        return true;
+      }
+      [[fallthrough]];
     case be::kCopyBothResponse: {
       const bool copyIn = type == be::kCopyInResponse;
       if (copyIn) {
@@ -195,6 +226,7 @@ bool Relay::onErrorResponse(const protocol::Frame& frame) {
   if (batch_.swallowing) {
     batch_.swallowedUpstreamError = true;
     batch_.deadline.reset();  // the cancelled statement has ended
+    reportFailure(protocol::kTxFailed);  // ended by the error (the cancel, the CopyFail): as it says
     return false;
   }
   if (!batch_.pending.empty()) {
@@ -226,6 +258,7 @@ bool Relay::onReadyForQuery(char status) {
     queueAbortingStatement(false);
     return false;
   }
+  reportFailure(status);  // what became of the statement the proxy failed, now that it is known
   transactionStatus_ = status;
   const bool ownSync = !batch_.pending.empty() && batch_.pending.front().type == fe::kSync &&
                        batch_.pending.front().ownSync;

@@ -478,7 +478,7 @@ void Session::openSession() {
   relay_ = std::make_unique<Relay>(
       RelayContext{id_, context_.observer, context_.guardrails, context_.faults, context_.config.extendedProtocolRelay,
                    upstream_->statementTimeout(), user != nullptr ? *user : std::string(), routeName_,
-                   clientApplicationName_},
+                   clientApplicationName_, context_.config.fullProtocol, context_.config.maxCopyInBytes},
       static_cast<RelayHost&>(*this));
   canceller_ = std::make_shared<QueryCanceller>(loop(), taskId());
   cancelKey_ = context_.registry.add(canceller_);
