@@ -1,0 +1,312 @@
+"""COPY both ways and the function-call protocol under --protocol=full, compared with direct: psql's
+\\copy, pg_dump -Fc and pg_restore, psycopg's and asyncpg's copy, \\lo_import/\\lo_export; the
+guardrails over COPY (rows, bytes, COPY IN's own limit, faults); the refusals and their truthful texts
+in the default mode."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import tempfile
+
+import psycopg
+import pytest
+from psycopg import errors
+
+import wire
+from pgwire_proxy.cluster import parse_dsn
+from psql import psql_env, run_psql
+from support import connect, wait_until
+
+TABLE = "copy_items"
+ROWS = [(i, f"name {i}", None if i % 7 == 0 else i * 1.5) for i in range(1, 2001)]
+
+
+@pytest.fixture
+def full(pgwire_proxy_factory):
+    return pgwire_proxy_factory(protocol="full", max_rows=0, max_bytes=0)
+
+
+@pytest.fixture
+def items(pg_upstream):
+    pg_upstream.execute(f"drop table if exists {TABLE}")
+    pg_upstream.execute(f"create table {TABLE} (id int primary key, name text, score float8)")
+    yield TABLE
+    pg_upstream.execute(f"drop table if exists {TABLE}")
+
+
+def fill(pg_upstream, table=TABLE):
+    with psycopg.connect(pg_upstream.dsn, autocommit=True) as conn:
+        with conn.cursor().copy(f"copy {table} from stdin") as copy:
+            for row in ROWS:
+                copy.write_row(row)
+
+
+def count(pg_upstream, table=TABLE) -> int:
+    return pg_upstream.execute(f"select count(*) from {table}")[0][0]
+
+
+# ---- psql ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_psql_copy_both_ways_is_byte_identical(full, pg_upstream, items, fmt, tmp_path):
+    fill(pg_upstream)
+    outputs = []
+    for name, dsn in (("direct", pg_upstream.dsn), ("proxy", full.dsn)):
+        out = tmp_path / f"{name}.{fmt}"
+        result = run_psql(dsn, commands=[f"\\copy (select * from {TABLE} order by id) to '{out}' with (format {fmt})"])
+        assert result.returncode == 0, result.stdout
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1] and len(outputs[0]) > 10_000
+    # ... and back in through the proxy: the same rows.
+    pg_upstream.execute(f"truncate {TABLE}")
+    result = run_psql(full.dsn, commands=[f"\\copy {TABLE} from '{tmp_path / f'proxy.{fmt}'}' with (format {fmt})"])
+    assert result.returncode == 0 and b"COPY 2000" in result.stdout, result.stdout
+    assert count(pg_upstream) == 2000
+    assert pg_upstream.execute(f"select sum(id), count(score) from {TABLE}") == [(sum(r[0] for r in ROWS),
+                                                                               sum(1 for r in ROWS if r[2] is not None))]
+
+
+def test_psql_copy_from_stdin_inline_data_as_direct(full, pg_upstream, items):
+    script = f"copy {TABLE} from stdin;\n1\tone\t1.5\n2\ttwo\t\\N\n\\.\nselect * from {TABLE} order by id;\n"
+    seen = []
+    for dsn in (pg_upstream.dsn, full.dsn):
+        pg_upstream.execute(f"truncate {TABLE}")
+        seen.append(run_psql(dsn, input=script.encode()).stdout)
+    assert seen[0] == seen[1] and b"two" in seen[1]
+
+
+# ---- pg_dump / pg_restore ------------------------------------------------------------------------------
+
+def test_pg_dump_and_pg_restore_through_the_proxy(full, pg_upstream, items, tmp_path):
+    fill(pg_upstream)
+    pg_upstream.execute("drop database if exists copy_restored")
+    pg_upstream.execute("create database copy_restored")
+    dump = tmp_path / "items.dump"
+    env = psql_env()
+    params = parse_dsn(full.dsn)
+    common = ["-h", params["host"], "-p", str(params["port"]), "-U", params.get("user", "postgres")]
+    subprocess.run(["pg_dump", *common, "-d", params.get("dbname", "postgres"), "-Fc", "-t", TABLE, "-f", str(dump)],
+                   check=True, env=env, timeout=120, capture_output=True)
+    plain = subprocess.run(["pg_dump", *common, "-d", params.get("dbname", "postgres"), "-t", TABLE],
+                           check=True, env=env, timeout=120, capture_output=True).stdout
+    direct_params = parse_dsn(pg_upstream.dsn)
+    direct_plain = subprocess.run(["pg_dump", "-h", direct_params.get("host", "127.0.0.1"),
+                                   "-p", str(direct_params.get("port", 5432)), "-U", direct_params.get("user", "postgres"),
+                                   "-d", direct_params.get("dbname", "postgres"), "-t", TABLE],
+                                  check=True, env=env, timeout=120, capture_output=True).stdout
+    # pg_dump 15.14+ brackets the script with \restrict/\unrestrict and a random key per dump.
+    unkeyed = [re.sub(rb"(?m)^\\(un)?restrict \S+$", b"", out) for out in (plain, direct_plain)]
+    assert unkeyed[0] == unkeyed[1] and b"COPY public.copy_items" in plain
+    restore = subprocess.run(["pg_restore", *common, "-d", "copy_restored", "--exit-on-error", str(dump)],
+                             env=env, timeout=120, capture_output=True)
+    assert restore.returncode == 0, restore.stderr
+    with psycopg.connect(pg_upstream.dsn.replace("dbname=postgres", "dbname=copy_restored")
+                         if "dbname=postgres" in pg_upstream.dsn else pg_upstream.dsn + " dbname=copy_restored",
+                         autocommit=True) as conn:
+        assert conn.execute(f"select count(*), sum(id) from {TABLE}").fetchone() == (2000, sum(r[0] for r in ROWS))
+    pg_upstream.execute("drop database copy_restored")
+
+
+# ---- drivers ---------------------------------------------------------------------------------------------
+
+def test_psycopg_copy_read_and_write_as_direct(full, pg_upstream, items):
+    results = []
+    for dsn in (pg_upstream.dsn, full.dsn):
+        pg_upstream.execute(f"truncate {TABLE}")
+        with psycopg.connect(dsn) as conn:  # psycopg's defaults, a transaction around the COPY
+            with conn.cursor() as cur:
+                with cur.copy(f"copy {TABLE} (id, name, score) from stdin") as copy:
+                    for row in ROWS:
+                        copy.write_row(row)
+                conn.commit()
+                with cur.copy(f"copy (select * from {TABLE} order by id) to stdout") as copy:
+                    read = [tuple(row) for row in copy.rows()]
+                results.append((cur.rowcount, read[:3], len(read)))
+    assert results[0] == results[1] and results[1][2] == 2000
+
+
+def test_asyncpg_copy_as_direct(full, pg_upstream, items):
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def session(dsn):
+        params = parse_dsn(dsn)
+        conn = await asyncpg.connect(host=params["host"], port=int(params["port"]), user=params.get("user", "postgres"),
+                                     database=params.get("dbname", "postgres"))
+        try:
+            await conn.execute(f"truncate {TABLE}")
+            status = await conn.copy_records_to_table(TABLE, records=ROWS)
+            with tempfile.TemporaryFile() as out:
+                await conn.copy_from_query(f"select * from {TABLE} order by id", output=out, format="csv")
+                out.seek(0)
+                exported = out.read()
+            return status, exported, await conn.fetchval(f"select count(*) from {TABLE}")
+        finally:
+            await conn.close()
+
+    direct = asyncio.run(session(pg_upstream.dsn))
+    proxied = asyncio.run(session(full.dsn))
+    assert direct == proxied and proxied[2] == 2000
+
+
+def test_large_objects_round_trip_through_the_function_call_protocol(full, pg_upstream, tmp_path):
+    source = tmp_path / "blob.bin"
+    source.write_bytes(os.urandom(300_000))
+    back = tmp_path / "back.bin"
+    imported = run_psql(full.dsn, commands=[f"\\lo_import '{source}'"])
+    assert imported.returncode == 0, imported.stdout
+    oid = int(imported.stdout.split()[-1])
+    exported = run_psql(full.dsn, commands=[f"\\lo_export {oid} '{back}'", f"\\lo_unlink {oid}"])
+    assert exported.returncode == 0, exported.stdout
+    assert back.read_bytes() == source.read_bytes()
+    assert pg_upstream.execute("select count(*) from pg_largeobject_metadata where oid = %s", [oid]) == [(0,)]
+
+
+def test_function_calls_stay_refused_while_allow_patterns_are_in_force(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(protocol="full", allow=["^select"])
+    with wire.RawConnection(proxy.host, proxy.port, timeout=15) as conn:
+        conn.startup({"user": proxy.user, "database": proxy.dbname})
+        conn.send(wire.function_call())
+        got = conn.read_until_ready()
+        assert wire.kinds(got) == "EZ" and got[0].error_fields()["C"] == "42501"
+
+
+# ---- guardrails over COPY -----------------------------------------------------------------------------
+
+def test_copy_to_counts_rows_against_max_rows(pgwire_proxy_factory, pg_upstream, items):
+    fill(pg_upstream)
+    proxy = pgwire_proxy_factory(protocol="full", max_rows=100)
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
+            with conn.cursor().copy(f"copy {TABLE} to stdout") as copy:
+                got = sum(1 for _ in copy)
+        assert "row limit of 100" in excinfo.value.diag.message_primary
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
+        # Under the limit it passes whole.
+        with conn.cursor().copy(f"copy (select * from {TABLE} limit 100) to stdout") as copy:
+            assert sum(1 for _ in copy) == 100
+
+
+def test_copy_in_is_bounded_by_its_own_byte_limit_and_nothing_is_copied(pgwire_proxy_factory, pg_upstream, items):
+    proxy = pgwire_proxy_factory(protocol="full", max_copy_in_bytes="16kB")
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
+            with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+                for row in ROWS:
+                    copy.write_row(row)
+        assert "max-copy-in-bytes" in excinfo.value.diag.message_primary
+        assert "nothing of it was copied" in excinfo.value.diag.message_detail
+        assert conn.execute("select 'usable'").fetchone() == ("usable",)
+    assert count(pg_upstream) == 0
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:  # a small COPY still goes through
+        with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+            for row in ROWS[:50]:
+                copy.write_row(row)
+    assert count(pg_upstream) == 50
+
+
+def test_deny_patterns_match_the_copy_statement(pgwire_proxy_factory, items):
+    proxy = pgwire_proxy_factory(protocol="full", deny=["^copy .* to stdout"])
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege):
+            with conn.cursor().copy(f"copy {TABLE} to stdout") as copy:
+                list(copy)
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_faults_apply_to_copy(pgwire_proxy_factory, pg_upstream, items):
+    fill(pg_upstream)
+    proxy = pgwire_proxy_factory(protocol="full", max_rows=0, max_bytes=0)
+    with proxy.fault("^copy copy_items to", action="drop", when="after_rows", rows=10):
+        conn = psycopg.connect(proxy.dsn, autocommit=True)
+        with pytest.raises(psycopg.OperationalError):
+            with conn.cursor().copy(f"copy {TABLE} to stdout") as copy:
+                list(copy)
+        conn.close()
+    pg_upstream.execute(f"truncate {TABLE}")
+    with proxy.fault("^copy copy_items from", action="drop", when="mid_message"):
+        conn = psycopg.connect(proxy.dsn, autocommit=True)
+        with pytest.raises(psycopg.OperationalError):
+            with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+                for row in ROWS:
+                    copy.write_row(row)
+        conn.close()
+    assert count(pg_upstream) == 0  # a connection dropped mid COPY IN commits nothing
+    with proxy.fault("^copy", sqlstate="40001", message="injected before the copy"):
+        with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+            with pytest.raises(errors.SerializationFailure):
+                with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+                    copy.write_row(ROWS[0])
+            assert conn.execute("select 1").fetchone() == (1,)
+    assert count(pg_upstream) == 0
+
+
+def test_a_client_that_dies_mid_copy_in_commits_nothing(full, pg_upstream, items):
+    with wire.RawConnection(full.host, full.port, timeout=15) as conn:
+        conn.startup({"user": full.user, "database": full.dbname})
+        conn.send(wire.query(f"copy {TABLE} from stdin"))
+        assert conn.read_until("G")[-1].kind == "G"
+        conn.send(wire.message(b"d", b"1\tone\t1\n2\ttwo\t2\n"))
+        wait_until(lambda: pg_upstream.execute(
+            "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
+            "the COPY running upstream")
+    # The client is gone without CopyDone: the upstream COPY ends, nothing committed.
+    wait_until(lambda: not pg_upstream.execute(
+        "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
+        "the COPY ended upstream")
+    assert count(pg_upstream) == 0
+
+
+def test_a_cancel_stops_a_copy_to(full, pg_upstream):
+    with psycopg.connect(full.dsn, autocommit=True) as conn:
+        import threading
+        outcome = {}
+
+        def reader():
+            try:
+                with conn.cursor().copy("copy (select i, pg_sleep(0.01) from generate_series(1, 100000) i) to stdout") as c:
+                    for _ in c:
+                        pass
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=reader)
+        worker.start()
+        wait_until(lambda: pg_upstream.execute(
+            "select 1 from pg_stat_activity where query like 'copy (select i, pg_sleep%' and pid <> pg_backend_pid()"),
+            "the COPY running")
+        conn.cancel()
+        worker.join(30)
+        assert isinstance(outcome.get("error"), errors.QueryCanceled)
+
+
+# ---- the default mode: refused, and the refusals tell the truth -----------------------------------------
+
+def test_copy_is_refused_by_default_and_a_completed_one_is_reported_as_completed(pgwire_proxy_factory, pg_upstream, items):
+    proxy = pgwire_proxy_factory()
+    with connect(proxy) as conn:
+        with pytest.raises(errors.FeatureNotSupported) as excinfo:
+            conn.execute(f"copy (insert into {TABLE} values (1, 'x', 1) returning id) to stdout")
+        diag = excinfo.value.diag
+        assert "COPY TO STDOUT is not supported" in diag.message_primary
+        committed = count(pg_upstream)
+        # Whether the cancel landed or not, the detail says which: never "cancelled" when it committed.
+        if committed == 1:
+            assert "ran to completion" in diag.message_detail and "committed" in diag.message_detail
+        else:
+            assert "cancelled" in diag.message_detail
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_row_limit_breach_on_a_completed_insert_says_it_committed(pgwire_proxy_factory, pg_upstream, items):
+    proxy = pgwire_proxy_factory(max_rows=1)
+    with connect(proxy) as conn:
+        with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
+            conn.execute(f"insert into {TABLE} select i, 'n', i from generate_series(1, 5) i returning id")
+        detail = excinfo.value.diag.message_detail
+    if count(pg_upstream) == 5:
+        assert "ran to completion" in detail and "committed" in detail
+    else:
+        assert count(pg_upstream) == 0 and "cancelled" in detail
