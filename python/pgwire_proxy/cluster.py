@@ -92,6 +92,16 @@ class _Postgres:
         params.update(overrides)
         return make_dsn(**params)
 
+    @property
+    def server_dsn(self) -> str:
+        """This server's DSN naming no database: a proxy in front of it routes each client to the
+        database the client asks for (the pytest fixtures' proxies use it; see pgwire_database)."""
+        return make_dsn(**{k: v for k, v in parse_dsn(self.dsn).items() if k != "dbname"})
+
+    def dsn_for_database(self, dbname: str) -> str:
+        """This server's DSN (every keyword it has) with another database."""
+        return make_dsn(**{**parse_dsn(self.dsn), "dbname": dbname})
+
     def connect(self, **kwargs):
         """A direct psycopg connection (autocommit unless told otherwise)."""
         import psycopg

@@ -7,6 +7,13 @@ pgwire_proxy_factory           make(**options) -> started in-process Proxy; all 
 pgwire_proxy_process_factory   the same with the pgwire-proxy binary as a subprocess (signals, argv, env)
 pgwire_faults                  add(match, action, **rule) -> Fault on pgwire_proxy; removed at teardown
 assert_queries                 assert_queries(proxy, count=, max=, match=): a context manager
+pgwire_database                a fresh database for the test, cloned from the session's template: .name, .dsn
+pgwire_database_factory        make(proxy=None) -> another such Database; all dropped (WITH FORCE) at teardown
+pgwire_database_template       session scope: the template's name (made once; filled by pgwire_template_setup)
+pgwire_template_setup          session scope, meant to be overridden: None, or setup(template: Database)
+
+The proxies these fixtures start take their upstream from pg_upstream.server_dsn, which names no
+database: each client lands in the database it asks for (.dsn still asks for pg_upstream.dbname).
 
 Registered through the `pytest11` entry point when the package is installed; the project's own suite
 loads it from tests/e2e/conftest.py.
@@ -17,17 +24,21 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import time
-from typing import Callable, Iterator, List, Optional, Pattern, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Pattern, Union
+from urllib.parse import quote
 
 import pytest
 
-from .cluster import from_environment
+from .cluster import from_environment, make_dsn, parse_dsn
 from .process import ProxyProcess, find_binary
 from .proxy import CapturedQueries, Fault, Proxy
 
 __all__ = ["pg_upstream", "pgwire_proxy", "pgwire_proxy_session", "pgwire_proxy_factory",
-           "pgwire_proxy_process_factory", "pgwire_faults", "assert_queries", "check_queries", "SharedProxy"]
+           "pgwire_proxy_process_factory", "pgwire_faults", "assert_queries", "check_queries", "SharedProxy",
+           "pgwire_database", "pgwire_database_factory", "pgwire_database_template", "pgwire_template_setup",
+           "Database"]
 
 # How long a test's teardown waits for the client sessions it closed to end on the shared proxy before
 # deciding that the test left one open (and replacing the proxy, so the next test starts clean).
@@ -49,11 +60,16 @@ def pg_upstream():
 @pytest.fixture
 def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
     """make(upstream_dsn=None, **options) starts an in-process Proxy (in front of pg_upstream unless
-    upstream_dsn is given); every proxy made is stopped at teardown."""
+    upstream_dsn is given: on pg_upstream.server_dsn, so a client's database name is the database it
+    gets); every proxy made is stopped at teardown."""
     started: List[Proxy] = []
 
     def make(upstream_dsn: Optional[str] = None, **options) -> Proxy:
-        proxy = Proxy(upstream_dsn if upstream_dsn is not None else pg_upstream.dsn, **options)
+        if upstream_dsn is None:
+            proxy = Proxy(pg_upstream.server_dsn, **options)
+            proxy.dbname = pg_upstream.dbname  # what .dsn asks for; other names reach their own database
+        else:
+            proxy = Proxy(upstream_dsn, **options)
         proxy.start()
         started.append(proxy)
         return proxy
@@ -68,15 +84,19 @@ class SharedProxy:
     pg_upstream, reused by every test, and replaced by a fresh one when a test stopped it or left a
     client connected."""
 
-    def __init__(self, upstream_dsn: str):
+    def __init__(self, upstream_dsn: str, dbname: Optional[str] = None):
         self._upstream_dsn = upstream_dsn
+        self._dbname = dbname  # what .dsn asks for, when upstream_dsn names no database
         self._proxy: Optional[Proxy] = None
 
     def get(self) -> Proxy:
         """The running shared proxy, reset (no queries, faults or counts from before), started if needed."""
         proxy = self._proxy
         if proxy is None or not proxy.running:
-            proxy = self._proxy = Proxy(self._upstream_dsn).start()
+            proxy = Proxy(self._upstream_dsn)
+            if self._dbname is not None:
+                proxy.dbname = self._dbname
+            proxy = self._proxy = proxy.start()
         else:
             proxy.reset()
         return proxy
@@ -109,7 +129,8 @@ def pgwire_proxy_session(pg_upstream) -> Iterator[SharedProxy]:
     """The proxy that `pgwire_proxy` hands each test, for the whole test session: `.get()` gives it
     running and reset, `.release()` ends a test's use. Depend on `pgwire_proxy` in tests; this is for
     fixtures of a wider scope (module, session) that need the proxy's address."""
-    shared = SharedProxy(pg_upstream.dsn)
+    # No database in its upstream DSN: each client gets the database it names (pgwire_database).
+    shared = SharedProxy(pg_upstream.server_dsn, dbname=pg_upstream.dbname)
     yield shared
     shared.stop()
 
@@ -169,13 +190,17 @@ def pgwire_proxy_process_factory(pg_upstream) -> Iterator[Callable[..., ProxyPro
     started: List[ProxyProcess] = []
 
     def make(upstream_dsn: Optional[str] = None, *, use_upstream: bool = True, **options) -> ProxyProcess:
-        if upstream_dsn is None and use_upstream:
-            upstream_dsn = pg_upstream.dsn
+        default_upstream = upstream_dsn is None and use_upstream
+        if default_upstream:
+            upstream_dsn = pg_upstream.server_dsn  # the client's database, as pgwire_proxy_factory's
         try:
             find_binary()
         except FileNotFoundError as exc:
             pytest.fail(str(exc), pytrace=False)
-        proxy = ProxyProcess(upstream_dsn, **options).start()
+        proxy = ProxyProcess(upstream_dsn, **options)
+        if default_upstream:
+            proxy.dbname = pg_upstream.dbname
+        proxy.start()
         started.append(proxy)
         return proxy
 
@@ -243,3 +268,141 @@ def assert_queries() -> Callable[..., "contextlib.AbstractContextManager[Capture
         assert queries.sql == ["select 1", "select 2"]
     """
     return check_queries
+
+
+# ---- a database per test --------------------------------------------------------------------------
+
+class Database:
+    """A database on pg_upstream: `.name`, and `.dsn` to reach it (through `.proxy`, or directly for
+    the template, whose `.proxy` is None). `.dsn_with(**keywords)` adds or replaces libpq keywords,
+    `.url(dialect)` is the same as an SQLAlchemy URL, `.host`, `.port` and `.user` are where `.dsn`
+    points."""
+
+    def __init__(self, name: str, params: Dict[str, Any], proxy: Any = None):
+        self.name = name
+        self.proxy = proxy
+        first = ("host", "port", "user")  # in .dsn's usual order, the other keywords after
+        self._params = {k: params[k] for k in first if k in params}
+        self._params.update((k, v) for k, v in params.items() if k not in first and k != "dbname")
+
+    @property
+    def dsn(self) -> str:
+        return self.dsn_with()
+
+    def dsn_with(self, **overrides: object) -> str:
+        return make_dsn(**{**self._params, "dbname": self.name, **overrides})
+
+    @property
+    def host(self) -> str:
+        return str(self._params.get("host", "127.0.0.1"))
+
+    @property
+    def port(self) -> int:
+        return int(self._params.get("port", 5432))
+
+    @property
+    def user(self) -> str:
+        return str(self._params.get("user", "postgres"))
+
+    def url(self, dialect: str = "postgresql+psycopg2") -> str:
+        """An SQLAlchemy URL for `.dsn` (e.g. dialect="postgresql+psycopg" for psycopg 3)."""
+        password = self._params.get("password")
+        auth = quote(self.user, safe="") + (f":{quote(str(password), safe='')}" if password else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{dialect}://{auth}@{host}:{self.port}/{quote(self.name, safe='')}"
+
+    def __repr__(self) -> str:
+        return f"<pgwire_proxy Database {self.name} via {self.host}:{self.port}>"
+
+
+def _drop_database(upstream, name: str) -> None:
+    """DROP DATABASE that connections left open cannot block (WITH (FORCE), PostgreSQL 13+)."""
+    with upstream.connect() as conn:
+        if conn.info.server_version >= 130000:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:  # pragma: no cover - older servers: end the sessions first
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def _database_name(prefix: str, label: str = "") -> str:
+    """A new identifier that needs no quoting: prefix, the test's name (shortened), a random suffix."""
+    slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")[:32]
+    return "_".join(part for part in (prefix, slug, secrets.token_hex(4)) if part)
+
+
+@pytest.fixture(scope="session")
+def pgwire_template_setup() -> Optional[Callable[[Database], None]]:
+    """Override this (scope="session", in your conftest.py) to fill the template every pgwire_database
+    is cloned from, once per test session: return a callable that gets the template as a Database (its
+    .dsn connects directly to pg_upstream) and creates extensions, runs migrations, loads fixtures.
+    Close every connection it opens: a template with a session on it cannot be cloned (any still open
+    are terminated). The default (None) leaves the template as template1 makes it."""
+    return None
+
+
+@pytest.fixture(scope="session")
+def pgwire_database_template(pg_upstream, pgwire_template_setup) -> Iterator[str]:
+    """The name of the database every pgwire_database is cloned from: created on pg_upstream at the
+    first test that asks, filled by pgwire_template_setup, closed to connections, dropped at the end."""
+    name = _database_name("pgwire_template")
+    pg_upstream.execute(f'CREATE DATABASE "{name}"')
+    try:
+        if pgwire_template_setup is not None:
+            pgwire_template_setup(Database(name, parse_dsn(pg_upstream.dsn_for_database(name))))
+        # CREATE DATABASE ... TEMPLATE needs the template to itself: nothing may connect to it from now.
+        pg_upstream.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        pg_upstream.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+        yield name
+    finally:
+        _drop_database(pg_upstream, name)
+
+
+@pytest.fixture(scope="session")
+def _pgwire_clone_strategy(pg_upstream) -> str:
+    """PostgreSQL 15+ copies a template block by block through the WAL by default (170 ms for a small
+    one); on the throwaway cluster, whose fsync is off, copying the files is 30 ms. A server of
+    someone else's keeps its default (FILE_COPY checkpoints there)."""
+    if pg_upstream.throwaway:
+        with pg_upstream.connect() as conn:
+            if conn.info.server_version >= 150000:
+                return " STRATEGY FILE_COPY"
+    return ""
+
+
+@pytest.fixture
+def pgwire_database_factory(request, pg_upstream, pgwire_database_template, _pgwire_clone_strategy,
+                            pgwire_proxy) -> Iterator[Callable[..., Database]]:
+    """make(proxy=None) creates a fresh database cloned from pgwire_database_template and returns it as
+    a Database whose .dsn goes through `proxy` (default: the shared pgwire_proxy). Every database made
+    is dropped at teardown WITH (FORCE), so connections left open do not keep it. A proxy of your own
+    must route clients by their database name: one from pgwire_proxy_factory() with its default
+    upstream does, one whose upstream DSN names a dbname does not (ValueError)."""
+    made: List[str] = []
+    strategy = _pgwire_clone_strategy
+
+    def make(proxy: Any = None) -> Database:
+        proxy = pgwire_proxy if proxy is None else proxy
+        fixed = parse_dsn(getattr(proxy, "upstream_dsn", None) or "").get("dbname")
+        if fixed:
+            raise ValueError(f"{proxy!r} sends every client to database {fixed!r} (its upstream DSN names "
+                             f"it), so a database per test cannot be reached through it; make the proxy "
+                             f"with pgwire_proxy_factory(...) and no upstream_dsn, or one naming no dbname")
+        name = _database_name("pgwire_test", request.node.name)
+        pg_upstream.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pgwire_database_template}"{strategy}')
+        made.append(name)
+        return Database(name, parse_dsn(proxy.dsn), proxy)
+
+    yield make
+    for name in made:
+        _drop_database(pg_upstream, name)
+
+
+@pytest.fixture
+def pgwire_database(pgwire_database_factory) -> Database:
+    """A database of the test's own, cloned from pgwire_database_template (what pgwire_template_setup
+    put there) and dropped after the test: `.name`, `.dsn` (through the shared pgwire_proxy), `.url()`
+    for SQLAlchemy. More than one: pgwire_database_factory."""
+    return pgwire_database_factory()

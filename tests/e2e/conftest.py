@@ -19,3 +19,24 @@ def pytest_configure(config):
     module = importlib.import_module(_PLUGIN)
     if not config.pluginmanager.is_registered(module):
         config.pluginmanager.register(module, _PLUGIN)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pgwire_template_setup():
+    """What every pgwire_database of this suite starts with (test_database_fixture.py checks it; the
+    docs' retry-loop example in test_harness_recipes.py uses the accounts)."""
+    import psycopg
+
+    def setup(template):
+        with psycopg.connect(template.dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION citext")
+            conn.execute("CREATE TABLE from_the_template (name citext PRIMARY KEY)")
+            conn.execute("INSERT INTO from_the_template VALUES ('Seeded')")
+            # The accounts of the retry-loop example in docs/testing-with-pgwire-proxy.md.
+            conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL)")
+            conn.execute("INSERT INTO accounts VALUES (1, 100), (2, 0)")
+
+    return setup

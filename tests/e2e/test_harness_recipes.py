@@ -1,5 +1,6 @@
 """The client recipes of docs/testing-with-pgwire-proxy.md, run as written there (psycopg 3 with its
-defaults, psycopg2, SQLAlchemy, asyncpg) against the harness's fixtures."""
+defaults, psycopg2, SQLAlchemy, asyncpg, a database per test, the retry loop on an injected COMMIT
+failure) against the harness's fixtures."""
 
 from __future__ import annotations
 
@@ -66,3 +67,45 @@ def test_asyncpg(pgwire_proxy_factory):
 def test_host_and_port(pgwire_proxy):
     assert isinstance(pgwire_proxy.port, int) and pgwire_proxy.host == "127.0.0.1"
     assert f"host={pgwire_proxy.host} port={pgwire_proxy.port}" in pgwire_proxy.dsn
+
+
+def test_signup(pgwire_database, pgwire_proxy):
+    psycopg2 = pytest.importorskip("psycopg2")
+    conn = psycopg2.connect(pgwire_database.dsn)       # through pgwire_proxy, to this test's database
+    with conn, conn.cursor() as cur:
+        cur.execute("create table users (name text primary key)")   # no other test sees it
+        cur.execute("insert into users values ('ada')")
+    conn.close()
+    assert pgwire_proxy.queries()[-1].sql == "COMMIT"
+
+
+def transfer(engine, amount):
+    """The code under test: the usual retry loop, with no ROLLBACK of its own."""
+    import sqlalchemy
+    from sqlalchemy import text
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:                # BEGIN ... COMMIT
+                conn.execute(text("update accounts set balance = balance - :n where id = 1"), {"n": amount})
+                conn.execute(text("update accounts set balance = balance + :n where id = 2"), {"n": amount})
+            return
+        except sqlalchemy.exc.OperationalError as exc:
+            if exc.orig.pgcode != "40001":
+                raise
+    raise RuntimeError("still failing after 3 attempts")
+
+
+def test_transfer_is_retried(pgwire_database, pgwire_faults):
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg2")
+    from sqlalchemy import text
+    # accounts (1, 100), (2, 0) come from the template (see "Filling the template" above).
+    engine = sqlalchemy.create_engine(pgwire_database.url(), pool_size=1)   # one connection, reused
+    fault = pgwire_faults("^commit", ignore_case=True, sqlstate="40001",
+                          message="could not serialize access", nth=2)
+    transfer(engine, 30)
+    transfer(engine, 30)                                # its COMMIT fails once and is retried
+    assert fault.hits == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("select balance from accounts order by id")).scalars().all() == [40, 60]
+    engine.dispose()                                    # no connection left for the next test

@@ -107,6 +107,127 @@ def test_plugin_from_the_installed_package_outside_the_repo(venv, pg_upstream, t
     assert "1 passed" in result.stdout, result.stdout
 
 
+# A user's project outside the repo: its conftest fills the template every pgwire_database is cloned from.
+USER_CONFTEST = '''
+import psycopg
+import pytest
+
+
+@pytest.fixture(scope="session")
+def pgwire_template_setup():
+    def setup(template):
+        with psycopg.connect(template.dsn, autocommit=True) as conn:
+            conn.execute("create table accounts (id int primary key, balance int not null)")
+            conn.execute("insert into accounts values (1, 100), (2, 0)")
+    return setup
+'''
+
+USER_TESTS = '''
+import os
+import shutil
+import subprocess
+import sys
+
+import psycopg
+import psycopg2
+import pytest
+import sqlalchemy
+from sqlalchemy import text
+
+import pgwire_proxy
+
+
+def test_psycopg3_with_its_defaults(pgwire_proxy_factory):
+    # The extended protocol relayed; protocol="full" (COPY and function calls too) replaces this
+    # once Proxy(protocol=...) is there.
+    proxy = pgwire_proxy_factory(extended_protocol="relay")
+    with psycopg.connect(proxy.dsn) as conn:
+        with conn.transaction():
+            conn.execute("create temporary table t (x int)")
+            conn.cursor().executemany("insert into t values (%s)", [(1,), (2,)])
+        assert conn.execute("select sum(x) from t where x > %s", [0]).fetchone() == (3,)
+    assert "insert into t values ($1)" in [q.sql for q in proxy.queries()]
+
+
+@pytest.fixture
+def engine(pgwire_database):
+    # A pool of one: every attempt below reuses the connection the failed COMMIT happened on.
+    engine = sqlalchemy.create_engine(pgwire_database.url("postgresql+psycopg2"), pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
+def transfer(engine, amount, backends):
+    """The usual retry loop: the work in engine.begin(), again on a serialization failure; no ROLLBACK."""
+    for attempt in range(1, 4):
+        try:
+            with engine.begin() as conn:
+                backends.add(conn.execute(text("select pg_backend_pid()")).scalar())
+                conn.execute(text("update accounts set balance = balance - :n where id = 1"), {"n": amount})
+                conn.execute(text("update accounts set balance = balance + :n where id = 2"), {"n": amount})
+            return attempt
+        except sqlalchemy.exc.OperationalError as exc:
+            if exc.orig.pgcode != "40001":
+                raise
+    raise AssertionError("still failing after 3 attempts")
+
+
+def test_sqlalchemy_retries_an_injected_commit_failure(engine, pgwire_proxy, pgwire_faults):
+    with engine.connect():
+        pass  # SQLAlchemy's first-connect queries, before the counting starts
+    pgwire_proxy.clear_queries()
+    fault = pgwire_faults("^commit", ignore_case=True, sqlstate="40001", message="could not serialize access",
+                          nth=2)
+    backends = set()
+    assert transfer(engine, 30, backends) == 1
+    assert transfer(engine, 30, backends) == 2  # the 2nd COMMIT failed and was rolled back; the retry commits
+    assert fault.hits == 1 and len(backends) == 1
+    sql = [q.sql for q in pgwire_proxy.queries()]
+    # psycopg2 sends no ROLLBACK after a failed COMMIT: the retry worked because the injected failure
+    # ended the transaction, as PostgreSQL's own does.
+    assert sql.count("COMMIT") == 3 and "ROLLBACK" not in sql, sql
+    with engine.connect() as conn:
+        assert conn.execute(text("select id, balance from accounts order by id")).all() == [(1, 40), (2, 60)]
+
+
+def test_the_next_test_starts_from_the_template_again(pgwire_database, pgwire_proxy):
+    conn = psycopg2.connect(pgwire_database.dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("select current_database(), array_agg(balance order by id) from accounts")
+            assert cur.fetchone() == (pgwire_database.name, [100, 0])  # not the transfers above
+    finally:
+        conn.close()
+
+
+def test_the_binary_is_on_the_venvs_path(pgwire_proxy_process_factory):
+    binary = shutil.which("pgwire-proxy")
+    assert binary == os.path.join(sys.prefix, "bin", "pgwire-proxy")
+    assert str(pgwire_proxy.find_binary()) == binary
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    assert out == f"pgwire-proxy {pgwire_proxy.__version__}\\n"
+    proxy = pgwire_proxy_process_factory()
+    with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        assert conn.execute("select %s::int + 1", [41]).fetchone() == (42,)
+'''
+
+
+@pytest.mark.slow
+def test_a_users_suite_runs_against_the_install(venv, pg_upstream, tmp_path):
+    """A user's own suite, outside the repo, run with the venv's pytest and the venv's bin/ on PATH:
+    psycopg 3 with its defaults, SQLAlchemy + psycopg2 retrying an injected COMMIT failure with no
+    explicit ROLLBACK, a database per test from a template its conftest fills, the binary from PATH."""
+    project = tmp_path / "user-project"
+    project.mkdir()
+    (project / "conftest.py").write_text(USER_CONFTEST)
+    (project / "test_app.py").write_text(USER_TESTS)
+    env = clean_env(PGWIRE_PROXY_TEST_DSN=pg_upstream.dsn,
+                    PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+                 project, env, 300)
+    assert re.search(r"^4 passed in ", result.stdout, re.M), result.stdout
+
+
 @pytest.mark.slow
 def test_installed_package_has_the_fresh_extension_stubs_and_entry_point(venv):
     package = site_packages(venv) / "pgwire_proxy"

@@ -78,11 +78,12 @@ def test_startup_parameters_apply_to_the_upstream_session(pgwire_proxy):
     assert rows == [["ISO, DMY", "Europe/Lisbon", "sql_standard", "2", "postgres", "postgres"]]
 
 
-def test_the_dsns_user_and_database_win_over_the_clients(pg_upstream, pgwire_proxy):
+def test_the_dsns_user_and_database_win_over_the_clients(pg_upstream, pgwire_proxy_factory):
     # A DSN that names the user and database decides them, whatever the client asks for (test_routing.py
-    # has the client's own names when the DSN gives none).
+    # has the client's own names when the DSN gives none; the fixtures' proxies name no database).
+    proxy = pgwire_proxy_factory(pg_upstream.dsn)
     params = {"user": "someone_else", "database": "some_other_db"}
-    msgs, conn = handshake(pgwire_proxy.host, pgwire_proxy.port, params=params)
+    msgs, conn = handshake(proxy.host, proxy.port, params=params)
     with conn:
         assert msgs[-1].kind == "Z", msgs
         rows = wire.rows(conn.simple_query("SELECT current_user, current_database()"))
