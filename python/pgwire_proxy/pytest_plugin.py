@@ -57,6 +57,25 @@ def pg_upstream():
         server.stop()
 
 
+# What the test fixtures' proxies relay unless a test asks otherwise: the whole protocol (psycopg 3 and
+# asyncpg with their defaults, COPY, large objects) and no row, byte or time limit, so a test sees what
+# it would see direct. The binary's own defaults stay the seed's (SEED_DEFAULTS): --protocol=simple,
+# 10,000 rows, 100MB, 30s.
+TRANSPARENT_DEFAULTS: Dict[str, Any] = {"protocol": "full", "max_rows": 0, "max_bytes": 0, "query_timeout": 0}
+SEED_DEFAULTS: Dict[str, Any] = {"protocol": "simple", "max_rows": 10000, "max_bytes": "100MB", "query_timeout": "30s"}
+
+
+def transparent(options: Dict[str, Any]) -> Dict[str, Any]:
+    """`options` with TRANSPARENT_DEFAULTS for what they leave unset (extended_protocol= counts as
+    setting the protocol)."""
+    merged = dict(options)
+    for name, value in TRANSPARENT_DEFAULTS.items():
+        if name == "protocol" and "extended_protocol" in merged:
+            continue
+        merged.setdefault(name, value)
+    return merged
+
+
 @pytest.fixture
 def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
     """make(upstream_dsn=None, **options) starts an in-process Proxy (in front of pg_upstream unless
@@ -65,6 +84,7 @@ def pgwire_proxy_factory(pg_upstream) -> Iterator[Callable[..., Proxy]]:
     started: List[Proxy] = []
 
     def make(upstream_dsn: Optional[str] = None, **options) -> Proxy:
+        options = transparent(options)
         if upstream_dsn is None:
             proxy = Proxy(pg_upstream.server_dsn, **options)
             proxy.dbname = pg_upstream.dbname  # what .dsn asks for; other names reach their own database
@@ -93,7 +113,7 @@ class SharedProxy:
         """The running shared proxy, reset (no queries, faults or counts from before), started if needed."""
         proxy = self._proxy
         if proxy is None or not proxy.running:
-            proxy = Proxy(self._upstream_dsn)
+            proxy = Proxy(self._upstream_dsn, **TRANSPARENT_DEFAULTS)
             if self._dbname is not None:
                 proxy.dbname = self._dbname
             proxy = self._proxy = proxy.start()
@@ -137,7 +157,7 @@ def pgwire_proxy_session(pg_upstream) -> Iterator[SharedProxy]:
 
 @pytest.fixture
 def pgwire_proxy(pgwire_proxy_session) -> Iterator[Proxy]:
-    """A started proxy with default options in front of pg_upstream, shared by the tests of the session
+    """A started proxy with the transparent defaults (TRANSPARENT_DEFAULTS) in front of pg_upstream, shared by the tests of the session
     (starting and stopping one per test is what a suite would otherwise pay for) and reset for each:
     no captured queries, no fault rules, stats() counting from zero. A test that leaves a client
     connected, or stops the proxy, gets the next test a new proxy (on another port); options of your
@@ -176,7 +196,7 @@ if os.environ.get("PGWIRE_PROXY_FIXTURE") == "process":
     # .dsn/.port/.host are the same; the in-process extras (stats, queries, capture) are not there.
     @pytest.fixture
     def pgwire_proxy_factory(pgwire_proxy_process_factory):  # noqa: F811 - deliberate override
-        return pgwire_proxy_process_factory
+        return lambda upstream_dsn=None, **options: pgwire_proxy_process_factory(upstream_dsn, **transparent(options))
 
     @pytest.fixture
     def pgwire_proxy(pgwire_proxy_factory):  # noqa: F811 - a process per test: it has no reset

@@ -285,7 +285,7 @@ def test_a_cancel_stops_a_copy_to(full, pg_upstream):
 # ---- the default mode: refused, and the refusals tell the truth -----------------------------------------
 
 def test_copy_is_refused_by_default_and_a_completed_one_is_reported_as_completed(pgwire_proxy_factory, pg_upstream, items):
-    proxy = pgwire_proxy_factory()
+    proxy = pgwire_proxy_factory(protocol="simple")
     with connect(proxy) as conn:
         with pytest.raises(errors.FeatureNotSupported) as excinfo:
             conn.execute(f"copy (insert into {TABLE} values (1, 'x', 1) returning id) to stdout")
@@ -301,7 +301,7 @@ def test_copy_is_refused_by_default_and_a_completed_one_is_reported_as_completed
 
 
 def test_a_row_limit_breach_on_a_completed_insert_says_it_committed(pgwire_proxy_factory, pg_upstream, items):
-    proxy = pgwire_proxy_factory(max_rows=1)
+    proxy = pgwire_proxy_factory(protocol="simple", max_rows=1)
     with connect(proxy) as conn:
         with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
             conn.execute(f"insert into {TABLE} select i, 'n', i from generate_series(1, 5) i returning id")

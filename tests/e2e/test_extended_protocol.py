@@ -332,8 +332,10 @@ def test_capture_shows_parse_text_rows_and_outcomes(limited):
     assert limited.queries()[0].command_tag == "SELECT 3"
 
 
-def test_reject_stays_the_default(pgwire_proxy):
-    with psycopg.connect(pgwire_proxy.dsn, autocommit=True) as conn:
+def test_reject_stays_the_default(pgwire_proxy_process_factory):
+    # The binary's default is the seed's --protocol=simple (the test fixtures relay the whole protocol).
+    proxy = pgwire_proxy_process_factory()
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
         with pytest.raises(errors.FeatureNotSupported):
             conn.execute("select %s::int", [1])
 

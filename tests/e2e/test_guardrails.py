@@ -112,8 +112,9 @@ def test_zero_turns_the_limits_off(pgwire_proxy_factory):
         assert len(rows(conn, "select generate_series(1, 20000)")) == 20000
 
 
-def test_default_row_limit_is_10000(pgwire_proxy):
-    with connect(pgwire_proxy) as conn:
+def test_default_row_limit_is_10000(pgwire_proxy_process_factory):
+    # The binary's default (the test fixtures turn the limits off unless a test asks).
+    with connect(pgwire_proxy_process_factory()) as conn:
         assert len(rows(conn, "select generate_series(1, 10000)")) == 10000
         with pytest.raises(errors.ProgramLimitExceeded):
             conn.execute("select generate_series(1, 10001)")

@@ -18,7 +18,15 @@ from psycopg import errors
 from psycopg.pq import TransactionStatus
 
 import wire
+from pgwire_proxy.pytest_plugin import SEED_DEFAULTS
 from psql import run_psql
+
+
+@pytest.fixture
+def pgwire_proxy(pgwire_proxy_factory):
+    """This module tests the binary's default mode (--protocol=simple), which refuses what the test
+    fixtures otherwise relay."""
+    return pgwire_proxy_factory(**SEED_DEFAULTS)
 
 
 def connect(proxy) -> psycopg.Connection:
