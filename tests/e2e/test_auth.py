@@ -17,6 +17,9 @@ from psql import run_psql
 from support import wait_until
 from test_tls import pki, tls_options  # noqa: F401 - the module's certificates
 
+in_process_only = pytest.mark.skipif(os.environ.get("PGWIRE_PROXY_FIXTURE") == "process",
+                                     reason="reads the in-process Proxy's stats/capture/faults API")
+
 ROLE = "pgwp_auth_scram"          # upstream: scram-sha-256
 PASSWORD = "scram pw"
 PLAIN = "pgwp_auth_plain"         # only in the proxy's auth file, with a plain-text password
@@ -79,6 +82,7 @@ def test_psql_with_the_right_password_as_direct(pg_upstream, scram_proxy):
     assert proxied.stdout == direct.stdout
 
 
+@in_process_only
 def test_psycopg_right_and_wrong_password_and_unknown_user_as_direct(pg_upstream, scram_proxy):
     with psycopg.connect(scram_proxy.dsn_with(user=ROLE, password=PASSWORD), autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (ROLE,)
@@ -93,6 +97,7 @@ def test_psycopg_right_and_wrong_password_and_unknown_user_as_direct(pg_upstream
     assert (stats["wrong_password"], stats["unknown_user"]) == (1, 1), stats
 
 
+@in_process_only
 def test_no_password_at_all_as_direct(pg_upstream, scram_proxy):
     direct = run_psql(pg_upstream.dsn_with(user=ROLE, password=None), commands=["SELECT 1"], extra_args=["-w"])
     proxied = run_psql(scram_proxy.dsn_with(user=ROLE), commands=["SELECT 1"], extra_args=["-w"])
@@ -128,6 +133,7 @@ def test_channel_binding_required_by_the_client_over_tls(pg_upstream, pgwire_pro
                                        channel_binding="require"))
 
 
+@in_process_only
 def test_a_client_stalling_mid_exchange_is_ended_by_the_startup_timeout(pg_upstream, pgwire_proxy_factory, auth_file):
     proxy = pgwire_proxy_factory(pg_upstream.dsn_with(user=ROLE, password=PASSWORD), auth="scram-sha-256",
                                  auth_file=auth_file, startup_timeout="1s")
@@ -207,6 +213,7 @@ def test_passthrough_connects_as_the_client_with_its_password(pg_upstream, passt
     assert proxied.stdout == direct.stdout and direct.returncode == 0
 
 
+@in_process_only
 def test_passthrough_relays_the_upstreams_verdict_as_direct(pg_upstream, passthrough_proxy):
     for user, password in ((ROLE, "wrong"), (GHOST, "anything")):
         direct = connect_error(pg_upstream.dsn_with(user=user, password=password))
@@ -227,6 +234,7 @@ def non_loopback_address():
     return None if address.startswith("127.") else address
 
 
+@in_process_only
 def test_passthrough_refuses_clear_text_passwords_off_loopback_without_tls(pg_upstream, pgwire_proxy_factory,
                                                                             scram_roles):
     address = non_loopback_address()

@@ -5,9 +5,13 @@ failure) against the harness's fixtures."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import psycopg
 import pytest
+
+pytestmark = pytest.mark.skipif(os.environ.get("PGWIRE_PROXY_FIXTURE") == "process",
+                                reason="the in-process harness (capture, faults) is what these recipes show")
 
 
 def test_psycopg3(pgwire_proxy_factory):

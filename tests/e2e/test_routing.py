@@ -7,11 +7,16 @@ import re
 import socket
 
 import psycopg
+import os
+
 import pytest
 
 import wire
 from psql import run_psql
 from support import wait_until
+
+in_process_only = pytest.mark.skipif(os.environ.get("PGWIRE_PROXY_FIXTURE") == "process",
+                                     reason="reads the in-process Proxy's stats/capture/faults API")
 
 READ_TIMEOUT = 30.0
 # ErrorResponse fields a proxy relays; PostgreSQL's F/L/R (source file, line, routine) it cannot know.
@@ -179,6 +184,7 @@ def test_without_a_fallback_unknown_names_get_3d000_as_postgresql_words_it(pg_up
     assert proxied == direct
 
 
+@in_process_only
 def test_fault_rules_match_the_routes_name(pg_upstream, pgwire_proxy_factory, route_databases):
     alpha, _ = route_databases
     proxy = pgwire_proxy_factory(bare_dsn(pg_upstream), databases={"app": f"{bare_dsn(pg_upstream)} dbname={alpha}"})
