@@ -310,3 +310,77 @@ def test_a_row_limit_breach_on_a_completed_insert_says_it_committed(pgwire_proxy
         assert "ran to completion" in detail and "committed" in detail
     else:
         assert count(pg_upstream) == 0 and "cancelled" in detail
+
+
+def test_a_clients_copy_fail_is_relayed_and_nothing_is_copied(full, pg_upstream, items):
+    class Abandon(Exception):
+        pass
+
+    messages = []
+    for dsn in (pg_upstream.dsn, full.dsn):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with pytest.raises(errors.QueryCanceled) as excinfo:  # psycopg sends CopyFail on an exception
+                with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+                    copy.write_row(ROWS[0])
+                    raise Abandon("the client changed its mind")
+            messages.append(excinfo.value.diag.message_primary)
+            assert conn.execute("select 'usable'").fetchone() == ("usable",)
+    assert messages[0] == messages[1] and "COPY from stdin failed" in messages[1]
+    assert count(pg_upstream) == 0
+
+
+def test_a_cancel_stops_a_copy_from_stdin(full, pg_upstream, items):
+    import threading
+    with psycopg.connect(full.dsn, autocommit=True) as conn:
+        started = threading.Event()
+        outcome = {}
+
+        def writer():
+            try:
+                with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+                    copy.write_row(ROWS[0])
+                    started.set()
+                    for row in ROWS[1:]:
+                        copy.write_row(row)
+                        if outcome.get("stop"):
+                            break
+                    # wait here, inside the COPY, until the cancel has ended it upstream
+                    wait_until(lambda: not pg_upstream.execute(
+                        "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
+                        "the COPY cancelled upstream")
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=writer)
+        worker.start()
+        started.wait(15)
+        wait_until(lambda: pg_upstream.execute(
+            "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
+            "the COPY running upstream")
+        conn.cancel()
+        worker.join(30)
+        assert isinstance(outcome.get("error"), errors.QueryCanceled)
+    assert count(pg_upstream) == 0
+
+
+def test_the_fixture_is_transparent_for_driver_defaults_copy_and_big_results(pgwire_proxy, pg_upstream, items):
+    """The pgwire_proxy fixture relays the whole protocol with no limits: psycopg 3 and asyncpg with
+    their defaults, COPY, and a 20,000-row fetch (over the binary's default 10,000-row limit)."""
+    with psycopg.connect(pgwire_proxy.dsn) as conn:  # psycopg 3's defaults: server-side parameters, BEGIN
+        assert conn.execute("select %s::int + 1", [41]).fetchone() == (42,)
+        assert len(conn.execute("select generate_series(1, 20000)").fetchall()) == 20000
+        with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+            for row in ROWS[:100]:
+                copy.write_row(row)
+        conn.commit()
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def session():
+        conn = await asyncpg.connect(host=pgwire_proxy.host, port=pgwire_proxy.port, user=pgwire_proxy.user,
+                                     database=pgwire_proxy.dbname)
+        try:
+            return await conn.fetchval(f"select count(*) from {TABLE} where id < $1", 1000)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(session()) == 100

@@ -99,6 +99,30 @@ def test_retry_loop_survives_a_40001_on_the_third_commit(pgwire_proxy, pgwire_fa
     assert count_rows(pg_upstream, items) == 5
 
 
+def test_psycopg3_transaction_retry_loop_recovers_from_an_injected_commit_failure(pgwire_proxy, pgwire_faults, pg_upstream):
+    """psycopg 3's `with conn.transaction()` (its defaults: not autocommit, the extended protocol):
+    a 40001 on the 2nd COMMIT is retried by the application, and the balances come out right."""
+    pg_upstream.execute("drop table if exists retry_accounts")
+    pg_upstream.execute("create table retry_accounts (id int primary key, balance int)")
+    pg_upstream.execute("insert into retry_accounts values (1, 100), (2, 0)")
+    fault = pgwire_faults("^commit", ignore_case=True, sqlstate="40001", message="could not serialize access", nth=2)
+    attempts = 0
+    with psycopg.connect(pgwire_proxy.dsn, autocommit=True) as conn:
+        for _ in range(3):
+            while True:
+                attempts += 1
+                try:
+                    with conn.transaction():
+                        conn.execute("update retry_accounts set balance = balance - 10 where id = 1")
+                        conn.execute("update retry_accounts set balance = balance + 10 where id = 2")
+                    break
+                except errors.SerializationFailure:
+                    assert conn.info.transaction_status == TransactionStatus.IDLE
+    assert attempts == 4 and fault.hits == 1
+    assert pg_upstream.execute("select balance from retry_accounts order by id") == [(70,), (30,)]
+    pg_upstream.execute("drop table retry_accounts")
+
+
 def test_an_injected_failure_leaves_the_status_a_real_one_would(pgwire_proxy, pgwire_faults, pg_upstream):
     """Direct, a deferred constraint fails the COMMIT (the transaction is over: idle) and a failing
     statement inside a block leaves it failed; the same statements failed by injected faults leave
