@@ -7,28 +7,14 @@
 #include <cstring>
 #include <fstream>
 
+#include "config/private_file.h"
+
 #include "config/server_config.h"
 
 namespace pgwire_proxy::auth {
 namespace {
 
 using config::ConfigError;
-
-// The TLS key's rule: no group or world access, except group read when root owns the file.
-void checkPermissions(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    throw ConfigError("auth-file: cannot read \"" + path + "\": " + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode)) throw ConfigError("auth-file: \"" + path + "\" is not a regular file");
-  const bool ownerOnly = (st.st_mode & (S_IRWXG | S_IRWXO)) == 0;
-  const bool rootGroupRead = st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO)) == 0;
-  if (!ownerOnly && !rootGroupRead) {
-    throw ConfigError("auth-file: \"" + path +
-                      "\" has group or world access; it must be u=rw (0600) or less, or u=rw,g=r (0640) "
-                      "or less if owned by root");
-  }
-}
 
 // A double-quoted field ("" inside is one quote); advances `at` past it. nullopt: not a field.
 std::optional<std::string> quoted(const std::string& line, std::size_t& at) {
@@ -56,7 +42,7 @@ bool isMd5Secret(const std::string& secret) {
 }  // namespace
 
 Credentials Credentials::read(const std::string& path) {
-  checkPermissions(path);
+  config::checkPrivateFile("auth-file", path, "");
   std::ifstream in(path);
   if (!in) throw ConfigError("auth-file: cannot read \"" + path + "\"");
   Credentials credentials;
@@ -97,6 +83,6 @@ std::optional<ScramSecret> Credentials::find(const std::string& user) const {
 }
 
 CredentialsHolder::CredentialsHolder(std::shared_ptr<const Credentials> credentials)
-    : credentials_(std::move(credentials)), mockKey_(randomBytes(32)) {}
+    : Snapshot(std::move(credentials)), mockKey_(randomBytes(32)) {}
 
 }  // namespace pgwire_proxy::auth

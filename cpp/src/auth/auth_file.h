@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "auth/scram.h"
+#include "config/snapshot.h"
 
 namespace pgwire_proxy::auth {
 
@@ -30,22 +31,12 @@ class Credentials {
 
 // The file in force, replaced as a whole on reload; and the key mock exchanges derive their salts
 // from (one per process, so an unknown user's salt is the same at every attempt).
-class CredentialsHolder {
+class CredentialsHolder : public config::Snapshot<Credentials> {
  public:
   explicit CredentialsHolder(std::shared_ptr<const Credentials> credentials);
-  [[nodiscard]] std::shared_ptr<const Credentials> load() const {
-    std::lock_guard lock(mutex_);
-    return credentials_;
-  }
-  void store(std::shared_ptr<const Credentials> credentials) {
-    std::lock_guard lock(mutex_);
-    credentials_ = std::move(credentials);
-  }
   [[nodiscard]] const std::string& mockKey() const noexcept { return mockKey_; }
 
  private:
-  mutable std::mutex mutex_;
-  std::shared_ptr<const Credentials> credentials_;
   const std::string mockKey_;
 };
 

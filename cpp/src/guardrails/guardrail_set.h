@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "config/server_config.h"
+#include "config/snapshot.h"
 #include "guardrails/query_filter.h"
 
 namespace pgwire_proxy::guardrails {
@@ -23,30 +24,7 @@ struct GuardrailSet {
 };
 
 // The set in force, replaced on reload. Sessions keep their own copy and compare version() (one
-// atomic read per query) before taking the lock to fetch a newer one. (Not atomic<shared_ptr>:
-// libstdc++ implements it with a spin-lock bit whose reader side TSan cannot follow.)
-class GuardrailHolder {
- public:
-  explicit GuardrailHolder(std::shared_ptr<const GuardrailSet> set) : set_(std::move(set)) {}
-
-  [[nodiscard]] std::shared_ptr<const GuardrailSet> load() const {
-    std::lock_guard lock(mutex_);
-    return set_;
-  }
-  void store(std::shared_ptr<const GuardrailSet> set) {
-    {
-      std::lock_guard lock(mutex_);
-      set_ = std::move(set);
-    }
-    version_.fetch_add(1, std::memory_order_release);
-  }
-  // Bumped after every store: a session that saw this version has (at least) the set stored before.
-  [[nodiscard]] std::uint64_t version() const noexcept { return version_.load(std::memory_order_acquire); }
-
- private:
-  mutable std::mutex mutex_;
-  std::shared_ptr<const GuardrailSet> set_;
-  std::atomic<std::uint64_t> version_{0};
-};
+// atomic read per query) before taking the lock to fetch a newer one.
+using GuardrailHolder = config::Snapshot<GuardrailSet>;
 
 }  // namespace pgwire_proxy::guardrails

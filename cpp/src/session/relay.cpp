@@ -137,16 +137,7 @@ void Relay::startFunctionCall(const protocol::Frame& frame) {
     sendError(error, true);
     return;
   }
-  openBatch();
-  Pending call(fe::kQuery);  // answered like a Query: a reply, then ReadyForQuery
-  call.sql = std::make_shared<const std::string>(text);
-  call.sent = Clock::now();
-  pushPending(std::move(call));
-  batch_.ended = true;
-  statement_ = Statement{};
-  statement_.open = true;
-  statement_.record = std::move(record);
-  statement_.start = Clock::now();
+  openSingleStatementBatch(text, std::move(record));  // answered like a Query: a reply, then ReadyForQuery
   host_.toUpstream(frame.bytes);
 }
 
@@ -212,16 +203,7 @@ void Relay::startQuery(const protocol::Frame& frame) {
   }
   std::shared_ptr<faults::Rule> fault;
   if (context_.faults != nullptr) fault = firingFault(sql, false);
-  openBatch();
-  Pending query(fe::kQuery);
-  query.sql = std::make_shared<const std::string>(sql);
-  query.sent = Clock::now();
-  pushPending(std::move(query));
-  batch_.ended = true;
-  statement_ = Statement{};
-  statement_.open = true;
-  statement_.record = std::move(record);
-  statement_.start = Clock::now();
+  openSingleStatementBatch(sql, std::move(record));
   if (fault && injectQueryFault(*fault, frame)) return;
   host_.toUpstream(frame.bytes);
 }
@@ -366,6 +348,19 @@ void Relay::endBatchForQuery() {
 }
 
 // ---- the batch -----------------------------------------------------------------------------------
+
+void Relay::openSingleStatementBatch(std::string_view text, observability::QueryRecord record) {
+  openBatch();
+  Pending statement(fe::kQuery);
+  statement.sql = std::make_shared<const std::string>(text);
+  statement.sent = Clock::now();
+  pushPending(std::move(statement));
+  batch_.ended = true;  // its end is its ReadyForQuery
+  statement_ = Statement{};
+  statement_.open = true;
+  statement_.record = std::move(record);
+  statement_.start = Clock::now();
+}
 
 void Relay::openBatch() {
   host_.setCancellable(true);

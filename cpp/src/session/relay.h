@@ -159,6 +159,8 @@ class Relay {
   void startQuery(const protocol::Frame& frame);
   [[nodiscard]] bool relayExtended(const protocol::Frame& frame);
   void openBatch();
+  // A Query or a function call: a batch of one, its record open from the start.
+  void openSingleStatementBatch(std::string_view text, observability::QueryRecord record);
   void closeBatch();
   void endBatchForQuery();
   void pushPending(Pending pending);

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "config/private_file.h"
+
 #include "config/server_config.h"
 #include "session/channel.h"
 
@@ -29,28 +31,12 @@ void checkReadable(const std::string& option, const std::string& path) {
   }
 }
 
-// PostgreSQL's rule for its own key file: no group or world access, except group read when root owns it.
-void checkKeyPermissions(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    throw ConfigError("tls-key: cannot read \"" + path + "\": " + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode)) throw ConfigError("tls-key: \"" + path + "\" is not a regular file");
-  const bool ownerOnly = (st.st_mode & (S_IRWXG | S_IRWXO)) == 0;
-  const bool rootGroupRead = st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO)) == 0;
-  if (!ownerOnly && !rootGroupRead) {
-    throw ConfigError("tls-key: private key file \"" + path +
-                      "\" has group or world access; it must be u=rw (0600) or less, or u=rw,g=r (0640) "
-                      "or less if owned by root");
-  }
-}
-
 }  // namespace
 
 TlsContext::TlsContext(const TlsSettings& settings) {
   checkReadable("tls-cert", settings.certFile);
   checkReadable("tls-key", settings.keyFile);
-  checkKeyPermissions(settings.keyFile);
+  config::checkPrivateFile("tls-key", settings.keyFile, "private key file");
   if (!settings.caFile.empty()) checkReadable("tls-ca", settings.caFile);
 
   ERR_clear_error();

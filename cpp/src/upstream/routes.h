@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "config/snapshot.h"
+
 namespace pgwire_proxy::upstream {
 
 struct Route {
@@ -32,21 +34,6 @@ class RouteTable {
 };
 
 // The table in force; sessions load it once, at their upstream connect.
-class RouteHolder {
- public:
-  explicit RouteHolder(std::shared_ptr<const RouteTable> table) : table_(std::move(table)) {}
-  [[nodiscard]] std::shared_ptr<const RouteTable> load() const {
-    std::lock_guard lock(mutex_);
-    return table_;
-  }
-  void store(std::shared_ptr<const RouteTable> table) {
-    std::lock_guard lock(mutex_);
-    table_ = std::move(table);
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::shared_ptr<const RouteTable> table_;
-};
+using RouteHolder = config::Snapshot<RouteTable>;
 
 }  // namespace pgwire_proxy::upstream
