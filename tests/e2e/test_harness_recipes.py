@@ -1,6 +1,7 @@
-"""The client recipes of docs/testing-with-pgwire-proxy.md, run as written there (psycopg 3 with its
-defaults, psycopg2, SQLAlchemy, asyncpg, a database per test, the retry loop on an injected COMMIT
-failure) against the harness's fixtures."""
+"""The client recipes of docs/testing-with-pgwire-proxy.md, run as written there (the first test, COPY
+both ways and a 20,000-row fetch, psycopg 3 with its defaults, psycopg2, SQLAlchemy, asyncpg, a
+database per test, the retry loop on an injected COMMIT failure) against the harness's fixtures, with
+their defaults (protocol="full", no limits)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,44 @@ pytestmark = pytest.mark.skipif(os.environ.get("PGWIRE_PROXY_FIXTURE") == "proce
                                 reason="the in-process harness (capture, faults) is what these recipes show")
 
 
-def test_psycopg3(pgwire_proxy_factory):
-    proxy = pgwire_proxy_factory(extended_protocol="relay")
-    with psycopg.connect(proxy.dsn) as conn:
+def connect(proxy):
+    # autocommit: each statement is its own transaction, so the capture has no BEGIN and COMMIT of
+    # psycopg's in it. Any psycopg settings work through the fixtures' proxies.
+    return psycopg.connect(proxy.dsn, autocommit=True)
+
+
+def test_order_total(pgwire_proxy):
+    with connect(pgwire_proxy) as conn:
+        conn.execute("create temporary table orders (id int, total numeric)")
+        conn.execute("insert into orders values (%s, %s), (%s, %s)", [1, 10, 2, 32])
+        assert conn.execute("select sum(total) from orders").fetchone() == (42,)
+
+    sql = [q.sql for q in pgwire_proxy.queries()]
+    assert sql[1] == "insert into orders values ($1, $2), ($3, $4)"  # psycopg 3's Parse text
+
+
+def test_copy_and_a_large_fetch(pgwire_proxy):
+    with psycopg.connect(pgwire_proxy.dsn) as conn:                     # psycopg's defaults
+        conn.execute("create temporary table items (id int, name text)")
+        with conn.cursor() as cur:
+            with cur.copy("copy items (id, name) from stdin") as copy:    # COPY FROM STDIN
+                for i in range(1, 20001):
+                    copy.write_row((i, f"item {i}"))
+            with cur.copy("copy (select * from items order by id) to stdout") as copy:   # COPY TO STDOUT
+                assert len(list(copy.rows())) == 20000
+            cur.execute("select id, name from items where id > %s order by id", [0])
+            assert len(cur.fetchall()) == 20000     # the binary's default, 10,000 rows, would stop it
+    queries = {q.sql: q for q in pgwire_proxy.queries()}
+    assert queries["copy items (id, name) from stdin"].command_tag == "COPY 20000"
+    assert queries["select id, name from items where id > $1 order by id"].rows == 20000
+
+
+def test_psycopg3(pgwire_proxy):
+    with psycopg.connect(pgwire_proxy.dsn) as conn:
         with conn.transaction():
             conn.execute("create temporary table t (x int)")
             conn.execute("insert into t values (%s)", [1])
-    assert "insert into t values ($1)" in [q.sql for q in proxy.queries()]   # Parse text, $1
+    assert "insert into t values ($1)" in [q.sql for q in pgwire_proxy.queries()]   # Parse text, $1
 
 
 def test_psycopg2(pgwire_proxy):
@@ -53,9 +85,9 @@ def test_sqlalchemy(engine, pgwire_proxy, assert_queries):
             assert conn.execute(sqlalchemy.text("select :n"), {"n": 42}).scalar() == 42
 
 
-def test_asyncpg(pgwire_proxy_factory):
+def test_asyncpg(pgwire_proxy):
     asyncpg = pytest.importorskip("asyncpg")
-    proxy = pgwire_proxy_factory(extended_protocol="relay")
+    proxy = pgwire_proxy
 
     async def main():
         conn = await asyncpg.connect(host=proxy.host, port=proxy.port, user=proxy.user,

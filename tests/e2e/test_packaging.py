@@ -138,9 +138,8 @@ import pgwire_proxy
 
 
 def test_psycopg3_with_its_defaults(pgwire_proxy_factory):
-    # The extended protocol relayed; protocol="full" (COPY and function calls too) replaces this
-    # once Proxy(protocol=...) is there.
-    proxy = pgwire_proxy_factory(extended_protocol="relay")
+    # The fixtures' default (protocol="full", no limits): psycopg 3 needs no settings of its own.
+    proxy = pgwire_proxy_factory()
     with psycopg.connect(proxy.dsn) as conn:
         with conn.transaction():
             conn.execute("create temporary table t (x int)")
