@@ -71,11 +71,23 @@ def client_env() -> Dict[str, str]:
 
 # ---- /proc ---------------------------------------------------------------------------------------
 
+def _stat_fields(pid: int) -> List[str]:
+    """The fields of /proc/PID/stat after the command name (field 3, state, is [0])."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_times(pid: int) -> Dict[str, float]:
+    """utime and stime of the whole process (all threads, live and exited), in seconds: the one place
+    that reads a process's CPU (run.py's CPU per transaction and per byte, profile.py's user/sys split)."""
+    fields = _stat_fields(pid)
+    return {"user": int(fields[11]) / CLK_TCK, "sys": int(fields[12]) / CLK_TCK}
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    times = cpu_times(pid)
+    return times["user"] + times["sys"]
 
 
 def memory_kb(pid: int) -> Dict[str, int]:
@@ -99,11 +111,6 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
-def _stat_fields(pid: int) -> List[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
 class CpuMeter:
     """How much CPU other processes on the machine used while we measured.
 
@@ -123,6 +130,11 @@ class CpuMeter:
             fields = f.readline().split()
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
         return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+    @staticmethod
+    def busy_seconds() -> float:
+        """Busy time of all CPUs together since boot (user+nice+system+irq+softirq), in seconds."""
+        return CpuMeter._busy_and_steal()[0]
 
     def _scan(self) -> Tuple[float, frozenset]:
         """CPU seconds of our processes, and the PIDs of the roots' live children."""
@@ -397,25 +409,55 @@ def build_proxy(build_dir: Path) -> Path:
 
 # ---- measurements ----------------------------------------------------------------------------------
 
-_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|including connections establishing)\)", re.M)
+_TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+
+
+def pgbench_run(bindir: Path, host: str, port: int, *, clients: int, duration: int, scale: int,
+                script: Optional[Path], mode: str = "simple", connect: bool = False) -> Dict[str, float]:
+    """One pgbench run (-M mode; select-only when script is None; -C, a new connection per transaction,
+    when connect): {"tps", "transactions", "seconds" (wall time of the pgbench process)}. With -C,
+    pgbench's tps includes the connection times, so it is connections per second."""
+    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", mode,
+            "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(duration)]
+    argv += ["-C"] if connect else []
+    argv += ["-S"] if script is None else ["-f", str(script), "-s", str(scale)]
+    argv.append("postgres")
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, env=client_env(),
+                          start_new_session=True)
+    seconds = time.perf_counter() - started
+    match, txns = _TPS.search(proc.stdout), _TXNS.search(proc.stdout)
+    failed = _FAILED.search(proc.stdout)
+    if proc.returncode != 0 or match is None or txns is None or (failed and int(failed.group(1)) > 0):
+        raise RuntimeError(f"pgbench failed (exit {proc.returncode}): {' '.join(argv)}\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return {"tps": float(match.group(1)), "transactions": int(txns.group(1)), "seconds": seconds}
 
 
 def pgbench(bindir: Path, host: str, port: int, *, clients: int, duration: int, scale: int,
             script: Optional[Path], mode: str = "simple") -> float:
     """TPS of one pgbench run (-M mode; select-only when script is None)."""
-    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", mode,
-            "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(duration)]
-    argv += ["-S"] if script is None else ["-f", str(script), "-s", str(scale)]
-    argv.append("postgres")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, env=client_env(),
-                          start_new_session=True)
-    match = _TPS.search(proc.stdout)
-    failed = _FAILED.search(proc.stdout)
-    if proc.returncode != 0 or match is None or (failed and int(failed.group(1)) > 0):
-        raise RuntimeError(f"pgbench failed (exit {proc.returncode}): {' '.join(argv)}\n"
-                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return float(match.group(1))
+    return pgbench_run(bindir, host, port, clients=clients, duration=duration, scale=scale, script=script,
+                       mode=mode)["tps"]
+
+
+def pgbench_with_cpu(bindir: Path, host: str, port: int, middle_pid: Optional[int], **kwargs: object) -> dict:
+    """pgbench_run() plus CPU per transaction, in µs: of the middle process (PgBouncer or the proxy,
+    utime+stime over the run from /proc/PID/stat; none for direct) and of the whole machine (busy time of
+    all CPUs from /proc/stat, which includes pgbench, the backends and anything else running)."""
+    machine0 = CpuMeter.busy_seconds()
+    cpu0 = cpu_seconds(middle_pid) if middle_pid else None
+    result = pgbench_run(bindir, host, port, **kwargs)  # type: ignore[arg-type]
+    cpu1 = cpu_seconds(middle_pid) if middle_pid else None
+    machine1 = CpuMeter.busy_seconds()
+    txns = max(1, result["transactions"])
+    result["machine_cpu_us_per_txn"] = (machine1 - machine0) * 1e6 / txns
+    if cpu0 is not None and cpu1 is not None:
+        result["middle_cpu_s"] = cpu1 - cpu0
+        result["middle_cpu_us_per_txn"] = (cpu1 - cpu0) * 1e6 / txns
+    return result
 
 
 def stream_once(host: str, port: int, rows: int, watch: Dict[str, int]) -> Dict[str, float]:
