@@ -2,6 +2,7 @@
 """pgwire-proxy benchmark: direct PostgreSQL vs. PgBouncer (session mode) vs. the proxy, side by side.
 
     /usr/bin/python3 bench/run.py [--quick] [--rounds N] [--duration S] [--binary PATH] [--json out.json]
+                                  [--chart out.png|none]
 
 Starts a throwaway PostgreSQL (initdb in a temp dir), a PgBouncer in session mode and the proxy (a release
 build made into build-bench/ unless --binary is given), all on 127.0.0.1, then measures in interleaved
@@ -20,7 +21,8 @@ rounds (the three targets one after another, the starting target rotating each r
     to PgBouncer.
 
 Prints a table of medians with the ratios proxy/direct and proxy/PgBouncer (medians of the per-round
-ratios) and the targets of issues 8 and 20 and writes everything as JSON with --json. Progress goes to stderr,
+ratios) and the targets of issues 8 and 20, writes everything as JSON with --json, and a chart (TPS and
+CPU per transaction by client count; matplotlib) with --chart, by default in full runs only. Progress goes to stderr,
 the table to stdout. Each run also records how much CPU other processes on the machine took meanwhile
 (and the hypervisor's steal time); a run disturbed by more than --max-foreign is repeated up to
 --retries times and the least disturbed attempt counts.
@@ -645,6 +647,76 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
+# ---- the chart -------------------------------------------------------------------------------------
+
+COLORS = {"direct": "#4c72b0", "pgbouncer": "#dd8452", "proxy": "#55a868"}
+
+
+def check_chart_support() -> Optional[str]:
+    """None when matplotlib (Debian: python3-matplotlib) can be imported, else why not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return f"{exc} (install the Debian package python3-matplotlib)"
+    return None
+
+
+def write_chart(path: Path, runs: List[dict], settings: dict, title: str) -> None:
+    """TPS, and CPU per transaction, by client count for direct, PgBouncer and the proxy (select-only,
+    -M simple). Lines are medians over the rounds, dots the single rounds. The CPU panel has the middle
+    process's own CPU per transaction (solid) and the whole machine's (dashed: PostgreSQL, pgbench and
+    the middle process together, counted per process, so other load on the machine is left out; the
+    only CPU figure direct has)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = sorted(settings["clients"])
+    select = [r for r in runs if r["kind"] == "pgbench" and r["script"] == "select" and r["mode"] == "simple"]
+
+    def values(target: str, key: str, c: int) -> List[float]:
+        return [r[key] for r in select if r["target"] == target and r["clients"] == c and key in r]
+
+    fig, (ax_tps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.4))
+    positions = list(range(len(clients)))  # evenly spaced: client counts are 1, 16, 64, not a scale
+    for target in TARGETS:
+        series = [(x, values(target, "tps", c)) for x, c in zip(positions, clients)]
+        ax_tps.plot([x for x, v in series if v], [statistics.median(v) for _, v in series if v], "-o",
+                    color=COLORS[target], label=target)
+        for x, v in series:
+            ax_tps.scatter([x] * len(v), v, s=10, color=COLORS[target], alpha=0.35)
+        for key, style, label in (("middle_cpu_us_per_txn", "-o", f"{target}: its own CPU"),
+                                  ("ours_cpu_us_per_txn", "--s", f"via {target}: all processes")):
+            series = [(x, values(target, key, c)) for x, c in zip(positions, clients)]
+            if not any(v for _, v in series):
+                continue
+            ax_cpu.plot([x for x, v in series if v], [statistics.median(v) for _, v in series if v], style,
+                        color=COLORS[target], label=label, alpha=1.0 if key.startswith("middle") else 0.6)
+            for x, v in series:
+                ax_cpu.scatter([x] * len(v), v, s=10, color=COLORS[target], alpha=0.35)
+    for ax, ylabel in ((ax_tps, "transactions per second"), (ax_cpu, "CPU per transaction (us)")):
+        ax.set_xticks(positions)
+        ax.set_xticklabels([str(c) for c in clients])
+        ax.set_xlabel("pgbench clients (-S -M simple)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    ax_tps.set_title("throughput")
+    ax_cpu.set_title("CPU per transaction (utime+stime)")
+    ax_tps.legend(fontsize=8)
+    ax_cpu.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_describe() -> str:
+    out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
 # ---- machine -----------------------------------------------------------------------------------------
 
 def machine_info(bindir: Path, bouncer: PgBouncer, binary: Path) -> dict:
@@ -679,6 +751,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="clients for the -M extended and -M prepared select-only runs (default 16)")
     p.add_argument("--connect-clients", type=int, default=16,
                    help="clients for the connection storm, pgbench -C -S (default 16)")
+    p.add_argument("--chart", type=Path,
+                   help="write a PNG chart (TPS and CPU per transaction by client count) here; 'none' for no "
+                        "chart. Default: next to --json (same name, .png), else docs/performance.png; "
+                        "none with --quick")
     p.add_argument("--scale", type=int, help="pgbench scale (default 10; quick 1)")
     p.add_argument("--stream-rows", type=int, help="rows in the large result (default 2000000; quick 500000)")
     p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
@@ -694,6 +770,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.stream_rows = args.stream_rows or (500_000 if args.quick else 2_000_000)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if args.chart is not None and str(args.chart).lower() in ("none", "off", "no"):
+        args.chart = None
+    elif args.chart is None and not args.quick:
+        args.chart = args.json.with_suffix(".png") if args.json else REPO / "docs" / "performance.png"
     if args.rounds < 1 or args.duration < 1 or not args.clients or min(args.clients) < 1:
         p.error("rounds, duration and client counts must be positive")
     return args
@@ -712,6 +792,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
 
+    if args.chart is not None:
+        why = check_chart_support()
+        if why is not None:  # before minutes of measuring, not after
+            raise SystemExit(f"--chart {args.chart}: no matplotlib: {why}; or pass --chart none")
     binary = args.binary.resolve() if args.binary else build_proxy(args.build_dir.resolve())
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise SystemExit(f"no pgwire-proxy binary at {binary}")
@@ -892,6 +976,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                              "idle_clients": idle, "runs": runs,
                                              "seconds": round(elapsed, 1)}, indent=2) + "\n")
             log(f"wrote {args.json}")
+        if args.chart is not None:
+            write_chart(args.chart, runs, settings,
+                        f"bench/run.py at {git_describe()}, binary {binary}\n{info['nproc']} CPUs, "
+                        f"{info['postgres']}, {info['pgbouncer']}; {args.rounds} rounds x {args.duration} s"
+                        f"{'; --quick: a smoke run, not a measurement' if args.quick else ''}")
+            log(f"wrote {args.chart}")
         if proxy.returncode is not None:
             raise RuntimeError(f"the proxy exited during the benchmark:\n{proxy.stderr_text()[-2000:]}")
         return 0
