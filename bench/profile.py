@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -34,8 +33,6 @@ from typing import Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402  (bench/run.py: the cluster, PgBouncer, pgbench and stream helpers)
 
-_TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
-
 
 def thread_switches(pid: int) -> Dict[str, int]:
     """Voluntary and involuntary context switches summed over the process's current threads."""
@@ -48,12 +45,6 @@ def thread_switches(pid: int) -> Dict[str, int]:
                 elif line.startswith("nonvoluntary_ctxt_switches:"):
                     total["involuntary"] += int(line.split()[1])
     return total
-
-
-def cpu_split(pid: int) -> Dict[str, float]:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return {"user": int(fields[11]) / bench.CLK_TCK, "sys": int(fields[12]) / bench.CLK_TCK}
 
 
 class Workload:
@@ -70,26 +61,17 @@ class Workload:
             finally:
                 client.close()
             return {"units": nbytes / 1e6, "seconds": seconds, "unit": "MB"}
-        argv = [str(self.bindir / "pgbench"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-n",
-                "-M", a.mode, "-c", str(a.clients), "-j", str(min(a.clients, os.cpu_count() or 2)),
-                "-T", str(a.duration)]
-        argv += ["-S"] if a.workload == "select" else ["-f", str(bench.WRITE_SCRIPT), "-s", str(a.scale)]
-        argv.append("postgres")
-        started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, env=bench.client_env(), start_new_session=True,
-                              timeout=a.duration + 120)
-        seconds = time.perf_counter() - started
-        match = _TXNS.search(proc.stdout)
-        if proc.returncode != 0 or not match:
-            raise RuntimeError(f"pgbench failed:\n{proc.stdout}{proc.stderr}")
+        result = bench.pgbench_run(self.bindir, self.host, self.port, clients=a.clients, duration=a.duration,
+                                   scale=a.scale, script=None if a.workload == "select" else bench.WRITE_SCRIPT,
+                                   mode=a.mode)
         # Round trips per transaction: select-only 1, bench/write.sql 4 (BEGIN, UPDATE, INSERT, END).
-        return {"units": int(match.group(1)), "seconds": seconds, "unit": "txn"}
+        return {"units": result["transactions"], "seconds": result["seconds"], "unit": "txn"}
 
 
 def measure_plain(workload: Workload, pid: int) -> Dict[str, float]:
-    cpu0, sw0 = cpu_split(pid), thread_switches(pid)
+    cpu0, sw0 = bench.cpu_times(pid), thread_switches(pid)
     result = workload.run()
-    cpu1, sw1 = cpu_split(pid), thread_switches(pid)
+    cpu1, sw1 = bench.cpu_times(pid), thread_switches(pid)
     units = result["units"]
     per = f"per_{result['unit']}"
     return {"units": units, "unit": result["unit"], "seconds": result["seconds"],

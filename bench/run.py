@@ -2,6 +2,7 @@
 """pgwire-proxy benchmark: direct PostgreSQL vs. PgBouncer (session mode) vs. the proxy, side by side.
 
     /usr/bin/python3 bench/run.py [--quick] [--rounds N] [--duration S] [--binary PATH] [--json out.json]
+                                  [--chart out.png|none]
 
 Starts a throwaway PostgreSQL (initdb in a temp dir), a PgBouncer in session mode and the proxy (a release
 build made into build-bench/ unless --binary is given), all on 127.0.0.1, then measures in interleaved
@@ -9,6 +10,10 @@ rounds (the three targets one after another, the starting target rotating each r
 
   * `pgbench -M simple -S` at 1, 16 and 64 clients, and bench/write.sql (short write transactions);
   * `pgbench -M extended -S` and `-M prepared -S` at 16 clients (the proxy runs --extended-protocol=relay);
+    for every pgbench run also the CPU per transaction of PgBouncer or the proxy (utime+stime of the
+    process over the run, /proc/PID/stat) and of all the benchmark's processes together;
+  * a connection storm, `pgbench -C -S` (a new connection per transaction) at 16 clients, as connections
+    per second; and, when the binary's --help lists --reuse-upstream, a second proxy with that option;
   * a large result (2,000,000 rows of ~110 bytes) read by a raw-socket client that discards it: wall
     time, and the CPU time PgBouncer and the proxy spent on it (/proc/PID/stat), and the proxy's RSS
     during it (VmHWM after clear_refs, plus VmRSS samples) against its RSS just before;
@@ -16,7 +21,8 @@ rounds (the three targets one after another, the starting target rotating each r
     to PgBouncer.
 
 Prints a table of medians with the ratios proxy/direct and proxy/PgBouncer (medians of the per-round
-ratios) and the targets of issue 8, and writes everything as JSON with --json. Progress goes to stderr,
+ratios) and the targets of issues 8 and 20, writes everything as JSON with --json, and a chart (TPS and
+CPU per transaction by client count; matplotlib) with --chart, by default in full runs only. Progress goes to stderr,
 the table to stdout. Each run also records how much CPU other processes on the machine took meanwhile
 (and the hypervisor's steal time); a run disturbed by more than --max-foreign is repeated up to
 --retries times and the least disturbed attempt counts.
@@ -52,6 +58,8 @@ from pgwire_proxy.cluster import ThrowawayPostgres, find_pg_bindir, free_port  #
 from pgwire_proxy.process import ProxyProcess  # noqa: E402
 
 TARGETS = ("direct", "pgbouncer", "proxy")
+REUSE_FLAG = "--reuse-upstream"  # issue 20's opt-in upstream reuse; run only when the binary has it
+REUSE_TARGET = "proxy-reuse"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE_USER = "postgres"  # PostgreSQL and PgBouncer refuse to run as root
 WRITE_SCRIPT = REPO / "bench" / "write.sql"
@@ -71,11 +79,23 @@ def client_env() -> Dict[str, str]:
 
 # ---- /proc ---------------------------------------------------------------------------------------
 
+def _stat_fields(pid: int) -> List[str]:
+    """The fields of /proc/PID/stat after the command name (field 3, state, is [0])."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_times(pid: int) -> Dict[str, float]:
+    """utime and stime of the whole process (all threads, live and exited), in seconds: the one place
+    that reads a process's CPU (run.py's CPU per transaction and per byte, profile.py's user/sys split)."""
+    fields = _stat_fields(pid)
+    return {"user": int(fields[11]) / CLK_TCK, "sys": int(fields[12]) / CLK_TCK}
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    times = cpu_times(pid)
+    return times["user"] + times["sys"]
 
 
 def memory_kb(pid: int) -> Dict[str, int]:
@@ -97,11 +117,6 @@ def reset_peak_rss(pid: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _stat_fields(pid: int) -> List[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
 
 
 class CpuMeter:
@@ -164,14 +179,15 @@ class CpuMeter:
         busy, steal = self._busy_and_steal()
         return time.monotonic(), busy, self._scan()[0], steal
 
-    def shares(self, before: Tuple[float, float, float, float]) -> Tuple[float, float]:
-        """(foreign, steal) since `before`, as shares of all CPUs; steal is time the hypervisor gave
-        to other guests while this one wanted to run."""
+    def shares(self, before: Tuple[float, float, float, float]) -> Tuple[float, float, float]:
+        """(foreign, steal, ours) since `before`: foreign and steal as shares of all CPUs (steal is time
+        the hypervisor gave to other guests while this one wanted to run), ours in CPU seconds (what all
+        of the benchmark's processes used: a cost per transaction that other load does not inflate)."""
         wall, busy, ours, steal = (a - b for a, b in zip(self.snapshot(), before))
         capacity = wall * (os.cpu_count() or 1)
         if capacity <= 0:
-            return 0.0, 0.0
-        return max(0.0, busy - ours) / capacity, max(0.0, steal) / capacity
+            return 0.0, 0.0, max(0.0, ours)
+        return max(0.0, busy - ours) / capacity, max(0.0, steal) / capacity, max(0.0, ours)
 
 
 class RssSampler:
@@ -395,27 +411,61 @@ def build_proxy(build_dir: Path) -> Path:
     return build_dir / "pgwire-proxy"
 
 
+def supports_option(binary: Path, flag: str) -> bool:
+    """Whether the binary's --help lists `flag` (as `--flag`, `--flag=...` or `--flag value`)."""
+    try:
+        out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return re.search(rf"(?:^|\s){re.escape(flag)}(?:[=\s\[]|$)", out.stdout + out.stderr, re.M) is not None
+
+
 # ---- measurements ----------------------------------------------------------------------------------
 
-_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.M)
+_TPS = re.compile(r"^tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)", re.M)
+_TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+
+
+def pgbench_run(bindir: Path, host: str, port: int, *, clients: int, duration: int, scale: int,
+                script: Optional[Path], mode: str = "simple", connect: bool = False) -> Dict[str, float]:
+    """One pgbench run (-M mode; select-only when script is None; -C, a new connection per transaction,
+    when connect): {"tps", "transactions", "seconds" (wall time of the pgbench process)}. With -C,
+    pgbench prints "tps = ... (including reconnection times)": connections per second."""
+    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", mode,
+            "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(duration)]
+    argv += ["-C"] if connect else []
+    argv += ["-S"] if script is None else ["-f", str(script), "-s", str(scale)]
+    argv.append("postgres")
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, env=client_env(),
+                          start_new_session=True)
+    seconds = time.perf_counter() - started
+    match, txns = _TPS.search(proc.stdout), _TXNS.search(proc.stdout)
+    failed = _FAILED.search(proc.stdout)
+    if proc.returncode != 0 or match is None or txns is None or (failed and int(failed.group(1)) > 0):
+        raise RuntimeError(f"pgbench failed (exit {proc.returncode}): {' '.join(argv)}\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return {"tps": float(match.group(1)), "transactions": int(txns.group(1)), "seconds": seconds}
 
 
 def pgbench(bindir: Path, host: str, port: int, *, clients: int, duration: int, scale: int,
             script: Optional[Path], mode: str = "simple") -> float:
     """TPS of one pgbench run (-M mode; select-only when script is None)."""
-    argv = [str(bindir / "pgbench"), "-h", host, "-p", str(port), "-U", "postgres", "-n", "-M", mode,
-            "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 2)), "-T", str(duration)]
-    argv += ["-S"] if script is None else ["-f", str(script), "-s", str(scale)]
-    argv.append("postgres")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, env=client_env(),
-                          start_new_session=True)
-    match = _TPS.search(proc.stdout)
-    failed = _FAILED.search(proc.stdout)
-    if proc.returncode != 0 or match is None or (failed and int(failed.group(1)) > 0):
-        raise RuntimeError(f"pgbench failed (exit {proc.returncode}): {' '.join(argv)}\n"
-                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return float(match.group(1))
+    return pgbench_run(bindir, host, port, clients=clients, duration=duration, scale=scale, script=script,
+                       mode=mode)["tps"]
+
+
+def pgbench_with_cpu(bindir: Path, host: str, port: int, middle_pid: Optional[int], **kwargs: object) -> dict:
+    """pgbench_run() plus the middle process's (PgBouncer's or the proxy's; none for direct) CPU over the
+    run, utime+stime of all its threads from /proc/PID/stat, in total and in µs per transaction."""
+    cpu0 = cpu_seconds(middle_pid) if middle_pid else None
+    result = pgbench_run(bindir, host, port, **kwargs)  # type: ignore[arg-type]
+    if middle_pid and cpu0 is not None:
+        cpu = cpu_seconds(middle_pid) - cpu0
+        result["middle_cpu_s"] = cpu
+        result["middle_cpu_us_per_txn"] = cpu * 1e6 / max(1, result["transactions"])
+    return result
 
 
 def stream_once(host: str, port: int, rows: int, watch: Dict[str, int]) -> Dict[str, float]:
@@ -514,21 +564,43 @@ def summarize(runs: List[dict], idle: Dict[str, dict], settings: dict) -> List[d
     def both(a: Optional[bool], b: Optional[bool]) -> Optional[bool]:
         return None if a is None or b is None else a and b
 
+    def at_most(value: Optional[float], bound: float) -> Optional[bool]:
+        return None if value is None else value <= bound
+
     tps = lambda target: "tps"  # noqa: E731
+    cpu = lambda target: "middle_cpu_us_per_txn"  # noqa: E731
     for clients in settings["clients"]:
         table = per_round("pgbench", tps, script="select", clients=clients, mode="simple")
+        cpu_table = per_round("pgbench", cpu, script="select", clients=clients, mode="simple")
         if clients == 1:
             add(f"select-only, {clients} client", "TPS", table, ">=0.95x direct, >=1.10x pgb",
                 lambda d, p, m: both(at_least(d, 0.95), at_least(p, 1.10)))
+            # 1 client: this VM's idle wake-up latency dominates (issue 20): reported, never a target
+            add("  CPU per txn of the middle process", "us", cpu_table)
         else:
             add(f"select-only, {clients} clients", "TPS", table, ">=1.10x pgb",
                 lambda d, p, m: at_least(p, 1.10))
+            add("  CPU per txn of the middle process", "us", cpu_table, "<=0.6x pgb",
+                lambda d, p, m: at_most(p, 0.6))
     for mode in ("extended", "prepared"):
         ec = settings["extended_clients"]
         add(f"select-only -M {mode}, {ec} clients", "TPS",
             per_round("pgbench", tps, script="select", clients=ec, mode=mode))
+        add("  CPU per txn of the middle process", "us",
+            per_round("pgbench", cpu, script="select", clients=ec, mode=mode))
     wc = settings["write_clients"]
     add(f"write txn, {wc} clients", "TPS", per_round("pgbench", tps, script="write", clients=wc))
+    add("  CPU per txn of the middle process", "us", per_round("pgbench", cpu, script="write", clients=wc))
+    cc = settings["connect_clients"]
+    add(f"connection storm -C -S, {cc} clients", "conn/s", per_round("connect", tps), ">=0.9x direct",
+        lambda d, p, m: at_least(d, 0.9))
+    add("  CPU per connection of the middle process", "us", per_round("connect", cpu))
+    # SLOT: the proxy with --reuse-upstream, in the "proxy" column against the same rounds' direct and
+    # PgBouncer runs; a row of dashes when the binary has no such option.
+    reuse = {rnd: {**{t: v for t, v in row.items() if t != "proxy"}, "proxy": row[REUSE_TARGET]}
+             for rnd, row in per_round("connect", tps).items() if REUSE_TARGET in row}
+    add(f"  the same, proxy {REUSE_FLAG}" + ("" if settings.get("reuse_upstream") else " (not in this binary)"),
+        "conn/s", reuse, ">=1.0x pgb", lambda d, p, m: at_least(p, 1.0))
 
     rows_n = settings["stream_rows"]
     add(f"stream {rows_n:,} rows, wall", "s", per_round("stream", lambda t: "seconds"), "<=1.05x direct",
@@ -575,6 +647,76 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(out)
 
 
+# ---- the chart -------------------------------------------------------------------------------------
+
+COLORS = {"direct": "#4c72b0", "pgbouncer": "#dd8452", "proxy": "#55a868"}
+
+
+def check_chart_support() -> Optional[str]:
+    """None when matplotlib (Debian: python3-matplotlib) can be imported, else why not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return f"{exc} (install the Debian package python3-matplotlib)"
+    return None
+
+
+def write_chart(path: Path, runs: List[dict], settings: dict, title: str) -> None:
+    """TPS, and CPU per transaction, by client count for direct, PgBouncer and the proxy (select-only,
+    -M simple). Lines are medians over the rounds, dots the single rounds. The CPU panel has the middle
+    process's own CPU per transaction (solid) and the whole machine's (dashed: PostgreSQL, pgbench and
+    the middle process together, counted per process, so other load on the machine is left out; the
+    only CPU figure direct has)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clients = sorted(settings["clients"])
+    select = [r for r in runs if r["kind"] == "pgbench" and r["script"] == "select" and r["mode"] == "simple"]
+
+    def values(target: str, key: str, c: int) -> List[float]:
+        return [r[key] for r in select if r["target"] == target and r["clients"] == c and key in r]
+
+    fig, (ax_tps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.4))
+    positions = list(range(len(clients)))  # evenly spaced: client counts are 1, 16, 64, not a scale
+    for target in TARGETS:
+        series = [(x, values(target, "tps", c)) for x, c in zip(positions, clients)]
+        ax_tps.plot([x for x, v in series if v], [statistics.median(v) for _, v in series if v], "-o",
+                    color=COLORS[target], label=target)
+        for x, v in series:
+            ax_tps.scatter([x] * len(v), v, s=10, color=COLORS[target], alpha=0.35)
+        for key, style, label in (("middle_cpu_us_per_txn", "-o", f"{target}: its own CPU"),
+                                  ("ours_cpu_us_per_txn", "--s", f"via {target}: all processes")):
+            series = [(x, values(target, key, c)) for x, c in zip(positions, clients)]
+            if not any(v for _, v in series):
+                continue
+            ax_cpu.plot([x for x, v in series if v], [statistics.median(v) for _, v in series if v], style,
+                        color=COLORS[target], label=label, alpha=1.0 if key.startswith("middle") else 0.6)
+            for x, v in series:
+                ax_cpu.scatter([x] * len(v), v, s=10, color=COLORS[target], alpha=0.35)
+    for ax, ylabel in ((ax_tps, "transactions per second"), (ax_cpu, "CPU per transaction (us)")):
+        ax.set_xticks(positions)
+        ax.set_xticklabels([str(c) for c in clients])
+        ax.set_xlabel("pgbench clients (-S -M simple)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    ax_tps.set_title("throughput")
+    ax_cpu.set_title("CPU per transaction (utime+stime)")
+    ax_tps.legend(fontsize=8)
+    ax_cpu.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_describe() -> str:
+    out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
 # ---- machine -----------------------------------------------------------------------------------------
 
 def machine_info(bindir: Path, bouncer: PgBouncer, binary: Path) -> dict:
@@ -607,6 +749,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--write-clients", type=int, default=16, help="clients for the write script (default 16)")
     p.add_argument("--extended-clients", type=int, default=16,
                    help="clients for the -M extended and -M prepared select-only runs (default 16)")
+    p.add_argument("--connect-clients", type=int, default=16,
+                   help="clients for the connection storm, pgbench -C -S (default 16)")
+    p.add_argument("--chart", type=Path,
+                   help="write a PNG chart (TPS and CPU per transaction by client count) here; 'none' for no "
+                        "chart. Default: next to --json (same name, .png), else docs/performance.png; "
+                        "none with --quick")
     p.add_argument("--scale", type=int, help="pgbench scale (default 10; quick 1)")
     p.add_argument("--stream-rows", type=int, help="rows in the large result (default 2000000; quick 500000)")
     p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
@@ -622,6 +770,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.stream_rows = args.stream_rows or (500_000 if args.quick else 2_000_000)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    if args.chart is not None and str(args.chart).lower() in ("none", "off", "no"):
+        args.chart = None
+    elif args.chart is None and not args.quick:
+        args.chart = args.json.with_suffix(".png") if args.json else REPO / "docs" / "performance.png"
     if args.rounds < 1 or args.duration < 1 or not args.clients or min(args.clients) < 1:
         p.error("rounds, duration and client counts must be positive")
     return args
@@ -640,14 +792,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
 
+    if args.chart is not None:
+        why = check_chart_support()
+        if why is not None:  # before minutes of measuring, not after
+            raise SystemExit(f"--chart {args.chart}: no matplotlib: {why}; or pass --chart none")
     binary = args.binary.resolve() if args.binary else build_proxy(args.build_dir.resolve())
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         raise SystemExit(f"no pgwire-proxy binary at {binary}")
     bindir = find_pg_bindir()
-    max_clients = max(args.clients + [args.write_clients])
+    max_clients = max(args.clients + [args.write_clients, args.extended_clients, args.connect_clients])
     settings = {"quick": args.quick, "rounds": args.rounds, "duration": args.duration, "scale": args.scale,
                 "clients": args.clients, "write_clients": args.write_clients,
-                "extended_clients": args.extended_clients, "stream_rows": args.stream_rows,
+                "extended_clients": args.extended_clients, "connect_clients": args.connect_clients,
+                "stream_rows": args.stream_rows,
                 "idle_clients": args.idle_clients, "pgbench": "-M simple (and extended/prepared) -n, -j min(clients, nproc)",
                 "write_script": str(WRITE_SCRIPT.relative_to(REPO))}
 
@@ -689,6 +846,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "proxy": (proxy.host, proxy.port)}
         middle_pids = {"pgbouncer": bouncer.pid, "proxy": proxy_pid}
 
+        # -- SLOT: the proxy with --reuse-upstream (issue 20), for the connection storm only ----------
+        # The option does not exist yet; run this variant only when the binary's --help lists it. It is
+        # a second proxy process with the same settings plus the flag, started here and stopped on exit.
+        connect_targets: Tuple[str, ...] = TARGETS
+        reuse_supported = supports_option(binary, REUSE_FLAG)
+        settings["reuse_upstream"] = reuse_supported
+        if reuse_supported:
+            proxy_reuse = ProxyProcess(pg.dsn, binary=binary, max_connections=max(300, 3 * args.connect_clients),
+                                       max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning",
+                                       extended_protocol="relay", extra_args=[REUSE_FLAG])
+            stack.callback(proxy_reuse.stop)
+            proxy_reuse.start()
+            endpoints[REUSE_TARGET] = (proxy_reuse.host, proxy_reuse.port)
+            middle_pids[REUSE_TARGET] = proxy_reuse.process.pid  # type: ignore[union-attr]
+            connect_targets = TARGETS + (REUSE_TARGET,)
+            log(f"proxy {REUSE_FLAG} on {proxy_reuse.host}:{proxy_reuse.port} (pid {middle_pids[REUSE_TARGET]})")
+        else:
+            log(f"this binary has no {REUSE_FLAG}: the connection storm runs without the reuse variant")
+
         # -- idle clients, on fresh processes ------------------------------------------------------
         idle: Dict[str, dict] = {}
         for target in ("pgbouncer", "proxy"):
@@ -703,10 +879,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             host, port = endpoints[target]
             pgbench(bindir, host, port, clients=max_clients, duration=1, scale=args.scale, script=None)
             stream_once(host, port, min(args.stream_rows, 100_000), {})
+        if REUSE_TARGET in endpoints:
+            pgbench(bindir, *endpoints[REUSE_TARGET], clients=args.connect_clients, duration=1, scale=args.scale,
+                    script=None)
 
         # -- interleaved rounds ------------------------------------------------------------------
         postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])  # type: ignore[operator]
-        meter = CpuMeter(lambda: [postmaster, bouncer.pid, proxy_pid])
+        meter = CpuMeter(lambda: [postmaster, *middle_pids.values()])
 
         def measured(label: str, fn: Callable[[], object]) -> Tuple[object, dict]:
             """fn() again (up to --retries times) while other processes (or other guests, through steal)
@@ -716,8 +895,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for attempt in range(1, args.retries + 2):
                 before = meter.snapshot()
                 value = fn()
-                foreign, steal = meter.shares(before)
-                noise = {"foreign_cpu_share": round(foreign, 4), "steal_share": round(steal, 4)}
+                foreign, steal, ours = meter.shares(before)
+                noise = {"foreign_cpu_share": round(foreign, 4), "steal_share": round(steal, 4),
+                         "ours_cpu_s": round(ours, 3)}
                 if best is None or foreign + steal < best[0]:
                     best = (foreign + steal, value, noise)
                 if foreign + steal <= args.max_foreign:
@@ -731,20 +911,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         runs: List[dict] = []
         workloads = ([("select", c, "simple") for c in args.clients] + [("write", args.write_clients, "simple")]
-                     + [("select", args.extended_clients, mode) for mode in ("extended", "prepared")])
+                     + [("select", args.extended_clients, mode) for mode in ("extended", "prepared")]
+                     + [("connect", args.connect_clients, "simple")])
         for rnd in range(args.rounds):
             order = TARGETS[rnd % 3:] + TARGETS[:rnd % 3]
             for script, clients, mode in workloads:
-                for target in order:
+                targets = connect_targets if script == "connect" else TARGETS
+                for target in targets[rnd % len(targets):] + targets[:rnd % len(targets)]:
                     host, port = endpoints[target]
-                    label = f"[round {rnd + 1}/{args.rounds}] {script:6} -M {mode:8} c={clients:<3} {target:9}"
-                    tps, noise = measured(label, lambda: pgbench(
-                        bindir, host, port, clients=clients, duration=args.duration, scale=args.scale,
-                        script=None if script == "select" else WRITE_SCRIPT, mode=mode))
-                    runs.append(dict(kind="pgbench", round=rnd + 1, target=target, script=script,
-                                     clients=clients, mode=mode, tps=tps, **noise))
-                    log(f"{label} {tps:10,.0f} TPS   (others {noise['foreign_cpu_share']:4.0%}, "
-                        f"steal {noise['steal_share']:.0%})")
+                    label = f"[round {rnd + 1}/{args.rounds}] {script:7} -M {mode:8} c={clients:<3} {target:11}"
+                    result, noise = measured(label, lambda: pgbench_with_cpu(
+                        bindir, host, port, middle_pids.get(target), clients=clients, duration=args.duration,
+                        scale=args.scale, script=WRITE_SCRIPT if script == "write" else None, mode=mode,
+                        connect=script == "connect"))
+                    # all of the benchmark's processes (PostgreSQL, pgbench, the middle one), per transaction
+                    result["ours_cpu_us_per_txn"] = noise["ours_cpu_s"] * 1e6 / max(1, result["transactions"])
+                    kind, name = ("connect", "select") if script == "connect" else ("pgbench", script)
+                    runs.append(dict(kind=kind, round=rnd + 1, target=target, script=name, clients=clients,
+                                     mode=mode, **result, **noise))
+                    cpu = result.get("middle_cpu_us_per_txn")
+                    unit = "conn/s" if script == "connect" else "TPS"
+                    per = "conn" if script == "connect" else "txn"
+                    log(f"{label} {result['tps']:10,.0f} {unit:6}  CPU/{per}: "
+                        f"{'-' if cpu is None else f'{cpu:.1f}':>6} us {target if cpu is not None else '':11} "
+                        f"{result['ours_cpu_us_per_txn']:6.0f} us all   "
+                        f"(others {noise['foreign_cpu_share']:4.0%}, steal {noise['steal_share']:.0%})")
             for target in order:
                 host, port = endpoints[target]
                 watch = {name: pid for name, pid in middle_pids.items() if name == target}
@@ -785,6 +976,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                              "idle_clients": idle, "runs": runs,
                                              "seconds": round(elapsed, 1)}, indent=2) + "\n")
             log(f"wrote {args.json}")
+        if args.chart is not None:
+            write_chart(args.chart, runs, settings,
+                        f"bench/run.py at {git_describe()}, binary {binary}\n{info['nproc']} CPUs, "
+                        f"{info['postgres']}, {info['pgbouncer']}; {args.rounds} rounds x {args.duration} s"
+                        f"{'; --quick: a smoke run, not a measurement' if args.quick else ''}")
+            log(f"wrote {args.chart}")
         if proxy.returncode is not None:
             raise RuntimeError(f"the proxy exited during the benchmark:\n{proxy.stderr_text()[-2000:]}")
         return 0

@@ -11,6 +11,7 @@ packages=(
   python3-pytest python3-psycopg python3-pexpect python3-yaml openssl
   prometheus-cpp-dev
   postgresql-15 postgresql-client-15 pgbouncer haproxy
+  python3-matplotlib  # bench/run.py --chart
   # PostgreSQL's regression suite (scripts/regress.sh): dpkg-source unpacks its source package
   dpkg-dev
   # the driver matrix (tests/e2e/test_drivers.py)
