@@ -216,6 +216,7 @@ def test_deny_patterns_match_the_copy_statement(pgwire_proxy_factory, items):
         assert conn.execute("select 1").fetchone() == (1,)
 
 
+@pytest.mark.skipif(os.environ.get("PGWIRE_PROXY_FIXTURE") == "process", reason="uses the in-process Proxy's fault API")
 def test_faults_apply_to_copy(pgwire_proxy_factory, pg_upstream, items):
     fill(pg_upstream)
     proxy = pgwire_proxy_factory(protocol="full", max_rows=0, max_bytes=0)
