@@ -137,7 +137,7 @@ void Relay::startFunctionCall(const protocol::Frame& frame) {
     sendError(error, true);
     return;
   }
-  openSingleStatementBatch(text, std::move(record));  // answered like a Query: a reply, then ReadyForQuery
+  openSingleStatementBatch(std::move(record));  // answered like a Query: a reply, then ReadyForQuery
   host_.toUpstream(frame.bytes);
 }
 
@@ -196,14 +196,13 @@ bool Relay::onCopyInFrame(const protocol::Frame& frame) {
 void Relay::startQuery(const protocol::Frame& frame) {
   const std::string_view sql = protocol::parseQuery(frame.body());  // a malformed Query never goes upstream
   observability::QueryRecord record = startRecord(sql);
-  const auto rails = currentGuardrails();
-  if (const auto verdict = rails->filter.check(sql)) {
+  if (const auto verdict = currentGuardrails()->filter.check(sql)) {
     sendError(recordDenied(record, *verdict), true);
     return;
   }
   std::shared_ptr<faults::Rule> fault;
   if (context_.faults != nullptr) fault = firingFault(sql, false);
-  openSingleStatementBatch(sql, std::move(record));
+  openSingleStatementBatch(std::move(record));
   if (fault && injectQueryFault(*fault, frame)) return;
   host_.toUpstream(frame.bytes);
 }
@@ -349,10 +348,9 @@ void Relay::endBatchForQuery() {
 
 // ---- the batch -----------------------------------------------------------------------------------
 
-void Relay::openSingleStatementBatch(std::string_view text, observability::QueryRecord record) {
-  openBatch();
+void Relay::openSingleStatementBatch(observability::QueryRecord record) {
+  openBatch();  // the record has the text: its statement is open from the start, so the Pending needs none
   Pending statement(fe::kQuery);
-  statement.sql = std::make_shared<const std::string>(text);
   statement.sent = Clock::now();
   pushPending(std::move(statement));
   batch_.ended = true;  // its end is its ReadyForQuery
@@ -365,6 +363,7 @@ void Relay::openSingleStatementBatch(std::string_view text, observability::Query
 void Relay::openBatch() {
   host_.setCancellable(true);
   batch_ = Batch{};
+  pending_.clear();
   batch_.open = true;
   batch_.rails = currentGuardrails();
   batch_.budget = guardrails::ResultBudget(batch_.rails->maxRows, batch_.rails->maxBytes);
@@ -376,6 +375,7 @@ void Relay::closeBatch() {
   statement_ = Statement{};
   host_.setCancellable(false);
   batch_ = Batch{};
+  pending_.clear();
   holdUntil_.reset();
   // Portals live until their transaction ends; prepared statements until closed or the session ends.
   if (transactionStatus_ == protocol::kTxIdle) portals_.clear();
@@ -388,11 +388,11 @@ void Relay::pushPending(Pending pending) {
       batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
     }
   }
-  batch_.pending.push_back(std::move(pending));
+  pending_.push_back(std::move(pending));
 }
 
 void Relay::popPending() {
-  if (batch_.pending.front().type == fe::kExecute) {
+  if (pending_.front().type == fe::kExecute) {
     --batch_.statementsPending;
     // The backstop covers the statements still to run, from now.
     batch_.deadline.reset();
@@ -400,7 +400,7 @@ void Relay::popPending() {
       batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
     }
   }
-  batch_.pending.pop_front();
+  pending_.pop_front();
 }
 
 // ---- recovery: one mechanism ------------------------------------------------------------------------
@@ -409,8 +409,8 @@ void Relay::failAtClient(const ProxyError& error) {
   batch_.clientSkipping = true;
   Pending failure;
   failure.failure = error;
-  if (!batch_.pending.empty()) {
-    batch_.pending.push_back(std::move(failure));  // reported once the replies before it have gone out
+  if (!pending_.empty()) {
+    pending_.push_back(std::move(failure));  // reported once the replies before it have gone out
     return;
   }
   sendError(error, false);
@@ -425,8 +425,8 @@ void Relay::failAtFront(const ProxyError& error, bool cancelStatement) {
     finishRecord();
   }
   // Everything still pending is ignored now, by the upstream (after its error) or by the proxy.
-  while (!batch_.pending.empty() && batch_.pending.front().type != fe::kSync &&
-         batch_.pending.front().type != fe::kQuery) {
+  while (!pending_.empty() && pending_.front().type != fe::kSync &&
+         pending_.front().type != fe::kQuery) {
     popPending();
   }
   batch_.deadline.reset();
@@ -489,8 +489,8 @@ void Relay::onTimer(Clock::time_point now) {
     batch_.deadline = now + kCancelGrace;
     return;
   }
-  if (!statement_.open && !batch_.pending.empty() && batch_.pending.front().type == fe::kExecute) {
-    openRecord(batch_.pending.front());
+  if (!statement_.open && !pending_.empty() && pending_.front().type == fe::kExecute) {
+    openRecord(pending_.front());
   }
   statement_.record.outcome = observability::QueryOutcome::kTimeout;
   failAtFront(backstopError(), true);

@@ -118,7 +118,6 @@ class Relay {
     bool open = false;
     std::shared_ptr<const guardrails::GuardrailSet> rails;
     guardrails::ResultBudget budget{0, 0};
-    std::deque<Pending> pending;
     std::size_t statementsPending = 0;  // Executes and Queries not answered yet: the backstop covers them
     bool ended = false;              // its Sync or Query is upstream: the client waits for ReadyForQuery
     bool upstreamSkipping = false;   // the upstream reported an error: it ignores messages until Sync
@@ -160,7 +159,7 @@ class Relay {
   [[nodiscard]] bool relayExtended(const protocol::Frame& frame);
   void openBatch();
   // A Query or a function call: a batch of one, its record open from the start.
-  void openSingleStatementBatch(std::string_view text, observability::QueryRecord record);
+  void openSingleStatementBatch(observability::QueryRecord record);
   void closeBatch();
   void endBatchForQuery();
   void pushPending(Pending pending);
@@ -221,6 +220,9 @@ class Relay {
   bool upstreamSentFatal_ = false;
   Totals totals_;
   Batch batch_;
+  // The batch's client messages awaiting replies, oldest first (kept apart from Batch so its storage
+  // is reused from batch to batch: a fresh deque allocates).
+  std::deque<Pending> pending_;
   Statement statement_;
   std::size_t passThroughRemaining_ = 0;  // bytes of a large frame still streaming through
   bool passThroughDropped_ = false;       // ... and whether they are dropped

@@ -121,7 +121,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
     // Asynchronous messages still reach the client.
     return type == be::kNotificationResponse || type == be::kParameterStatus;
   }
-  const char front = batch_.pending.empty() ? 0 : batch_.pending.front().type;
+  const char front = pending_.empty() ? 0 : pending_.front().type;
   const bool executing = front == fe::kExecute || front == fe::kQuery;
   switch (type) {
     case be::kDataRow:
@@ -132,7 +132,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
     case be::kEmptyQueryResponse:
     case be::kPortalSuspended:
       if (!executing) return true;
-      if (!statement_.open) openRecord(batch_.pending.front());
+      if (!statement_.open) openRecord(pending_.front());
       batch_.budget.endStatement();
       if (type == be::kCommandComplete) {
         protocol::MessageReader reader(frame.body());
@@ -156,7 +156,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
     case be::kCopyInResponse:
     case be::kCopyOutResponse:
       if (context_.fullProtocol && executing) {
-        if (!statement_.open) openRecord(batch_.pending.front());
+        if (!statement_.open) openRecord(pending_.front());
         if (type == be::kCopyOutResponse) {
           statement_.copyOut = true;
           return true;
@@ -179,13 +179,13 @@ bool Relay::onReply(const protocol::Frame& frame) {
         protocol::writeCopyFail(writer, "COPY FROM STDIN is not supported by pgwire-proxy");
         // PostgreSQL ignores a Sync read in COPY IN mode: when the batch's Sync came right after this
         // Execute, it was swallowed that way and the upstream needs another to end the batch.
-        if (front == fe::kExecute && batch_.ended && batch_.pending.size() == 2 &&
-            batch_.pending.back().type == fe::kSync) {
+        if (front == fe::kExecute && batch_.ended && pending_.size() == 2 &&
+            pending_.back().type == fe::kSync) {
           protocol::writeSync(writer);
         }
         host_.toUpstream(out);
       }
-      if (executing && !statement_.open) openRecord(batch_.pending.front());
+      if (executing && !statement_.open) openRecord(pending_.front());
       failAtFront(copyRefused(copyIn), !copyIn);
       return false;
     }
@@ -195,7 +195,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
 }
 
 bool Relay::onDataRow(const protocol::FrameHeader& header) {
-  if (!statement_.open) openRecord(batch_.pending.front());
+  if (!statement_.open) openRecord(pending_.front());
   if (statement_.dropAfterRows && statement_.record.rows >= *statement_.dropAfterRows) {
     flushPending();  // the rows before this one reach the client, then the connection goes
     dropWithRecord("fault injected: connection dropped after " + std::to_string(*statement_.dropAfterRows) + " rows");
@@ -229,8 +229,8 @@ bool Relay::onErrorResponse(const protocol::Frame& frame) {
     reportFailure(protocol::kTxFailed);  // ended by the error (the cancel, the CopyFail): as it says
     return false;
   }
-  if (!batch_.pending.empty()) {
-    Pending& failed = batch_.pending.front();
+  if (!pending_.empty()) {
+    Pending& failed = pending_.front();
     if (failed.type == fe::kParse) statements_[failed.statement] = failed.previous;
     if (failed.type == fe::kExecute || failed.type == fe::kParse || failed.type == fe::kBind ||
         failed.type == fe::kQuery) {
@@ -241,8 +241,8 @@ bool Relay::onErrorResponse(const protocol::Frame& frame) {
     }
   }
   // PostgreSQL ignores the rest of the batch up to its Sync (a Query's rest ends with the Query).
-  while (!batch_.pending.empty() && !isBatchEnd(batch_.pending.front().type)) popPending();
-  batch_.upstreamSkipping = batch_.pending.empty();
+  while (!pending_.empty() && !isBatchEnd(pending_.front().type)) popPending();
+  batch_.upstreamSkipping = pending_.empty();
   return true;
 }
 
@@ -260,8 +260,8 @@ bool Relay::onReadyForQuery(char status) {
   }
   reportFailure(status);  // what became of the statement the proxy failed, now that it is known
   transactionStatus_ = status;
-  const bool ownSync = !batch_.pending.empty() && batch_.pending.front().type == fe::kSync &&
-                       batch_.pending.front().ownSync;
+  const bool ownSync = !pending_.empty() && pending_.front().type == fe::kSync &&
+                       pending_.front().ownSync;
   auto fatal = std::move(batch_.fatalAtEnd);
   closeBatch();  // the statement is recorded before the client can see its end
   if (fatal) {
@@ -272,11 +272,11 @@ bool Relay::onReadyForQuery(char status) {
 }
 
 void Relay::reportQueuedFailure() {
-  if (passThroughRemaining_ > 0 || batch_.swallowing || batch_.pending.empty() || batch_.pending.front().type != 0) {
+  if (passThroughRemaining_ > 0 || batch_.swallowing || pending_.empty() || pending_.front().type != 0) {
     return;
   }
-  const ProxyError error = std::move(*batch_.pending.front().failure);
-  batch_.pending.pop_front();
+  const ProxyError error = std::move(*pending_.front().failure);
+  pending_.pop_front();
   batch_.swallowing = true;
   batch_.swallowedUpstreamError = false;
   sendError(error, false);  // after the replies before it
