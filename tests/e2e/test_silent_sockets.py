@@ -100,21 +100,19 @@ def test_four_hundred_silent_sockets_do_not_keep_real_clients_out(pgwire_proxy_p
 
 def test_connections_past_the_startup_limit_get_53300_at_once(pgwire_proxy_process_factory):
     proxy = pgwire_proxy_process_factory(max_startup_connections=50, startup_timeout="60s")
-    held = open_silent(proxy.port, 50)
+    # Which ten are the excess depends on the order the accept threads take them; that there are ten
+    # of sixty, answered at once, does not.
+    sockets = open_silent(proxy.port, 60)
     try:
-        wait_until(lambda: len(os.listdir(f"/proc/{proxy.process.pid}/fd")) >= 50, "the first 50 accepted")
-        excess = open_silent(proxy.port, 10)
-        try:
-            # The excess is answered at once; the 50 in startup keep waiting for their packet.
-            refused = answers_within(excess, 20)
-            assert len(refused) == 10
-            for answer in refused.values():
-                assert answer[:1] == b"E" and b"C53300\0" in answer and b"too many connections in startup" in answer
-            assert answers_within(held, 0.2) == {}
-        finally:
-            close_all(excess)
+        refused = answers_within(sockets, 5)
+        assert len(refused) == 10
+        for answer in refused.values():
+            assert answer[:1] == b"E" and b"C53300\0" in answer and b"too many connections in startup" in answer
+        held = [sock for sock in sockets if sock not in refused]
+        assert answers_within(held, 0.2) == {}  # the fifty in startup keep waiting for their packet
     finally:
-        close_all(held)
+        close_all(sockets)
+
     # Once they are gone, a real client gets in.
     def usable():
         try:
