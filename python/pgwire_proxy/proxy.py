@@ -215,7 +215,10 @@ class Proxy:
     protocol (psycopg's server-side parameters, prepared statements, pipelines) under the same
     guardrails, protocol='full' also COPY both ways (bounded by max_copy_in_bytes) and the
     function-call protocol; the default 'simple' refuses them with 0A000 (extended_protocol='relay'
-    is the older name of protocol='extended'). deny and allow (and the lines of deny_file
+    is the older name of protocol='extended'). reuse_upstream=True gives a finished session's upstream
+    connection, reset with DISCARD ALL, to the next client of the same database, user and startup
+    parameters (reuse_pool_size idle ones kept, closed after reuse_idle_timeout; docs/configuration.md).
+    deny and allow (and the lines of deny_file
     and allow_file) are POSIX extended regular expressions (glibc's regcomp: [[:space:]], and also
     \\s \\w \\b; no (?i), use patterns_ignore_case=True; no \\d, use [0-9]) searched anywhere in the
     query text; fault rules' match is the same dialect. faults names a rules file (as the
@@ -239,6 +242,8 @@ class Proxy:
                  shutdown_timeout: Optional[Duration] = None,
                  max_message_size: Optional[Size] = None, extended_protocol: Optional[str] = None,
                  protocol: Optional[str] = None, max_copy_in_bytes: Optional[Size] = None,
+                 reuse_upstream: bool = False, reuse_pool_size: Optional[int] = None,
+                 reuse_idle_timeout: Optional[Duration] = None,
                  max_rows: Optional[int] = None, max_bytes: Optional[Size] = None, deny: Patterns = (), allow: Patterns = (),
                  deny_file: Patterns = (), allow_file: Patterns = (), patterns_ignore_case: bool = False,
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
@@ -273,7 +278,7 @@ class Proxy:
         for name, value in (("query-timeout", query_timeout),
                             ("idle-in-transaction-timeout", idle_in_transaction_timeout),
                             ("startup-timeout", startup_timeout), ("connect-timeout", connect_timeout),
-                            ("shutdown-timeout", shutdown_timeout)):
+                            ("shutdown-timeout", shutdown_timeout), ("reuse-idle-timeout", reuse_idle_timeout)):
             if value is not None:
                 options[name] = [_duration(name.replace("-", "_"), value)]
         for name, value in (("max-message-size", max_message_size), ("max-bytes", max_bytes),
@@ -282,6 +287,8 @@ class Proxy:
                 options[name] = [_size(name.replace("-", "_"), value)]
         if max_rows is not None:
             options["max-rows"] = [_count("max_rows", max_rows)]
+        if reuse_pool_size is not None:
+            options["reuse-pool-size"] = [_count("reuse_pool_size", reuse_pool_size)]
         if instance_id is not None:
             options["instance-id"] = [_count("instance_id", instance_id)]
         if peers is not None:
@@ -293,7 +300,8 @@ class Proxy:
             if items:
                 options[name] = items
         for name, value in (("patterns-ignore-case", patterns_ignore_case), ("enable-tls", enable_tls),
-                            ("tls-required", tls_required), ("log-queries", log_queries)):
+                            ("tls-required", tls_required), ("log-queries", log_queries),
+                            ("reuse-upstream", reuse_upstream)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name.replace('-', '_')}: expected a bool, got {value!r}")
             if value:

@@ -5,6 +5,7 @@
 #include "config/server_config.h"
 #include "upstream/routes.h"
 #include "upstream/upstream_connection.h"
+#include "upstream/upstream_pool.h"
 
 using namespace pgwire_proxy::config;
 using std::chrono::milliseconds;
@@ -130,6 +131,79 @@ BOOST_AUTO_TEST_CASE(option_values_are_escaped) {
   using pgwire_proxy::upstream::escapeOptionValue;
   BOOST_TEST(escapeOptionValue("public") == "public");
   BOOST_TEST(escapeOptionValue("a b\\c") == "a\\ b\\\\c");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// --reuse-upstream's key: what makes two clients' connections interchangeable.
+BOOST_AUTO_TEST_SUITE(upstream_pool_key)
+
+BOOST_AUTO_TEST_CASE(same_request_same_key_whatever_the_parameter_order) {
+  pgwire_proxy::upstream::ConnectRequest a;
+  a.dsn = "host=db";
+  a.user = "app";
+  a.database = "shop";
+  a.clientParameters = {{"DateStyle", "ISO"}, {"options", "-c work_mem=8MB"}};
+  a.auditApplicationName = "pgwire-proxy/a@127.0.0.1";
+  auto b = a;
+  b.clientParameters = {{"options", "-c work_mem=8MB"}, {"DateStyle", "ISO"}};
+  b.auditApplicationName = "pgwire-proxy/b@10.0.0.1";  // not part of it: the next client's is set on handover
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(a) == pgwire_proxy::upstream::poolKey(b));
+  BOOST_TEST(!pgwire_proxy::upstream::poolKey(a).empty());
+}
+
+BOOST_AUTO_TEST_CASE(anything_else_differs) {
+  pgwire_proxy::upstream::ConnectRequest base;
+  base.dsn = "host=db";
+  base.user = "app";
+  base.database = "shop";
+  const auto key = pgwire_proxy::upstream::poolKey(base);
+  auto other = base;
+  other.user = "admin";
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(other) != key);
+  other = base;
+  other.database = "shop2";
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(other) != key);
+  other = base;
+  other.dsn = "host=db2";
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(other) != key);
+  other = base;
+  other.clientParameters = {{"TimeZone", "UTC"}};
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(other) != key);
+  // Fields cannot run into each other: ("ab", "c") is not ("a", "bc").
+  auto left = base;
+  left.user = "ab";
+  left.database = "c";
+  auto right = base;
+  right.user = "a";
+  right.database = "bc";
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(left) != pgwire_proxy::upstream::poolKey(right));
+}
+
+BOOST_AUTO_TEST_CASE(passthrough_connections_are_never_shared) {
+  pgwire_proxy::upstream::ConnectRequest request;
+  request.dsn = "host=db";
+  request.user = "app";
+  request.asClient = true;
+  BOOST_TEST(pgwire_proxy::upstream::poolKey(request).empty());
+}
+
+BOOST_AUTO_TEST_CASE(reuse_settings_are_checked) {
+  ServerConfig config;
+  config.upstreamDsn = "host=127.0.0.1";
+  config.reuseUpstream = true;
+  config.authMode = AuthMode::kPassthrough;
+  BOOST_CHECK_THROW(config.validate(), ConfigError);
+  config.authMode = AuthMode::kTrust;
+  config.reuseIdleTimeout = milliseconds(0);
+  BOOST_CHECK_THROW(config.validate(), ConfigError);
+  config.reuseIdleTimeout = milliseconds(1000);
+  BOOST_CHECK_NO_THROW(config.validate());
+}
+
+BOOST_AUTO_TEST_CASE(quoted_literals) {
+  BOOST_TEST(pgwire_proxy::upstream::quoteLiteral("plain") == "E'plain'");
+  BOOST_TEST(pgwire_proxy::upstream::quoteLiteral("it's a \\ test") == "E'it''s a \\\\ test'");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -49,6 +49,14 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"max-copy-in-bytes", "size",
        "Most bytes one COPY FROM STDIN may send upstream (--protocol=full); past it the COPY is failed "
        "upstream and the client gets 54000 (0 = off). Default: 1GB."},
+      {"reuse-upstream", nullptr,
+       "Give a finished session's upstream connection, reset with DISCARD ALL, to the next client of the same "
+       "database, user and startup parameters instead of closing it (not with --auth=passthrough). A reused "
+       "client sees a backend that served others (pg_backend_pid, pg_stat_activity's backend_start). "
+       "Default: off (one upstream connection per client)."},
+      {"reuse-pool-size", "n", "Most idle upstream connections --reuse-upstream keeps, over all databases. Default: 20."},
+      {"reuse-idle-timeout", "duration", "An idle upstream connection kept by --reuse-upstream is closed after this. "
+       "Default: 60s."},
       {"max-rows", "n",
        "Most rows per statement sent to a client; past it the statement is cancelled with 54000 (0 = off). "
        "Default: 10000."},
@@ -155,6 +163,10 @@ ServerConfig configFromOptions(const OptionValues& values) {
     config.fullProtocol = *v == "full";
   }
   if (auto* v = value("max-copy-in-bytes")) config.maxCopyInBytes = parseSize(*v, "max-copy-in-bytes");
+  if (auto* v = value("reuse-pool-size")) {
+    config.reusePoolSize = static_cast<int>(parseInteger(*v, "reuse-pool-size", 0, 100000));
+  }
+  if (auto* v = value("reuse-idle-timeout")) config.reuseIdleTimeout = parseDuration(*v, "reuse-idle-timeout");
   if (auto* v = value("max-rows")) config.maxRows = static_cast<std::uint64_t>(parseInteger(*v, "max-rows", 0, INT64_MAX));
   if (auto* v = value("max-bytes")) config.maxBytes = parseSize(*v, "max-bytes");
   config.denyPatterns = all("deny");
@@ -170,6 +182,7 @@ ServerConfig configFromOptions(const OptionValues& values) {
   };
   config.patternsIgnoreCase = flag("patterns-ignore-case");
   config.tlsEnabled = flag("enable-tls");
+  config.reuseUpstream = flag("reuse-upstream");
   config.tlsRequired = flag("tls-required");
   if (auto* v = value("tls-cert")) config.tlsCertFile = *v;
   if (auto* v = value("tls-key")) config.tlsKeyFile = *v;

@@ -160,6 +160,12 @@ void ServerConfig::validate() const {
   if (authMode != AuthMode::kScramSha256 && !authFile.empty()) {
     throw ConfigError("auth-file: only used with --auth=scram-sha-256");
   }
+  if (reuseUpstream && authMode == AuthMode::kPassthrough) {
+    throw ConfigError(
+        "reuse-upstream: cannot be combined with --auth=passthrough (each client's own password authenticates its "
+        "upstream connection, which must not serve another client)");
+  }
+  if (reuseUpstream && reuseIdleTimeout.count() <= 0) throw ConfigError("reuse-idle-timeout: must be more than 0");
   if (!metricsAddress.empty()) {
     const auto colon = metricsAddress.rfind(':');
     const std::string portText = colon == std::string::npos ? std::string() : metricsAddress.substr(colon + 1);

@@ -42,6 +42,11 @@ struct ServerConfig {
   bool extendedProtocolRelay = false;
   bool fullProtocol = false;
   std::uint64_t maxCopyInBytes = 1024ULL * 1024 * 1024;  // one COPY FROM STDIN's bytes upstream; 0 = off
+  // --reuse-upstream: a finished session's upstream, reset with DISCARD ALL, goes to the next client of
+  // the same route, user and startup parameters. Off: one upstream connection per client, closed with it.
+  bool reuseUpstream = false;
+  int reusePoolSize = 20;                   // idle upstream connections kept, over all routes
+  Milliseconds reuseIdleTimeout{60'000};    // an idle one is closed after this
 
   // Guardrails (0 turns a limit off).
   std::uint64_t maxRows = 10'000;                 // rows per statement sent to the client

@@ -124,6 +124,8 @@ void Metrics::upstreamConnected(std::uint64_t, double seconds, bool ok) {
   if (!ok) upstreamConnectFailures_.fetch_add(1, kRelaxed);
 }
 
+void Metrics::upstreamReused(std::uint64_t) { upstreamReused_.fetch_add(1, kRelaxed); }
+
 void Metrics::authenticationFailed(std::uint64_t, std::string_view, std::string_view, std::string_view,
                                    std::string_view reason) {
   for (std::size_t i = 0; i < authFailures_.size(); ++i) {
@@ -186,6 +188,9 @@ std::string Metrics::render() const {
   upstreamConnectSeconds_.render(out, "pgwire_proxy_upstream_connect_duration_seconds");
   header(out, "pgwire_proxy_upstream_connect_failures_total", "counter", "Upstream connections that failed.");
   sample(out, "pgwire_proxy_upstream_connect_failures_total", "", upstreamConnectFailures_.load(kRelaxed));
+  header(out, "pgwire_proxy_upstream_reused_total", "counter",
+         "Sessions given a reset upstream connection of an earlier client (--reuse-upstream).");
+  sample(out, "pgwire_proxy_upstream_reused_total", "", upstreamReused_.load(kRelaxed));
 
   header(out, "pgwire_proxy_queries_total", "counter", "Query messages completed, by outcome.");
   for (std::size_t i = 0; i < kOutcomes.size(); ++i) {

@@ -41,6 +41,7 @@ class Metrics final : public SessionObserver {
   void sessionRejected(std::uint64_t sessionId, std::string_view clientAddress, std::string_view reason,
                        const ProxyError& error) override;
   void upstreamConnected(std::uint64_t sessionId, double seconds, bool ok) override;
+  void upstreamReused(std::uint64_t sessionId) override;
   void tlsHandshake(std::uint64_t sessionId, bool ok) override;
   void authenticationFailed(std::uint64_t sessionId, std::string_view clientAddress, std::string_view user,
                             std::string_view method, std::string_view reason) override;
@@ -69,6 +70,7 @@ class Metrics final : public SessionObserver {
   std::atomic<std::uint64_t> connectionsAccepted_{0};
   std::array<std::atomic<std::uint64_t>, static_cast<std::size_t>(RejectReason::kCount)> rejected_{};
   std::atomic<std::uint64_t> upstreamConnectFailures_{0};
+  std::atomic<std::uint64_t> upstreamReused_{0};
   Histogram<10> upstreamConnectSeconds_;
   std::array<std::atomic<std::uint64_t>, 7> queriesByOutcome_{};
   Histogram<15> querySeconds_;

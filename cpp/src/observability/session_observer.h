@@ -73,6 +73,8 @@ class SessionObserver {
   virtual void sessionRejected(std::uint64_t /*sessionId*/, std::string_view /*clientAddress*/,
                                std::string_view /*reason*/, const ProxyError& /*error*/) {}
   virtual void upstreamConnected(std::uint64_t /*sessionId*/, double /*seconds*/, bool /*ok*/) {}
+  // --reuse-upstream gave the session a parked connection instead of a new one.
+  virtual void upstreamReused(std::uint64_t /*sessionId*/) {}
   // A client failed to authenticate (--auth): `method` passthrough or scram-sha-256, `reason` one of
   // kAuthFailureReasons (a metric label). Never a password.
   virtual void authenticationFailed(std::uint64_t /*sessionId*/, std::string_view /*clientAddress*/,
@@ -112,6 +114,9 @@ class ObserverList final : public SessionObserver {
   }
   void upstreamConnected(std::uint64_t id, double seconds, bool ok) override {
     for (auto& o : observers_) o->upstreamConnected(id, seconds, ok);
+  }
+  void upstreamReused(std::uint64_t id) override {
+    for (auto& o : observers_) o->upstreamReused(id);
   }
   void tlsHandshake(std::uint64_t id, bool ok) override {
     for (auto& o : observers_) o->tlsHandshake(id, ok);

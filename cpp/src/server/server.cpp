@@ -31,6 +31,7 @@
 #include "protocol/errors.h"
 #include "protocol/sqlstate.h"
 #include "session/event_loop.h"
+#include "session/upstream_reuse.h"
 #include "session/session.h"
 #include "session/socket_io.h"
 #include "upstream/upstream_connection.h"
@@ -194,10 +195,13 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       tls_(config_.tlsEnabled ? std::make_unique<session::TlsContextHolder>(session::TlsSettings{
                                     config_.tlsCertFile, config_.tlsKeyFile, config_.tlsCaFile})
                               : nullptr),
+      pool_(config_.reuseUpstream ? std::make_unique<upstream::UpstreamPool>(
+                                        static_cast<std::size_t>(config_.reusePoolSize), config_.reuseIdleTimeout)
+                                  : nullptr),
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this,
-               &routes_, credentials_.get()} {
+               &routes_, credentials_.get(), pool_.get()} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -242,6 +246,7 @@ void Server::start() {
   peers_.replace(config_.peers);
   eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
                                                    forceFd_);
+  if (pool_) eventLoop_->adopt(std::make_unique<session::PoolSweeper>(*pool_, config_.reuseIdleTimeout));
   threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", kAcceptThreads, kAcceptThreads, 60);
   auto* params = new Poco::Net::TCPServerParams;
   params->setMaxThreads(kAcceptThreads);
@@ -341,6 +346,7 @@ void Server::stop(std::chrono::milliseconds grace) {
   threadPool_->joinAll();
   threadPool_.reset();  // its idle threads end too: a stopped server holds no threads or descriptors
   eventLoop_.reset();
+  if (pool_) pool_->clear();
   metricsEndpoint_.reset();
   ::close(wakeFd_);
   ::close(forceFd_);
@@ -408,6 +414,10 @@ void Server::reload(const config::ServerConfig& next) {
     note(restart, "protocol");
   }
   if (next.maxCopyInBytes != applied.maxCopyInBytes) note(restart, "max-copy-in-bytes");
+  if (next.reuseUpstream != applied.reuseUpstream || next.reusePoolSize != applied.reusePoolSize ||
+      next.reuseIdleTimeout != applied.reuseIdleTimeout) {
+    note(restart, "reuse-upstream");
+  }
   if (next.instanceId != applied.instanceId) note(restart, "instance-id");
   if (next.tlsEnabled != applied.tlsEnabled || next.tlsRequired != applied.tlsRequired ||
       next.tlsCertFile != applied.tlsCertFile || next.tlsKeyFile != applied.tlsKeyFile ||

@@ -22,6 +22,7 @@
 #include "session/registry.h"
 #include "session/session.h"
 #include "upstream/routes.h"
+#include "upstream/upstream_pool.h"
 
 namespace Poco {
 class ThreadPool;
@@ -100,6 +101,7 @@ class Server final : public session::ConnectionTracker {
   upstream::RouteHolder routes_;
   std::unique_ptr<auth::CredentialsHolder> credentials_;  // --auth=scram-sha-256
   std::unique_ptr<session::TlsContextHolder> tls_;
+  std::unique_ptr<upstream::UpstreamPool> pool_;  // --reuse-upstream; outlives the loop's tasks
   int wakeFd_ = -1;
   int forceFd_ = -1;
   bool shutdownBegun_ = false;

@@ -48,6 +48,11 @@ Session::~Session() {
   // Descriptors close only here, after the loop has taken them out of its set: a number closed
   // earlier could be reused by another connection before the loop forgot it.
   upstreamLink_.reset();
+  if (reusable_ && upstream_) {
+    // Reset and parked by a task of its own (this session is out of the loop's set by now); a loop
+    // going away drops the task, which closes the connection.
+    loop().spawn(std::make_unique<UpstreamReset>(*context_.pool, poolKey_, std::move(upstream_), id_));
+  }
   upstream_.reset();  // Terminate, then close
   client_.reset();    // a TLS channel frees its SSL object
   if (context_.tracker != nullptr) {
@@ -68,6 +73,8 @@ std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
           return tlsStep(ready);
         case State::kConnecting:
           return connectStep(ready);
+        case State::kAdopting:
+          return adoptStep(ready);
         default:
           return step(ready);
       }
@@ -147,12 +154,23 @@ std::optional<Interest> Session::endingStep(const Readiness& ready) {
 void Session::releaseUpstream() noexcept {
   if (upstreamReleased_) return;
   upstreamReleased_ = true;
+  reusable_ = upstreamReusable();
   // A client gone mid-query must not leave its query running upstream.
   if (upstream_ && !upstreamGone_ && upstreamBusy()) sendCancel();
   if (cancelKey_) context_.registry.remove(cancelKey_->processId);
   cancelKey_.reset();
   if (canceller_) canceller_->detach();
   // The connection itself closes with the session (see the destructor); it is not watched meanwhile.
+}
+
+bool Session::upstreamReusable() const noexcept {
+  // Only a session the client ended between statements, on an upstream that is idle outside any
+  // transaction with nothing in flight either way, and no cancel that could land on the next client.
+  return context_.pool != nullptr && !poolKey_.empty() && state_ == State::kClosing && clientEnded_ && !ending_ &&
+         relay_ && upstream_ && upstreamLink_ && !upstreamGone_ && !upstreamBusy() &&
+         relay_->transactionStatus() == protocol::kTxIdle && !relay_->upstreamSentFatal() && !relay_->holdingQuery() &&
+         !cancelSent_ && *cancelsInFlight_ == 0 && !shutdownSeen_ && !forcedSeen_ && !draining_ &&
+         upstreamIn_.empty() && upstreamOutSent_ == upstreamOut_.size() && !upstreamLink_->hasPendingInput();
 }
 
 void Session::finish() noexcept {
@@ -390,6 +408,7 @@ void Session::writeClientOut() {
 
 void Session::clientLeft() noexcept {
   if (upstreamBusy()) sendCancel();  // an unfinished batch must not run on
+  clientEnded_ = !upstreamBusy();
   state_ = State::kClosing;
 }
 
@@ -397,6 +416,7 @@ int Session::upstreamFd() const noexcept { return upstreamLink_ ? upstreamLink_-
 
 void Session::sendCancel() noexcept {
   if (!upstream_) return;
+  cancelSent_ = true;
   const auto& data = upstream_->cancelData();
   if (!data) {
     // This libpq's cancel key could not be read: its own blocking PQcancel is all there is.

@@ -25,11 +25,13 @@
 #include "session/query_canceller.h"
 #include "session/relay.h"
 #include "session/tls_context.h"
+#include "session/upstream_reuse.h"
 #include "session/registry.h"
 #include "session/socket_io.h"
 
 #include "upstream/routes.h"
 #include "upstream/upstream_connection.h"
+#include "upstream/upstream_pool.h"
 
 
 namespace pgwire_proxy::session {
@@ -60,6 +62,7 @@ struct SessionContext {
   // ---- routing and client authentication (startup.cpp) ----
   const upstream::RouteHolder* routes = nullptr;  // null: everything goes to config.upstreamDsn
   const auth::CredentialsHolder* credentials = nullptr;  // --auth=scram-sha-256: the auth file in force
+  upstream::UpstreamPool* pool = nullptr;  // --reuse-upstream: reset connections of ended sessions; null: off
 };
 
 // One client's life on the event loop, from its first byte to its last: SSL negotiation and the TLS
@@ -80,6 +83,7 @@ class Session final : public LoopTask, private RelayHost {
     kAwaitingStartup,  // SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
     kTlsHandshake,     // 'S' sent: the TLS handshake on the client's socket
     kConnecting,       // the upstream connect and authentication (PQconnectPoll)
+    kAdopting,         // --reuse-upstream: a parked connection takes this client's application_name
     kRelaying,         // the session is open: the Relay decides, this shell moves the bytes
     kClosing,
   };
@@ -88,6 +92,7 @@ class Session final : public LoopTask, private RelayHost {
   [[nodiscard]] std::optional<Interest> startupStep(const Readiness& ready);
   [[nodiscard]] std::optional<Interest> tlsStep(const Readiness& ready);
   [[nodiscard]] std::optional<Interest> connectStep(const Readiness& ready);
+  [[nodiscard]] std::optional<Interest> adoptStep(const Readiness& ready);
   // The startup packet is in: checks, admission, and the upstream connect begins.
   void beginSession();
   // Connected: the client gets AuthenticationOk, the parameters, its key and ReadyForQuery.
@@ -190,6 +195,16 @@ class Session final : public LoopTask, private RelayHost {
   // Picks the route for the client's database and starts the upstream connect (state kConnecting).
   // `password` (passthrough): the client's, to connect as the client with; wiped once libpq has it.
   void connectUpstream(std::string password = {});
+  // libpq's connect for `request` begins (state kConnecting).
+  void startConnect(const upstream::ConnectRequest& request);
+  // The end of a session whose upstream can serve the next client: reset and parked (--reuse-upstream).
+  [[nodiscard]] bool upstreamReusable() const noexcept;
+  std::string poolKey_;                 // --reuse-upstream: what the connection was opened for; empty: never shared
+  std::optional<upstream::ConnectRequest> fallback_;  // a parked connection failed its adoption: connect anew
+  std::unique_ptr<ProxyStatement> adoption_;         // kAdopting: SET application_name
+  bool reusable_ = false;               // decided when the end began
+  bool cancelSent_ = false;             // a cancel may still land: the connection is never reused
+  bool clientEnded_ = false;            // the client said Terminate or hung up between statements
   // The route's name: the client's database (its user's name when it sent none). Fault rules, query
   // records and logs carry it where they carry a database.
   std::string routeName_;

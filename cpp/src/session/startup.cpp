@@ -419,6 +419,24 @@ void Session::connectUpstream(std::string password) {
   connectStart_ = Clock::now();
   connectDeadline_ = connectStart_ + context_.config.connectTimeout;
   request.deadline = connectDeadline_;
+  if (context_.pool != nullptr) poolKey_ = upstream::poolKey(request);  // empty for passthrough
+  if (!poolKey_.empty()) {
+    if (auto parked = context_.pool->take(poolKey_)) {
+      // A reset connection of an earlier client: it takes this client's audit name, then the session opens.
+      upstream_ = std::move(parked);
+      upstreamLink_ = upstreamChannel(*upstream_);
+      const std::string setName = "SET application_name = " + upstream::quoteLiteral(request.auditApplicationName);
+      adoption_ = std::make_unique<ProxyStatement>(std::initializer_list<std::string_view>{setName});
+      fallback_ = std::move(request);
+      ++connectEpoch_;
+      state_ = State::kAdopting;
+      return;
+    }
+  }
+  startConnect(request);
+}
+
+void Session::startConnect(const upstream::ConnectRequest& request) {
   connectingUpstream_ = true;
   state_ = State::kConnecting;
   try {
@@ -431,7 +449,43 @@ void Session::connectUpstream(std::string password) {
   ++connectEpoch_;
 }
 
+std::optional<Interest> Session::adoptStep(const Readiness& ready) {
+  if (ready.shutdown) throw refusedAtShutdown();
+  if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0) throw SessionEnded{"client left during the upstream connect"};
+  short events = 0;
+  const auto outcome = adoption_->step(*upstreamLink_, *upstream_, events);
+  if (outcome == ProxyStatement::Outcome::kDone) {
+    adoption_.reset();
+    fallback_.reset();
+    context_.observer.upstreamReused(id_);
+    openSession();
+    return step(Readiness{});
+  }
+  if (outcome == ProxyStatement::Outcome::kWaiting && !(ready.timedOut && Clock::now() >= connectDeadline_)) {
+    Interest interest;
+    interest.clientFd = clientFd_;
+    interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;
+    interest.upstreamFd = upstreamLink_->fd();
+    interest.upstream = events;
+    interest.upstreamEpoch = connectEpoch_;
+    interest.deadline = connectDeadline_;
+    return interest;
+  }
+  // The parked connection is no good (the server ended it while it idled, say): a fresh one instead.
+  observability::logEvent(observability::LogLevel::kInfo, "upstream_reuse_failed",
+                          {{"session", id_}, {"error", outcome == ProxyStatement::Outcome::kFailed ? adoption_->why()
+                                                                                                     : std::string("timeout")}});
+  adoption_.reset();
+  upstreamLink_.reset();
+  upstream_->abandon();
+  upstream_.reset();
+  startConnect(*fallback_);
+  fallback_.reset();
+  return connectStep(Readiness{});
+}
+
 std::optional<Interest> Session::connectStep(const Readiness& ready) {
+  if (state_ == State::kAdopting) return adoptStep(ready);
   if (ready.shutdown) throw refusedAtShutdown();
   try {
     if ((ready.upstream & (connectWait_.events | POLLERR | POLLHUP)) != 0) {
@@ -467,13 +521,11 @@ std::optional<Interest> Session::connectStep(const Readiness& ready) {
 }
 
 void Session::openSession() {
-  connectingUpstream_ = false;
-  context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart_).count(), true);
-  if (ssl_st* ssl = upstream_->sslObject()) {
-    upstreamLink_ = std::make_unique<TlsChannel>(ssl, upstream_->socket(), false);
-  } else {
-    upstreamLink_ = std::make_unique<PlainChannel>(upstream_->socket());
+  if (connectingUpstream_) {
+    connectingUpstream_ = false;
+    context_.observer.upstreamConnected(id_, std::chrono::duration<double>(Clock::now() - connectStart_).count(), true);
   }
+  if (!upstreamLink_) upstreamLink_ = upstreamChannel(*upstream_);  // an adopted connection has its link
   const std::string* user = startup_.parameter("user");
   relay_ = std::make_unique<Relay>(
       RelayContext{id_, context_.observer, context_.guardrails, context_.faults, context_.config.extendedProtocolRelay,

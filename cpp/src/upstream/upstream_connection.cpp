@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cctype>
@@ -193,6 +194,16 @@ std::optional<std::chrono::milliseconds> statementTimeoutIn(std::string_view opt
   }
   if (invalid) return std::nullopt;
   return found;
+}
+
+std::string quoteLiteral(std::string_view value) {
+  std::string literal = "E'";
+  for (const char c : value) {
+    if (c == '\'' || c == '\\') literal += c;
+    literal += c;
+  }
+  literal += '\'';
+  return literal;
 }
 
 std::string escapeOptionValue(std::string_view value) {
@@ -398,9 +409,24 @@ ssl_st* UpstreamConnection::sslObject() const {
 Parameters UpstreamConnection::reportedParameters() const {
   Parameters result;
   for (const char* name : kReportedParameters) {
-    if (const char* value = PQparameterStatus(conn_, name)) result.emplace_back(name, value);
+    const auto noted = std::find_if(noted_.begin(), noted_.end(), [name](const auto& p) { return p.first == name; });
+    if (noted != noted_.end()) {
+      result.emplace_back(name, noted->second);
+    } else if (const char* value = PQparameterStatus(conn_, name)) {
+      result.emplace_back(name, value);
+    }
   }
   return result;
+}
+
+void UpstreamConnection::noteParameter(std::string name, std::string value) {
+  for (auto& [known, current] : noted_) {
+    if (known == name) {
+      current = std::move(value);
+      return;
+    }
+  }
+  noted_.emplace_back(std::move(name), std::move(value));
 }
 
 bool UpstreamConnection::cancel(std::string& error) const {

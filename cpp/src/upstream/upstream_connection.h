@@ -57,6 +57,10 @@ void wipe(std::string& secret) noexcept;
 // the value is not a valid duration (PostgreSQL then refuses the connection itself).
 [[nodiscard]] std::optional<std::chrono::milliseconds> statementTimeoutIn(std::string_view options);
 
+// A string literal for SQL the proxy sends itself: E'...' with quotes and backslashes escaped (right
+// whatever standard_conforming_strings says).
+[[nodiscard]] std::string quoteLiteral(std::string_view value);
+
 // Escapes a value for a `-c name=value` item of the libpq `options` parameter (spaces and backslashes).
 [[nodiscard]] std::string escapeOptionValue(std::string_view value);
 
@@ -106,6 +110,9 @@ class UpstreamConnection {
   [[nodiscard]] ssl_st* sslObject() const;
   // The ParameterStatus values the upstream reported during startup, in a stable order.
   [[nodiscard]] Parameters reportedParameters() const;
+  // A ParameterStatus the proxy read itself after startup (the reset between clients of
+  // --reuse-upstream): reportedParameters() says it from now on.
+  void noteParameter(std::string name, std::string value);
 
   // Asks the server to cancel whatever this connection is running, through libpq's PQcancel, which
   // blocks (no connect timeout): only where cancelData() is not available. Returns false with a
@@ -122,6 +129,7 @@ class UpstreamConnection {
   std::chrono::milliseconds statementTimeout_{0};
   std::optional<CancelData> cancelData_;
   int pollStatus_ = 0;  // libpq's PostgresPollingStatusType of the last step
+  Parameters noted_;  // reported after startup, read by the proxy (libpq no longer sees the socket)
   pg_conn* conn_ = nullptr;
   pg_cancel* cancel_ = nullptr;
   mutable std::mutex cancelMutex_;
