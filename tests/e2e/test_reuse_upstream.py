@@ -22,9 +22,9 @@ def backend_pid(dsn: str, **kwargs) -> int:
 
 
 def wait_parked(pg_upstream, pid: int) -> None:
-    """The reset runs after the client has gone: a parked backend shows the parked name."""
-    wait_until(lambda: pg_upstream.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
-                                           [pid]) == [("pgwire-proxy/parked",)], f"backend {pid} to be parked")
+    """The reset runs after the client has gone: a parked backend idles after its DISCARD ALL."""
+    wait_until(lambda: pg_upstream.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s",
+                                           [pid]) == [("idle", "DISCARD ALL")], f"backend {pid} to be parked")
 
 
 def wait_closed(pg_upstream, pid: int) -> None:
@@ -79,8 +79,10 @@ def test_the_next_client_gets_the_reset_backend_and_none_of_the_last_ones_state(
         assert conn.info.parameter_status("TimeZone") == default_timezone
         assert conn.info.parameter_status("application_name") == "second-client"
         assert conn.execute("SHOW application_name").fetchone()[0].startswith("pgwire-proxy/second-client@")
-    # Parked again, the backend says so in pg_stat_activity (not the name of the client it served last).
+    # Parked again, it has its first client's name back (what DISCARD ALL resets it to).
     wait_parked(pg_upstream, pid)
+    assert pg_upstream.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+                               [pid])[0][0].startswith("pgwire-proxy/first-client@")
 
 
 def test_a_reused_startup_says_what_a_fresh_one_says(reuse_proxy, pgwire_proxy_factory, pg_upstream):

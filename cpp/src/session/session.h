@@ -83,7 +83,7 @@ class Session final : public LoopTask, private RelayHost {
     kAwaitingStartup,  // SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
     kTlsHandshake,     // 'S' sent: the TLS handshake on the client's socket
     kConnecting,       // the upstream connect and authentication (PQconnectPoll)
-    kAdopting,         // --reuse-upstream: a parked connection takes this client's application_name
+    kAdopting,         // --reuse-upstream: a parked connection (given this client's application_name)
     kRelaying,         // the session is open: the Relay decides, this shell moves the bytes
     kClosing,
   };
@@ -201,7 +201,7 @@ class Session final : public LoopTask, private RelayHost {
   [[nodiscard]] bool upstreamReusable() const noexcept;
   std::string poolKey_;                 // --reuse-upstream: what the connection was opened for; empty: never shared
   std::optional<upstream::ConnectRequest> fallback_;  // a parked connection failed its adoption: connect anew
-  std::unique_ptr<ProxyStatement> adoption_;         // kAdopting: SET application_name
+  std::unique_ptr<ProxyStatement> adoption_;         // kAdopting: SET application_name (null: it has it)
   bool reusable_ = false;               // decided when the end began
   bool cancelSent_ = false;             // a cancel may still land: the connection is never reused
   bool clientEnded_ = false;            // the client said Terminate or hung up between statements

@@ -422,13 +422,17 @@ void Session::connectUpstream(std::string password) {
   if (context_.pool != nullptr) poolKey_ = upstream::poolKey(request);  // empty for passthrough
   if (!poolKey_.empty()) {
     if (auto parked = context_.pool->take(poolKey_)) {
-      // A reset connection of an earlier client: it takes this client's audit name, then the session opens.
+      // A reset connection of an earlier client. Its application_name is its first client's audit
+      // name again; another client's is set before the session opens (one round trip, none for a
+      // client from the same host with the same application name, as a test suite's connections are).
       upstream_ = std::move(parked);
       upstreamLink_ = upstreamChannel(*upstream_);
-      const std::string setName = "SET application_name = " + upstream::quoteLiteral(request.auditApplicationName);
-      adoption_ = std::make_unique<ProxyStatement>(std::initializer_list<std::string_view>{setName});
-      fallback_ = std::move(request);
       ++connectEpoch_;
+      if (upstream_->reportedParameter("application_name") != request.auditApplicationName) {
+        const std::string setName = "SET application_name = " + upstream::quoteLiteral(request.auditApplicationName);
+        adoption_ = std::make_unique<ProxyStatement>(std::initializer_list<std::string_view>{setName});
+      }
+      fallback_ = std::move(request);
       state_ = State::kAdopting;
       return;
     }
@@ -453,7 +457,7 @@ std::optional<Interest> Session::adoptStep(const Readiness& ready) {
   if (ready.shutdown) throw refusedAtShutdown();
   if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0) throw SessionEnded{"client left during the upstream connect"};
   short events = 0;
-  const auto outcome = adoption_->step(*upstreamLink_, *upstream_, events);
+  const auto outcome = adoption_ ? adoption_->step(*upstreamLink_, *upstream_, events) : ProxyStatement::Outcome::kDone;
   if (outcome == ProxyStatement::Outcome::kDone) {
     adoption_.reset();
     fallback_.reset();

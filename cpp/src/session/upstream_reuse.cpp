@@ -105,7 +105,6 @@ std::unique_ptr<Channel> upstreamChannel(upstream::UpstreamConnection& connectio
 UpstreamReset::UpstreamReset(upstream::UpstreamPool& pool, std::string key,
                              std::unique_ptr<upstream::UpstreamConnection> connection, std::uint64_t sessionId)
     : pool_(pool), key_(std::move(key)), connection_(std::move(connection)), link_(upstreamChannel(*connection_)),
-      discard_({"DISCARD ALL", "SET application_name = '" + std::string(kParkedApplicationName) + "'"}),
       sessionId_(sessionId), deadline_(Clock::now() + kResetTimeout) {}
 
 UpstreamReset::~UpstreamReset() {

@@ -46,11 +46,9 @@ class ProxyStatement {
 // The link a relay uses for a connection: libpq's TLS object when it made one, else the socket.
 [[nodiscard]] std::unique_ptr<Channel> upstreamChannel(upstream::UpstreamConnection& connection);
 
-// The application_name a parked connection shows in pg_stat_activity.
-inline constexpr std::string_view kParkedApplicationName = "pgwire-proxy/parked";
-
 // A finished session's upstream: DISCARD ALL (prepared statements, temporary tables, session
-// settings, advisory locks, LISTEN) and the parked application_name, then parked in the pool; closed instead on any error, on
+// settings, advisory locks, LISTEN; application_name back to the connection's first client's), then
+// parked in the pool; closed instead on any error, on
 // shutdown or when the reset does not finish within its deadline.
 class UpstreamReset final : public LoopTask {
  public:
@@ -67,7 +65,7 @@ class UpstreamReset final : public LoopTask {
   const std::string key_;
   std::unique_ptr<upstream::UpstreamConnection> connection_;
   std::unique_ptr<Channel> link_;
-  ProxyStatement discard_;
+  ProxyStatement discard_{"DISCARD ALL"};
   const std::uint64_t sessionId_;
   const Clock::time_point deadline_;
   bool reset_ = false;

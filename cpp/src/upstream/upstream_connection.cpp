@@ -419,6 +419,14 @@ Parameters UpstreamConnection::reportedParameters() const {
   return result;
 }
 
+std::string UpstreamConnection::reportedParameter(std::string_view name) const {
+  for (const auto& [known, value] : noted_) {
+    if (known == name) return value;
+  }
+  const char* value = PQparameterStatus(conn_, std::string(name).c_str());
+  return value != nullptr ? value : std::string();
+}
+
 void UpstreamConnection::noteParameter(std::string name, std::string value) {
   for (auto& [known, current] : noted_) {
     if (known == name) {

@@ -113,6 +113,8 @@ class UpstreamConnection {
   // A ParameterStatus the proxy read itself after startup (the reset between clients of
   // --reuse-upstream): reportedParameters() says it from now on.
   void noteParameter(std::string name, std::string value);
+  // One of reportedParameters() (empty when not reported).
+  [[nodiscard]] std::string reportedParameter(std::string_view name) const;
 
   // Asks the server to cancel whatever this connection is running, through libpq's PQcancel, which
   // blocks (no connect timeout): only where cancelData() is not available. Returns false with a
