@@ -45,8 +45,7 @@ fi
 [[ ${PGWIRE_PROXY_QUICK:-0} == 1 ]] && exit 0
 
 echo "== PostgreSQL's regression suite, direct and through the proxy (scripts/regress.sh)"
-# Until COPY and the function-call protocol are relayed (issue 17) some tests fail through the proxy; the
-# step fails on anything else, and on a listed test that passes (the list only shrinks).
+# Fails unless the proxy passes exactly the tests PostgreSQL passes directly (no known-failures list).
 PGWIRE_PROXY_BINARY="$(realpath "$build")/pgwire-proxy" scripts/regress.sh
 
 echo "== sanitizers (ASan + UBSan)"

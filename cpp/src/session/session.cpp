@@ -226,8 +226,11 @@ void Session::onClientCancel() {
 }
 
 std::optional<Interest> Session::step(const Readiness& ready) {
-  const ProxyError shuttingDown(Severity::kFatal, sqlstate::kAdminShutdown,
-                                "terminating connection because pgwire-proxy is shutting down");
+  // Built only when thrown: a step runs for every round trip.
+  const auto shuttingDown = [] {
+    return ProxyError(Severity::kFatal, sqlstate::kAdminShutdown,
+                      "terminating connection because pgwire-proxy is shutting down");
+  };
   shutdownSeen_ = shutdownSeen_ || ready.shutdown;
   forcedSeen_ = forcedSeen_ || ready.forced;
   if (canceller_ && canceller_->takeRequest()) onClientCancel();
@@ -243,10 +246,10 @@ std::optional<Interest> Session::step(const Readiness& ready) {
   }
   if (forcedSeen_) {
     if (clientOutPending()) throw SessionEnded{"immediate shutdown while the client was not reading"};
-    throw shuttingDown;  // a running query is cancelled on the way out
+    throw shuttingDown();  // a running query is cancelled on the way out
   }
   if (shutdownSeen_) {
-    if (!upstreamBusy()) throw shuttingDown;  // idle: end now; a running query may finish first
+    if (!upstreamBusy()) throw shuttingDown();  // idle: end now; a running query may finish first
     draining_ = true;
   }
 
@@ -256,7 +259,7 @@ std::optional<Interest> Session::step(const Readiness& ready) {
   for (;;) {
     if (state_ == State::kClosing) return std::nullopt;
     if (clientOutPending()) writeClientOut();
-    if (!upstreamBusy() && draining_) throw shuttingDown;  // the running query has finished
+    if (!upstreamBusy() && draining_) throw shuttingDown();  // the running query has finished
     // The client's next message waits until its previous answer is out (and, in a query, in the kernel).
     if (acceptingClient() && !clientOutPending()) {
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
