@@ -2,14 +2,14 @@
 """pgwire-proxy benchmark: direct PostgreSQL vs. PgBouncer (session mode) vs. the proxy, side by side.
 
     /usr/bin/python3 bench/run.py [--quick] [--rounds N] [--duration S] [--binary PATH] [--json out.json]
-                                  [--chart out.png|none]
+                                  [--chart out.png|none] [--copy-rows N] [--silent-sockets N]
 
 Starts a throwaway PostgreSQL (initdb in a temp dir), a PgBouncer in session mode and the proxy (a release
 build made into build-bench/ unless --binary is given), all on 127.0.0.1, then measures in interleaved
 rounds (the three targets one after another, the starting target rotating each round):
 
   * `pgbench -M simple -S` at 1, 16 and 64 clients, and bench/write.sql (short write transactions);
-  * `pgbench -M extended -S` and `-M prepared -S` at 16 clients (the proxy runs --extended-protocol=relay);
+  * `pgbench -M extended -S` and `-M prepared -S` at 16 clients (the proxy runs --protocol=full);
     for every pgbench run also the CPU per transaction of PgBouncer or the proxy (utime+stime of the
     process over the run, /proc/PID/stat) and of all the benchmark's processes together;
   * a connection storm, `pgbench -C -S` (a new connection per transaction) at 16 clients, as connections
@@ -17,11 +17,17 @@ rounds (the three targets one after another, the starting target rotating each r
   * a large result (2,000,000 rows of ~110 bytes) read by a raw-socket client that discards it: wall
     time, and the CPU time PgBouncer and the proxy spent on it (/proc/PID/stat), and the proxy's RSS
     during it (VmHWM after clear_refs, plus VmRSS samples) against its RSS just before;
+  * COPY (select g, repeat('x', 40) ... --copy-rows, default 1,000,000) TO STDOUT, read by the same
+    raw-socket client, and the same rows COPY FROM STDIN into an unlogged table (truncated directly
+    before every run) by psycopg in 64 kB writes: wall time, and the CPU of PgBouncer or the proxy;
+  * --silent-sockets (default 1000) TCP connections that never send a byte, on a freshly started
+    PgBouncer and proxy each round: the RSS they add and the threads before and with them;
   * once, on freshly started processes: the RSS that N idle clients (default 200) add to the proxy and
     to PgBouncer.
 
 Prints a table of medians with the ratios proxy/direct and proxy/PgBouncer (medians of the per-round
-ratios) and the targets of issues 8 and 20, writes everything as JSON with --json, and a chart (TPS and
+ratios) and the targets of issues 8 and 20 (COPY within 1.05x direct; silent sockets: proxy RSS growth
+<= 32 MB and no threads added), writes everything as JSON with --json, and a chart (TPS and
 CPU per transaction by client count; matplotlib) with --chart, by default in full runs only. Progress goes to stderr,
 the table to stdout. Each run also records how much CPU other processes on the machine took meanwhile
 (and the hypervisor's steal time); a run disturbed by more than --max-foreign is repeated up to
@@ -38,6 +44,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -49,10 +56,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
+
+import psycopg  # noqa: E402
 
 from pgwire_proxy.cluster import ThrowawayPostgres, find_pg_bindir, free_port  # noqa: E402
 from pgwire_proxy.process import ProxyProcess  # noqa: E402
@@ -64,6 +73,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE_USER = "postgres"  # PostgreSQL and PgBouncer refuse to run as root
 WRITE_SCRIPT = REPO / "bench" / "write.sql"
 STREAM_SQL = "select g, repeat('x', 100) from generate_series(1, {rows}) g"
+COPY_OUT_SQL = "copy (select g, repeat('x', 40) from generate_series(1, {rows}) g) to stdout"
+COPY_TABLE = "bench_copy"  # unlogged, created once directly, truncated directly before every COPY FROM
+COPY_IN_SQL = f"copy {COPY_TABLE} (g, x) from stdin"
+COPY_BLOCK = 64 * 1024  # bytes per write: the client's cost per row stays out of the wall time
 
 
 def log(message: str) -> None:
@@ -107,6 +120,19 @@ def memory_kb(pid: int) -> Dict[str, int]:
                 name, value = line.split(":", 1)
                 result[name] = int(value.split()[0])
     return result
+
+
+def thread_count(pid: int) -> int:
+    """Threads: of /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split(":", 1)[1])
+    raise RuntimeError(f"no Threads: in /proc/{pid}/status")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -468,34 +494,89 @@ def pgbench_with_cpu(bindir: Path, host: str, port: int, middle_pid: Optional[in
     return result
 
 
-def stream_once(host: str, port: int, rows: int, watch: Dict[str, int]) -> Dict[str, float]:
-    """One large result through one target, with the CPU and RSS of the processes in `watch`."""
-    client = WireClient(host, port)
-    try:
-        client.stream("select 1", "SELECT 1")  # the session is up and warm
+class MiddleWatch:
+    """CPU and RSS of the processes in `watch` (PgBouncer or the proxy) over one measured transfer."""
+
+    def __init__(self, watch: Dict[str, int]):
+        self.watch = watch
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "MiddleWatch":
+        self.cpu_before = {name: cpu_seconds(pid) for name, pid in self.watch.items()}
+        self.rss_before = {name: memory_kb(pid)["VmRSS"] for name, pid in self.watch.items()}
+        self.hwm_reset = {name: reset_peak_rss(pid) for name, pid in self.watch.items()}
+        self.samplers = {name: self._stack.enter_context(RssSampler(pid)) for name, pid in self.watch.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def results(self, nbytes: int) -> Dict[str, float]:
         result: Dict[str, float] = {}
-        cpu_before = {name: cpu_seconds(pid) for name, pid in watch.items()}
-        rss_before = {name: memory_kb(pid)["VmRSS"] for name, pid in watch.items()}
-        hwm_reset = {name: reset_peak_rss(pid) for name, pid in watch.items()}
-        samplers = {name: RssSampler(pid) for name, pid in watch.items()}
-        with contextlib.ExitStack() as stack:
-            for sampler in samplers.values():
-                stack.enter_context(sampler)
-            nbytes, seconds = client.stream(STREAM_SQL.format(rows=rows), f"SELECT {rows}")
-        result.update(bytes=nbytes, seconds=seconds, mb_per_s=nbytes / seconds / 1e6)
-        for name, pid in watch.items():
-            cpu = cpu_seconds(pid) - cpu_before[name]
-            peak = samplers[name].peak_kb
-            if hwm_reset[name]:
+        for name, pid in self.watch.items():
+            cpu = cpu_seconds(pid) - self.cpu_before[name]
+            peak = self.samplers[name].peak_kb
+            if self.hwm_reset[name]:
                 peak = max(peak, memory_kb(pid)["VmHWM"])
             result[f"{name}_cpu_s"] = cpu
             result[f"{name}_cpu_ns_per_byte"] = cpu * 1e9 / nbytes
-            result[f"{name}_rss_before_mb"] = rss_before[name] / 1024
+            result[f"{name}_rss_before_mb"] = self.rss_before[name] / 1024
             result[f"{name}_rss_peak_mb"] = peak / 1024
-            result[f"{name}_rss_growth_mb"] = (peak - rss_before[name]) / 1024
+            result[f"{name}_rss_growth_mb"] = (peak - self.rss_before[name]) / 1024
         return result
+
+
+def read_once(host: str, port: int, sql: str, tag: str, watch: Dict[str, int]) -> Dict[str, float]:
+    """One statement through one target, its output read and discarded by the raw-socket client,
+    with the CPU and RSS of the processes in `watch`."""
+    client = WireClient(host, port)
+    try:
+        client.stream("select 1", "SELECT 1")  # the session is up and warm
+        with MiddleWatch(watch) as middle:
+            nbytes, seconds = client.stream(sql, tag)
+        return dict(bytes=nbytes, seconds=seconds, mb_per_s=nbytes / seconds / 1e6, **middle.results(nbytes))
     finally:
         client.close()
+
+
+def stream_once(host: str, port: int, rows: int, watch: Dict[str, int]) -> Dict[str, float]:
+    """One large result through one target."""
+    return read_once(host, port, STREAM_SQL.format(rows=rows), f"SELECT {rows}", watch)
+
+
+def copy_out_once(host: str, port: int, rows: int, watch: Dict[str, int]) -> Dict[str, float]:
+    """COPY ... TO STDOUT through one target. The raw-socket client reads it: psycopg's copy reads
+    one CopyData message (one row) per call, and in the pure-Python libpq binding Debian ships that
+    costs the client more than the servers, which would flatten every ratio to 1."""
+    return read_once(host, port, COPY_OUT_SQL.format(rows=rows), f"COPY {rows}", watch)
+
+
+def copy_rows_text(rows: int) -> bytes:
+    """The COPY FROM input: the rows COPY_OUT_SQL produces, in COPY's text format."""
+    tail = "\t" + "x" * 40 + "\n"
+    return "".join(f"{g}{tail}" for g in range(1, rows + 1)).encode()
+
+
+def copy_in_once(host: str, port: int, data: bytes, rows: int, watch: Dict[str, int],
+                 truncate: Callable[[], None]) -> Dict[str, float]:
+    """COPY ... FROM STDIN of `data` (`rows` rows) through one target with psycopg, written in
+    COPY_BLOCK pieces; the table is truncated first (directly, by `truncate`), so every target
+    inserts into an empty table. Wall time runs from sending the COPY to its CommandComplete."""
+    truncate()
+    view = memoryview(data)
+    with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True,
+                         application_name="pgwire-proxy-bench", connect_timeout=60) as conn:
+        conn.execute("select 1")  # the session is up and warm
+        with conn.cursor() as cur, MiddleWatch(watch) as middle:
+            started = time.perf_counter()
+            with cur.copy(COPY_IN_SQL) as copy:
+                for offset in range(0, len(view), COPY_BLOCK):
+                    copy.write(view[offset:offset + COPY_BLOCK])
+            seconds = time.perf_counter() - started
+            if cur.rowcount not in (-1, rows):
+                raise RuntimeError(f"COPY FROM STDIN stored {cur.rowcount} rows, not {rows}")
+        return dict(bytes=len(data), seconds=seconds, mb_per_s=len(data) / seconds / 1e6,
+                    **middle.results(len(data)))
 
 
 def idle_clients_rss(host: str, port: int, pid: int, count: int) -> Dict[str, float]:
@@ -517,6 +598,50 @@ def idle_clients_rss(host: str, port: int, pid: int, count: int) -> Dict[str, fl
             "connect_seconds": connect_seconds}
 
 
+def silent_sockets(host: str, port: int, pid: int, count: int, settle: float = 1.0,
+                   accept_wait: float = 5.0) -> Dict[str, float]:
+    """What `count` TCP connections that never send a byte (no SSLRequest, no startup packet) cost
+    process `pid`: its VmRSS, threads and open descriptors before and with them open. Measured `settle`
+    s after the process holds a descriptor for each (the kernel completes the handshakes before the
+    process accepts them; at most `accept_wait` s for that). `answered` counts the sockets the server
+    wrote to or closed meanwhile (a startup timeout would show there)."""
+    before = {"rss": memory_kb(pid)["VmRSS"], "threads": thread_count(pid), "fds": open_fds(pid)}
+    sockets: List[socket.socket] = []
+    try:
+        started = time.perf_counter()
+        for _ in range(count):
+            sockets.append(socket.create_connection((host, port), timeout=10))
+        connect_seconds = time.perf_counter() - started
+        deadline = time.perf_counter() + accept_wait
+        while open_fds(pid) < before["fds"] + count and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        accept_seconds = time.perf_counter() - started
+        time.sleep(settle)
+        held = {"rss": memory_kb(pid)["VmRSS"], "threads": thread_count(pid), "fds": open_fds(pid)}
+        held_seconds = time.perf_counter() - started
+        answered = 0
+        for s in sockets:
+            s.setblocking(False)  # with a timeout, recv would first wait for input
+            try:
+                s.recv(1, socket.MSG_PEEK)
+                answered += 1  # data or EOF
+            except BlockingIOError:
+                pass
+            except OSError:
+                answered += 1  # reset
+    finally:
+        for s in sockets:
+            s.close()
+    growth = held["rss"] - before["rss"]
+    return {"sockets": count, "rss_before_mb": before["rss"] / 1024, "rss_with_sockets_mb": held["rss"] / 1024,
+            "growth_mb": growth / 1024, "per_socket_kb": growth / count,
+            "threads_before": before["threads"], "threads_with_sockets": held["threads"],
+            "threads_added": held["threads"] - before["threads"],
+            "fds_before": before["fds"], "fds_with_sockets": held["fds"],
+            "connect_seconds": connect_seconds, "accept_seconds": accept_seconds, "held_seconds": held_seconds,
+            "answered": answered}
+
+
 # ---- the summary -----------------------------------------------------------------------------------
 
 def median(values: Sequence[float]) -> Optional[float]:
@@ -527,7 +652,7 @@ def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
 
 
-def summarize(runs: List[dict], idle: Dict[str, dict], settings: dict) -> List[dict]:
+def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], settings: dict) -> List[dict]:
     """One row per metric: the median of each target, and the ratios proxy/direct and proxy/PgBouncer as
     the median of the per-round ratios (the three targets of a round ran back to back, so slow drift of
     the machine cancels out), with the ratio of the medians kept alongside in the JSON."""
@@ -610,11 +735,29 @@ def summarize(runs: List[dict], idle: Dict[str, dict], settings: dict) -> List[d
         "< pgb", lambda d, p, m: None if p is None else p < 1.0)
     add("stream RSS growth (peak - before)", "MB", per_round("stream", lambda t: f"{t}_rss_growth_mb"),
         "proxy <= 8 MB", lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 8.0)
+    copy_n = settings["copy_rows"]
+    for kind, name in (("copy_out", "COPY TO STDOUT"), ("copy_in", "COPY FROM STDIN")):
+        add(f"{name} {copy_n:,} rows, wall", "s", per_round(kind, lambda t: "seconds"), "<=1.05x direct",
+            lambda d, p, m: None if d is None else d <= 1.05)
+        add("  CPU of the middle process", "s", per_round(kind, lambda t: f"{t}_cpu_s"))
     n = settings["idle_clients"]
     add(f"RSS added by {n} idle clients", "MB",
         {1: {t: v["growth_mb"] for t, v in idle.items()}}, "proxy <= 64 MB",
         lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 64.0)
     add("RSS at start, no clients", "MB", {1: {t: v["rss_before_mb"] for t, v in idle.items()}})
+    n = settings["silent_sockets"]
+
+    def silent_table(key: str) -> Dict[int, Dict[str, float]]:
+        table: Dict[int, Dict[str, float]] = {}
+        for r in silent:
+            table.setdefault(r["round"], {})[r["target"]] = r[key]
+        return table
+
+    add(f"RSS added by {n} silent sockets", "MB", silent_table("growth_mb"), "proxy <= 32 MB",
+        lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 32.0)
+    threads = silent_table("threads_added")
+    add("  threads added by them", "threads", threads, "proxy: none",
+        lambda d, p, m: None if m["proxy"] is None else all(v.get("proxy", 0) == 0 for v in threads.values()))
     return rows
 
 
@@ -622,7 +765,7 @@ def format_table(rows: List[dict]) -> str:
     def num(v: Optional[float], unit: str = "") -> str:
         if v is None:
             return "-"
-        if unit == "TPS":
+        if unit in ("TPS", "threads"):
             return f"{v:,.0f}"
         if abs(v) >= 100:
             return f"{v:,.0f}"
@@ -739,7 +882,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="about a minute: 1 round, 2 s runs, pgbench scale 1, a 500,000-row stream")
+                   help="about a minute: 1 round, 2 s runs, pgbench scale 1, a 500,000-row stream, "
+                        "200,000-row COPYs, 300 silent sockets")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
     p.add_argument("--duration", type=int, help="seconds per pgbench run (default 10; quick 2)")
     p.add_argument("--binary", type=Path, help="the pgwire-proxy binary (default: build one into build-bench/)")
@@ -758,6 +902,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, help="pgbench scale (default 10; quick 1)")
     p.add_argument("--stream-rows", type=int, help="rows in the large result (default 2000000; quick 500000)")
     p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
+    p.add_argument("--copy-rows", type=int,
+                   help="rows in the COPY TO STDOUT and COPY FROM STDIN runs (default 1000000; quick 200000)")
+    p.add_argument("--silent-sockets", type=int,
+                   help="TCP connections that never send a byte, for the RSS and thread test (default 1000; "
+                        "quick 300)")
     p.add_argument("--max-foreign", type=float, default=0.10,
                    help="repeat a run when other processes (plus hypervisor steal) took more than this share "
                         "of the CPUs (default 0.10)")
@@ -768,6 +917,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.duration = args.duration or (2 if args.quick else 10)
     args.scale = args.scale or (1 if args.quick else 10)
     args.stream_rows = args.stream_rows or (500_000 if args.quick else 2_000_000)
+    args.copy_rows = args.copy_rows or (200_000 if args.quick else 1_000_000)
+    args.silent_sockets = args.silent_sockets or (300 if args.quick else 1000)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if args.chart is not None and str(args.chart).lower() in ("none", "off", "no"):
@@ -776,6 +927,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.chart = args.json.with_suffix(".png") if args.json else REPO / "docs" / "performance.png"
     if args.rounds < 1 or args.duration < 1 or not args.clients or min(args.clients) < 1:
         p.error("rounds, duration and client counts must be positive")
+    if args.copy_rows < 1 or args.silent_sockets < 1:
+        p.error("--copy-rows and --silent-sockets must be positive")
     return args
 
 
@@ -791,6 +944,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGHUP, _raise_interrupt)
     started = time.monotonic()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    # The silent sockets need a descriptor each here and in the middle process, which inherits the limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < args.silent_sockets + 500:
+        raise SystemExit(f"RLIMIT_NOFILE is {soft}, too low for --silent-sockets {args.silent_sockets}")
 
     if args.chart is not None:
         why = check_chart_support()
@@ -804,7 +964,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = {"quick": args.quick, "rounds": args.rounds, "duration": args.duration, "scale": args.scale,
                 "clients": args.clients, "write_clients": args.write_clients,
                 "extended_clients": args.extended_clients, "connect_clients": args.connect_clients,
-                "stream_rows": args.stream_rows,
+                "stream_rows": args.stream_rows, "copy_rows": args.copy_rows,
+                "silent_sockets": args.silent_sockets,
                 "idle_clients": args.idle_clients, "pgbench": "-M simple (and extended/prepared) -n, -j min(clients, nproc)",
                 "write_script": str(WRITE_SCRIPT.relative_to(REPO))}
 
@@ -818,7 +979,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "max_wal_size": "4GB", "checkpoint_timeout": "30min", "autovacuum": "off"})
         stack.callback(pg.stop)
         pg.start()
-        log(f"pgbench -i -s {args.scale} (directly against PostgreSQL: the proxy refuses COPY) ...")
+        log(f"pgbench -i -s {args.scale} (directly against PostgreSQL) ...")
         init = subprocess.run([str(bindir / "pgbench"), "-i", "-q", "-s", str(args.scale), "-h", pg.host,
                                "-p", str(pg.port), "-U", "postgres", "postgres"],
                               capture_output=True, text=True, env=client_env(), start_new_session=True)
@@ -827,16 +988,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with contextlib.suppress(Exception):  # warm shared buffers (contrib may be missing: fine)
             pg.execute("create extension if not exists pg_prewarm")
             pg.execute("select pg_prewarm('pgbench_accounts'), pg_prewarm('pgbench_accounts_pkey')")
+        pg.execute(f"create unlogged table {COPY_TABLE} (g int, x text)")
+        copy_data = copy_rows_text(args.copy_rows)
+        warm_copy_rows = min(args.copy_rows, 100_000)
+        warm_copy_data = copy_rows_text(warm_copy_rows)
 
-        bouncer = PgBouncer(pg.host, pg.port, max_client_conn=max(1000, 2 * pg_conns), pool_size=pg_conns)
+        def truncate_copy_table() -> None:
+            pg.execute(f"truncate {COPY_TABLE}")
+
+        bouncer_conns = max(1000, 2 * pg_conns, args.silent_sockets + 100)
+        bouncer = PgBouncer(pg.host, pg.port, max_client_conn=bouncer_conns, pool_size=pg_conns)
         stack.callback(bouncer.cleanup)
         bouncer.start()
         log(f"PgBouncer on {bouncer.host}:{bouncer.port} (pid {bouncer.pid}, session mode)")
 
-        proxy = ProxyProcess(pg.dsn, binary=binary, max_connections=max(300, 3 * max_clients, args.idle_clients + 50),
-                             # guardrails on, limits far above what the benchmark sends
-                             max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning",
-                             extended_protocol="relay")
+        # guardrails on, limits far above what the benchmark sends; protocol full: extended and COPY
+        proxy_options: Dict[str, object] = dict(
+            max_connections=max(300, 3 * max_clients, args.idle_clients + 50),
+            max_rows=100 * max(args.stream_rows, args.copy_rows), max_bytes="1TB", max_copy_in_bytes="1TB",
+            log_level="warning", protocol="full")
+        proxy = ProxyProcess(pg.dsn, binary=binary, **proxy_options)
         stack.callback(proxy.stop)
         proxy.start()
         proxy_pid = proxy.process.pid  # type: ignore[union-attr]
@@ -853,9 +1024,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reuse_supported = supports_option(binary, REUSE_FLAG)
         settings["reuse_upstream"] = reuse_supported
         if reuse_supported:
-            proxy_reuse = ProxyProcess(pg.dsn, binary=binary, max_connections=max(300, 3 * args.connect_clients),
-                                       max_rows=100 * args.stream_rows, max_bytes="1TB", log_level="warning",
-                                       extended_protocol="relay", extra_args=[REUSE_FLAG])
+            proxy_reuse = ProxyProcess(pg.dsn, binary=binary, extra_args=[REUSE_FLAG], **dict(
+                proxy_options, max_connections=max(300, 3 * args.connect_clients)))
             stack.callback(proxy_reuse.stop)
             proxy_reuse.start()
             endpoints[REUSE_TARGET] = (proxy_reuse.host, proxy_reuse.port)
@@ -879,6 +1049,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             host, port = endpoints[target]
             pgbench(bindir, host, port, clients=max_clients, duration=1, scale=args.scale, script=None)
             stream_once(host, port, min(args.stream_rows, 100_000), {})
+            copy_out_once(host, port, warm_copy_rows, {})
+            copy_in_once(host, port, warm_copy_data, warm_copy_rows, {}, truncate_copy_table)
         if REUSE_TARGET in endpoints:
             pgbench(bindir, *endpoints[REUSE_TARGET], clients=args.connect_clients, duration=1, scale=args.scale,
                     script=None)
@@ -909,7 +1081,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             assert best is not None
             return best[1], dict(best[2], attempts=attempt)
 
+        @contextlib.contextmanager
+        def fresh_middle(target: str) -> Iterator[Tuple[str, int, int]]:
+            """(host, port, pid) of a newly started PgBouncer or proxy with the settings of the ones
+            above, stopped afterwards."""
+            if target == "pgbouncer":
+                fresh_bouncer = PgBouncer(pg.host, pg.port, max_client_conn=bouncer_conns, pool_size=pg_conns)
+                try:
+                    fresh_bouncer.start()
+                    yield fresh_bouncer.host, fresh_bouncer.port, fresh_bouncer.pid
+                finally:
+                    fresh_bouncer.cleanup()
+            else:
+                fresh_proxy = ProxyProcess(pg.dsn, binary=binary, **dict(
+                    proxy_options, max_startup_connections=max(2000, args.silent_sockets + 100)))
+                try:
+                    fresh_proxy.start()
+                    pid = fresh_proxy.process.pid  # type: ignore[union-attr]
+                    yield fresh_proxy.host, fresh_proxy.port, pid  # type: ignore[misc]
+                finally:
+                    fresh_proxy.stop()
+
         runs: List[dict] = []
+        silent: List[dict] = []
         workloads = ([("select", c, "simple") for c in args.clients] + [("write", args.write_clients, "simple")]
                      + [("select", args.extended_clients, mode) for mode in ("extended", "prepared")]
                      + [("connect", args.connect_clients, "simple")])
@@ -950,10 +1144,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{result[f'{target}_rss_before_mb']:.1f} -> {result[f'{target}_rss_peak_mb']:.1f} MB")
                 log(f"{label} {result['seconds']:.3f} s, {result['bytes'] / 1e6:.1f} MB{extra}   (others {noise['foreign_cpu_share']:.0%}, "
                     f"steal {noise['steal_share']:.0%})")
+            for kind in ("copy_out", "copy_in"):
+                for target in order:
+                    host, port = endpoints[target]
+                    watch = {name: pid for name, pid in middle_pids.items() if name == target}
+                    direction = "to  " if kind == "copy_out" else "from"
+                    label = f"[round {rnd + 1}/{args.rounds}] COPY {direction} {args.copy_rows:,} rows {target:9}"
+                    if kind == "copy_out":
+                        run = lambda: copy_out_once(host, port, args.copy_rows, watch)  # noqa: E731
+                    else:
+                        run = lambda: copy_in_once(host, port, copy_data, args.copy_rows, watch,  # noqa: E731
+                                                   truncate_copy_table)
+                    result, noise = measured(label, run)
+                    runs.append(dict(kind=kind, round=rnd + 1, target=target, rows=args.copy_rows,
+                                     **noise, **result))
+                    extra = f", {target} CPU {result[f'{target}_cpu_s']:.2f} s" if target in middle_pids else ""
+                    log(f"{label} {result['seconds']:.3f} s, {result['bytes'] / 1e6:.1f} MB{extra}   "
+                        f"(others {noise['foreign_cpu_share']:.0%}, steal {noise['steal_share']:.0%})")
+            # Silent sockets, on a fresh PgBouncer and a fresh proxy each round (same settings as the
+            # ones above): a process that has served the rounds reuses freed heap, which would hide growth.
+            middles = ("pgbouncer", "proxy")
+            for target in middles[rnd % 2:] + middles[:rnd % 2]:
+                with fresh_middle(target) as (host, port, pid):
+                    time.sleep(0.5)
+                    result = silent_sockets(host, port, pid, args.silent_sockets)
+                silent.append(dict(round=rnd + 1, target=target, **result))
+                log(f"[round {rnd + 1}/{args.rounds}] {args.silent_sockets} silent sockets, fresh {target:9}: RSS "
+                    f"{result['rss_before_mb']:.1f} -> {result['rss_with_sockets_mb']:.1f} MB "
+                    f"(+{result['growth_mb']:.1f} MB), threads {result['threads_before']} -> "
+                    f"{result['threads_with_sockets']}, fds {result['fds_before']} -> "
+                    f"{result['fds_with_sockets']}; connected in {result['connect_seconds']:.2f} s, held by it "
+                    f"after {result['accept_seconds']:.2f} s, {result['answered']} answered or closed")
+                if result["held_seconds"] >= 9.0:
+                    log(f"    warning: the sockets were held {result['held_seconds']:.1f} s, close to the proxy's "
+                        f"10 s --startup-timeout")
 
         info = machine_info(bindir, bouncer, binary)
         info["loadavg_at_start"] = load_at_start
-        summary = summarize(runs, idle, settings)
+        summary = summarize(runs, idle, silent, settings)
         elapsed = time.monotonic() - started
         print(f"\npgwire-proxy benchmark: {info['nproc']} CPUs ({info['cpu']}), {info['postgres']}, "
               f"{info['pgbouncer']}; rounds={args.rounds} duration={args.duration}s scale={args.scale} "
@@ -973,7 +1201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info["steal_share_median"] = round(statistics.median(steals), 4)
         if args.json:
             args.json.write_text(json.dumps({"machine": info, "settings": settings, "summary": summary,
-                                             "idle_clients": idle, "runs": runs,
+                                             "idle_clients": idle, "silent_sockets": silent, "runs": runs,
                                              "seconds": round(elapsed, 1)}, indent=2) + "\n")
             log(f"wrote {args.json}")
         if args.chart is not None:
