@@ -2,7 +2,6 @@
 #include "session/event_loop.h"
 
 #include <poll.h>
-#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -24,10 +23,6 @@ namespace pgwire_proxy::session {
 namespace {
 
 constexpr int kMaxEvents = 64;
-// A lone task's loop thread polls without sleeping for this long after its last event: its client's
-// next message or the upstream's answer usually comes sooner, and a sleeping thread takes longer than
-// that to wake. The cost is a busy core while one session is active, none once idle.
-constexpr auto kLoneSessionSpin = std::chrono::microseconds(150);
 
 // epoll's event bits are poll's on Linux; the tasks speak poll.
 static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHUP && EPOLLHUP == POLLHUP &&
@@ -139,19 +134,11 @@ class EventLoop::Worker final : public LoopHandle {
   void run() {
     std::array<epoll_event, kMaxEvents> events{};
     std::vector<std::pair<std::uint64_t, Readiness>> ready;
-    Clock::time_point lastEvent{};
     for (;;) {
       int timeout = -1;
       if (!deadlines_.empty()) {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadlines_.begin()->first - Clock::now());
         timeout = static_cast<int>(std::clamp<long long>(left.count(), 0, 60'000));
-      }
-      if (slots_.size() == 1 && tasks_.load(std::memory_order_relaxed) == 1 &&
-          Clock::now() - lastEvent < kLoneSessionSpin) {
-        timeout = 0;
-        // Spinning must not take the core from the client or the backend when they share it: other
-        // runnable threads on this CPU go first.
-        sched_yield();
       }
       const int count = ::epoll_wait(epoll_, events.data(), kMaxEvents, timeout);
       if (count < 0 && errno != EINTR) {
@@ -183,7 +170,6 @@ class EventLoop::Worker final : public LoopHandle {
           (tag->upstream ? it->second.upstream : it->second.client) |= static_cast<short>(revents & wanted);
         }
       }
-      if (!ready.empty()) lastEvent = Clock::now();
       for (auto& [id, readiness] : ready) advance(id, readiness);
       const auto now = Clock::now();
       std::vector<std::uint64_t> expired;
