@@ -339,7 +339,7 @@ void Relay::endBatchForQuery() {
 
 // ---- the batch -----------------------------------------------------------------------------------
 
-void Relay::openSingleStatementBatch(observability::QueryRecord record) {
+void Relay::openSingleStatementBatch(observability::QueryRecord&& record) {
   openBatch();  // the record has the text: its statement is open from the start, so the Pending needs none
   Pending statement(fe::kQuery);
   statement.sent = Clock::now();  // also its record's start and its backstop's (one clock read a query)

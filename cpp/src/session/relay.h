@@ -164,7 +164,7 @@ class Relay {
   [[nodiscard]] bool relayExtended(const protocol::Frame& frame);
   void openBatch();
   // A Query or a function call: a batch of one, its record open from the start.
-  void openSingleStatementBatch(observability::QueryRecord record);
+  void openSingleStatementBatch(observability::QueryRecord&& record);
   void closeBatch();
   void endBatchForQuery();
   void pushPending(Pending pending);
