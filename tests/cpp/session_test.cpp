@@ -4,12 +4,15 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "config/server_config.h"
 #include "observability/log.h"
 #include "server/server.h"
 #include "session/byte_buffer.h"
+#include "session/query_canceller.h"
 #include "test_support.h"
 
 using namespace test_support;
@@ -417,6 +420,58 @@ BOOST_AUTO_TEST_CASE(takes_memory_at_the_first_write_and_compacts_before_growing
   BOOST_TEST(std::string(buffer.readable().data(), buffer.size()) == "klmn");
   buffer.consume(4);
   BOOST_TEST(buffer.empty());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(query_canceller)
+
+using pgwire_proxy::session::QueryCanceller;
+
+// Counts wake-ups; the canceller's only use of its loop.
+struct CountingLoop final : pgwire_proxy::session::LoopHandle {
+  void spawn(std::unique_ptr<pgwire_proxy::session::LoopTask>) override {}
+  void wake(std::uint64_t) override { wakes.fetch_add(1, std::memory_order_relaxed); }
+  std::atomic<int> wakes{0};
+};
+
+BOOST_AUTO_TEST_CASE(a_request_reaches_only_the_query_it_was_made_for) {
+  CountingLoop loop;
+  QueryCanceller canceller(loop, 7);
+  BOOST_TEST(!canceller.cancelRunningQuery());  // idle: nothing to cancel
+  BOOST_TEST(!canceller.takeRequest());
+  canceller.setInQuery(true);
+  BOOST_TEST(canceller.cancelRunningQuery());
+  BOOST_TEST(loop.wakes.load() == 1);
+  BOOST_TEST(canceller.takeRequest());
+  BOOST_TEST(!canceller.takeRequest());  // taken once
+  BOOST_TEST(canceller.cancelRunningQuery());
+  canceller.setInQuery(false);  // the query ended before the session looked
+  canceller.setInQuery(true);
+  BOOST_TEST(!canceller.takeRequest());  // a late request never hits the next query
+  canceller.detach();
+  BOOST_TEST(!canceller.cancelRunningQuery());  // the session is going: no wake-up
+  BOOST_TEST(loop.wakes.load() == 2);
+}
+
+BOOST_AUTO_TEST_CASE(requests_from_another_thread_race_with_queries_safely) {
+  CountingLoop loop;
+  QueryCanceller canceller(loop, 7);
+  std::atomic<bool> done{false};
+  std::thread requester([&] {
+    while (!done.load(std::memory_order_relaxed)) (void)canceller.cancelRunningQuery();
+  });
+  int taken = 0;
+  for (int i = 0; i < 20000; ++i) {
+    canceller.setInQuery(true);
+    if (canceller.takeRequest()) ++taken;
+    canceller.setInQuery(false);
+    BOOST_TEST_REQUIRE(!canceller.takeRequest());  // between queries nothing is ever taken
+  }
+  done = true;
+  requester.join();
+  canceller.detach();
+  BOOST_TEST(taken <= loop.wakes.load());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

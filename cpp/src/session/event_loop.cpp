@@ -2,7 +2,6 @@
 #include "session/event_loop.h"
 
 #include <poll.h>
-#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -24,10 +23,6 @@ namespace pgwire_proxy::session {
 namespace {
 
 constexpr int kMaxEvents = 64;
-// A lone task's loop thread polls without sleeping for this long after its last event: its client's
-// next message or the upstream's answer usually comes sooner, and a sleeping thread takes longer than
-// that to wake. The cost is a busy core while one session is active, none once idle.
-constexpr auto kLoneSessionSpin = std::chrono::microseconds(150);
 
 // epoll's event bits are poll's on Linux; the tasks speak poll.
 static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHUP && EPOLLHUP == POLLHUP &&
@@ -119,7 +114,9 @@ class EventLoop::Worker final : public LoopHandle {
     Registration client;
     Registration upstream;
     std::uint32_t upstreamEpoch = 0;
-    std::optional<std::multimap<Clock::time_point, std::uint64_t>::iterator> deadline;
+    // The deadline the task asked for, and the entry in deadlines_ (never later than it; see advance).
+    std::optional<Clock::time_point> deadline;
+    std::optional<std::multimap<Clock::time_point, std::uint64_t>::iterator> registeredDeadline;
   };
 
   void control(int fd, Tag* tag) {
@@ -138,20 +135,12 @@ class EventLoop::Worker final : public LoopHandle {
 
   void run() {
     std::array<epoll_event, kMaxEvents> events{};
-    std::vector<std::pair<std::uint64_t, Readiness>> ready;
-    Clock::time_point lastEvent{};
+    std::vector<std::pair<Slot*, Readiness>> ready;
     for (;;) {
       int timeout = -1;
       if (!deadlines_.empty()) {
         const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadlines_.begin()->first - Clock::now());
         timeout = static_cast<int>(std::clamp<long long>(left.count(), 0, 60'000));
-      }
-      if (slots_.size() == 1 && tasks_.load(std::memory_order_relaxed) == 1 &&
-          Clock::now() - lastEvent < kLoneSessionSpin) {
-        timeout = 0;
-        // Spinning must not take the core from the client or the backend when they share it: other
-        // runnable threads on this CPU go first.
-        sched_yield();
       }
       const int count = ::epoll_wait(epoll_, events.data(), kMaxEvents, timeout);
       if (count < 0 && errno != EINTR) {
@@ -177,22 +166,15 @@ class EventLoop::Worker final : public LoopHandle {
           const short wanted = static_cast<short>(registration.wanted | POLLHUP | POLLERR);
           if ((revents & ~wanted) != 0) exact(registration, tag);  // an event kept on lazily fired
           if ((revents & wanted) == 0) continue;
-          const std::uint64_t id = tag->slot->id;
-          auto it = std::find_if(ready.begin(), ready.end(), [id](const auto& r) { return r.first == id; });
-          if (it == ready.end()) it = ready.insert(ready.end(), {id, told()});
+          Slot* slot = tag->slot;
+          auto it = std::find_if(ready.begin(), ready.end(), [slot](const auto& r) { return r.first == slot; });
+          if (it == ready.end()) it = ready.insert(ready.end(), {slot, told()});
           (tag->upstream ? it->second.upstream : it->second.client) |= static_cast<short>(revents & wanted);
         }
       }
-      if (!ready.empty()) lastEvent = Clock::now();
-      for (auto& [id, readiness] : ready) advance(id, readiness);
-      const auto now = Clock::now();
-      std::vector<std::uint64_t> expired;
-      for (auto it = deadlines_.begin(); it != deadlines_.end() && it->first <= now; ++it) expired.push_back(it->second);
-      for (const std::uint64_t id : expired) {
-        Readiness timedOut = told();
-        timedOut.timedOut = true;
-        advance(id, timedOut);
-      }
+      // A step ends only its own task (finish), so the other slots gathered here are still alive.
+      for (auto& [slot, readiness] : ready) advance(*slot, readiness);
+      if (!deadlines_.empty()) expire(Clock::now());
       if (shutdown || forced) {
         // The eventfds stay readable: each is taken out of the set once seen, and every task told.
         if (shutdown && !shutdownSeen_) {
@@ -246,16 +228,43 @@ class EventLoop::Worker final : public LoopHandle {
     task->attach(*this, id);
     auto [it, inserted] = slots_.emplace(id, std::make_unique<Slot>(std::move(task), id));
     (void)inserted;
-    advance(id, told());  // bytes may already be waiting
+    advance(*it->second, told());  // bytes may already be waiting
+  }
+
+  // Steps the tasks whose deadline has passed. An entry is only a lower bound (see advance): a task
+  // whose own deadline is later is not stepped, its entry moves there; one with none loses it.
+  void expire(Clock::time_point now) {
+    expired_.clear();
+    for (auto it = deadlines_.begin(); it != deadlines_.end() && it->first <= now; ++it) expired_.push_back(it->second);
+    for (const std::uint64_t id : expired_) {
+      const auto found = slots_.find(id);
+      if (found == slots_.end()) continue;  // it ended earlier in this round
+      Slot& slot = *found->second;
+      if (!slot.registeredDeadline || (*slot.registeredDeadline)->first > now) continue;
+      deadlines_.erase(*slot.registeredDeadline);
+      slot.registeredDeadline.reset();
+      if (!slot.deadline) continue;
+      if (*slot.deadline > now) {
+        slot.registeredDeadline = deadlines_.emplace(*slot.deadline, slot.id);
+        continue;
+      }
+      Readiness timedOut = told();
+      timedOut.timedOut = true;
+      advance(slot, timedOut);  // registers the deadline it asks for next
+    }
   }
 
   void advance(std::uint64_t id, const Readiness& readiness) {
     const auto found = slots_.find(id);
     if (found == slots_.end()) return;  // it ended earlier in this round
-    Slot& slot = *found->second;
+    advance(*found->second, readiness);
+  }
+
+  // Steps the slot's task and takes its interest; a task that ended is destroyed with its slot.
+  void advance(Slot& slot, const Readiness& readiness) {
     const auto interest = slot.task->advance(readiness);
     if (!interest) {
-      finish(id);
+      finish(slot.id);
       return;
     }
     watch(slot.client, &slot.clientTag, interest->clientFd, interest->client);
@@ -264,12 +273,13 @@ class EventLoop::Worker final : public LoopHandle {
       forget(slot.upstream);
     }
     watch(slot.upstream, &slot.upstreamTag, interest->upstreamFd, interest->upstream);
-    const bool same = slot.deadline.has_value() == interest->deadline.has_value() &&
-                      (!slot.deadline || (*slot.deadline)->first == *interest->deadline);
-    if (!same) {
-      if (slot.deadline) deadlines_.erase(*slot.deadline);
-      slot.deadline.reset();
-      if (interest->deadline) slot.deadline = deadlines_.emplace(*interest->deadline, id);
+    // A session's deadline moves with every query (the backstop starts anew), and re-keying the
+    // multimap each time costs a tree erase and insert per query. So an entry only moves earlier: a
+    // later deadline, or none, leaves it where it is, and expire() moves or drops it when it comes.
+    slot.deadline = interest->deadline;
+    if (slot.deadline && (!slot.registeredDeadline || *slot.deadline < (*slot.registeredDeadline)->first)) {
+      if (slot.registeredDeadline) deadlines_.erase(*slot.registeredDeadline);
+      slot.registeredDeadline = deadlines_.emplace(*slot.deadline, slot.id);
     }
   }
 
@@ -318,7 +328,8 @@ class EventLoop::Worker final : public LoopHandle {
   void unwatch(Slot& slot) {
     watch(slot.client, &slot.clientTag, -1, 0);  // out of the set before the task closes them
     watch(slot.upstream, &slot.upstreamTag, -1, 0);
-    if (slot.deadline) deadlines_.erase(*slot.deadline);
+    if (slot.registeredDeadline) deadlines_.erase(*slot.registeredDeadline);
+    slot.registeredDeadline.reset();
     slot.deadline.reset();
   }
 
@@ -351,7 +362,8 @@ class EventLoop::Worker final : public LoopHandle {
 
   // The loop thread's own.
   std::unordered_map<std::uint64_t, std::unique_ptr<Slot>> slots_;
-  std::multimap<Clock::time_point, std::uint64_t> deadlines_;
+  std::multimap<Clock::time_point, std::uint64_t> deadlines_;  // a lower bound of each slot's deadline
+  std::vector<std::uint64_t> expired_;                         // expire()'s, kept for its storage
   std::thread thread_;
 };
 

@@ -39,15 +39,6 @@ bool Relay::acceptingClient() const noexcept {
   return !batch_.ended;  // an extended batch still open takes its next members
 }
 
-std::optional<Clock::time_point> Relay::deadline() const noexcept {
-  std::optional<Clock::time_point> next = batch_.open ? batch_.deadline : std::nullopt;
-  if (holdUntil_) {
-    // A cancel request for a held query is noticed when the session is woken; the hold ends here.
-    if (!next || *holdUntil_ < *next) next = holdUntil_;
-  }
-  return next;
-}
-
 bool Relay::onClientFrame(const protocol::Frame& frame) {
   const char type = frame.type();
   if (batch_.open && batch_.copyIn != Batch::CopyIn::kNone) return onCopyInFrame(frame);
@@ -348,16 +339,17 @@ void Relay::endBatchForQuery() {
 
 // ---- the batch -----------------------------------------------------------------------------------
 
-void Relay::openSingleStatementBatch(observability::QueryRecord record) {
+void Relay::openSingleStatementBatch(observability::QueryRecord&& record) {
   openBatch();  // the record has the text: its statement is open from the start, so the Pending needs none
   Pending statement(fe::kQuery);
-  statement.sent = Clock::now();
+  statement.sent = Clock::now();  // also its record's start and its backstop's (one clock read a query)
+  const Clock::time_point sent = statement.sent;
   pushPending(std::move(statement));
   batch_.ended = true;  // its end is its ReadyForQuery
-  statement_ = Statement{};
+  resetStatement();
   statement_.open = true;
   statement_.record = std::move(record);
-  statement_.start = Clock::now();
+  statement_.start = sent;
 }
 
 void Relay::openBatch() {
@@ -365,14 +357,17 @@ void Relay::openBatch() {
   batch_ = Batch{};
   pending_.clear();
   batch_.open = true;
-  batch_.rails = currentGuardrails();
+  // Pinned for the batch; the shared_ptr is copied only when the set changed (a copy per batch would
+  // be two atomic updates a query on a reference count every session shares).
+  if (const auto& rails = currentGuardrails(); batchRails_ != rails) batchRails_ = rails;
+  batch_.rails = batchRails_.get();
   batch_.budget = guardrails::ResultBudget(batch_.rails->maxRows, batch_.rails->maxBytes);
   failingCommit_ = false;
 }
 
 void Relay::closeBatch() {
   if (statement_.open) finishRecord();
-  statement_ = Statement{};
+  resetStatement();
   host_.setCancellable(false);
   batch_ = Batch{};
   pending_.clear();
@@ -385,7 +380,7 @@ void Relay::pushPending(Pending pending) {
   if (pending.type == fe::kExecute || pending.type == fe::kQuery) {
     ++batch_.statementsPending;
     if (pending.type == fe::kQuery && !batch_.deadline && context_.queryTimeout.count() > 0) {
-      batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
+      batch_.deadline = pending.sent + config::backstopDelay(context_.queryTimeout);  // a Query's is set
     }
   }
   pending_.push_back(std::move(pending));

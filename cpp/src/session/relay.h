@@ -89,7 +89,12 @@ class Relay {
   [[nodiscard]] bool holdingUpstream() const noexcept { return holdUntil_.has_value() && !heldQuery_; }
   // A delay holds the query or its results: a client's cancel ends the hold.
   [[nodiscard]] bool holdingQuery() const noexcept { return holdUntil_.has_value(); }
-  [[nodiscard]] std::optional<Clock::time_point> deadline() const noexcept;
+  [[nodiscard]] std::optional<Clock::time_point> deadline() const noexcept {
+    std::optional<Clock::time_point> next = batch_.open ? batch_.deadline : std::nullopt;
+    // A cancel request for a held query is noticed when the session is woken; the hold ends here.
+    if (holdUntil_ && (!next || *holdUntil_ < *next)) next = holdUntil_;
+    return next;
+  }
   [[nodiscard]] char transactionStatus() const noexcept { return transactionStatus_; }
   // The upstream's own FATAL error reached the client (it ends the session itself).
   [[nodiscard]] bool upstreamSentFatal() const noexcept { return upstreamSentFatal_; }
@@ -116,7 +121,7 @@ class Relay {
   // The batch upstream, reset by assigning a fresh one.
   struct Batch {
     bool open = false;
-    std::shared_ptr<const guardrails::GuardrailSet> rails;
+    const guardrails::GuardrailSet* rails = nullptr;  // batchRails_
     guardrails::ResultBudget budget{0, 0};
     std::size_t statementsPending = 0;  // Executes and Queries not answered yet: the backstop covers them
     bool ended = false;              // its Sync or Query is upstream: the client waits for ReadyForQuery
@@ -159,7 +164,7 @@ class Relay {
   [[nodiscard]] bool relayExtended(const protocol::Frame& frame);
   void openBatch();
   // A Query or a function call: a batch of one, its record open from the start.
-  void openSingleStatementBatch(observability::QueryRecord record);
+  void openSingleStatementBatch(observability::QueryRecord&& record);
   void closeBatch();
   void endBatchForQuery();
   void pushPending(Pending pending);
@@ -192,6 +197,8 @@ class Relay {
   // ---- records and the proxy's errors (relay_records.cpp); faults (relay_faults.cpp) ----
   [[nodiscard]] observability::QueryRecord startRecord(std::string_view sql);
   void openRecord(const Pending& statement);
+  // statement_ = Statement{}, keeping the record text's storage in spareSql_.
+  void resetStatement();
   void finishRecord();
   void noteError(std::string_view sqlstate, std::string_view message);  // the upstream's
   void noteProxyError(const ProxyError& error);
@@ -228,6 +235,8 @@ class Relay {
   bool passThroughDropped_ = false;       // ... and whether they are dropped
   std::shared_ptr<const guardrails::GuardrailSet> rails_;
   std::uint64_t railsVersion_ = 0;
+  std::shared_ptr<const guardrails::GuardrailSet> batchRails_;  // the open batch's (Batch::rails), kept after it
+  std::string spareSql_;  // storage for the next record's text (what it holds is stale; see resetStatement)
   std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
   std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
   // Fault injection.

@@ -11,17 +11,28 @@ using namespace detail;
 observability::QueryRecord Relay::startRecord(std::string_view sql) {
   observability::QueryRecord record;
   record.sessionId = context_.sessionId;
+  record.sql = std::move(spareSql_);  // the last query's storage: no allocation per query
   record.sql.assign(sql);
   record.started = std::chrono::system_clock::now();
   context_.observer.queryStarted(context_.sessionId, sql);
   return record;
 }
 
-void Relay::openRecord(const Pending& statement) {
+void Relay::resetStatement() {
+  // The text's storage is kept for the next record's (startRecord, openRecord): no allocation a query.
+  // An unusually long text's is not: an idle session keeps no more than a typical query needs.
+  constexpr std::size_t kMaxSpareSql = 4096;
+  const std::size_t capacity = statement_.record.sql.capacity();
+  if (capacity > spareSql_.capacity() && capacity <= kMaxSpareSql) spareSql_ = std::move(statement_.record.sql);
   statement_ = Statement{};
+}
+
+void Relay::openRecord(const Pending& statement) {
+  resetStatement();
   statement_.open = true;
   statement_.record.sessionId = context_.sessionId;
-  if (statement.sql) statement_.record.sql = *statement.sql;
+  statement_.record.sql = std::move(spareSql_);
+  statement_.record.sql.assign(statement.sql ? std::string_view(*statement.sql) : std::string_view());
   statement_.start = statement.sent == Clock::time_point{} ? Clock::now() : statement.sent;
   statement_.record.started =
       std::chrono::system_clock::now() -
