@@ -237,3 +237,15 @@ def test_stopping_the_proxy_closes_the_parked_backends(pgwire_proxy_factory, pg_
     wait_parked(pg_upstream, pid)
     proxy.stop()
     wait_closed(pg_upstream, pid)
+
+
+def test_a_client_arriving_during_the_reset_waits_for_that_backend(reuse_proxy, pg_upstream):
+    # Five hundred temporary tables make the DISCARD ALL take a while after the client has gone; the
+    # next client, connecting at once, gets that backend rather than a new one.
+    with psycopg.connect(reuse_proxy.dsn, autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("DO $$ BEGIN FOR i IN 1..500 LOOP EXECUTE format('CREATE TEMP TABLE reuse_slow_%s (id int)', i); "
+                     "END LOOP; END $$")
+    with psycopg.connect(reuse_proxy.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'reuse_slow_%'").fetchone() == (0,)

@@ -41,6 +41,7 @@ Session::Session(SessionContext& context, std::uint64_t id, int clientFd, std::s
 }
 
 Session::~Session() {
+  if (handover_) context_.pool->abandon(handover_);  // a connection given meanwhile is parked
   if (!finished_) {
     releaseUpstream();
     finish();

@@ -197,6 +197,10 @@ class Session final : public LoopTask, private RelayHost {
   void connectUpstream(std::string password = {});
   // libpq's connect for `request` begins (state kConnecting).
   void startConnect(const upstream::ConnectRequest& request);
+  // A parked (or just reset) connection becomes this session's upstream (state kAdopting).
+  void adopt(std::unique_ptr<upstream::UpstreamConnection> connection, upstream::ConnectRequest request);
+  // --reuse-upstream: waiting for a connection of this key whose reset is under way.
+  std::shared_ptr<upstream::UpstreamPool::Handover> handover_;
   // The end of a session whose upstream can serve the next client: reset and parked (--reuse-upstream).
   [[nodiscard]] bool upstreamReusable() const noexcept;
   std::string poolKey_;                 // --reuse-upstream: what the connection was opened for; empty: never shared

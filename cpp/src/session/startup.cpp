@@ -421,23 +421,36 @@ void Session::connectUpstream(std::string password) {
   request.deadline = connectDeadline_;
   if (context_.pool != nullptr) poolKey_ = upstream::poolKey(request);  // empty for passthrough
   if (!poolKey_.empty()) {
-    if (auto parked = context_.pool->take(poolKey_)) {
-      // A reset connection of an earlier client. Its application_name is its first client's audit
-      // name again; another client's is set before the session opens (one round trip, none for a
-      // client from the same host with the same application name, as a test suite's connections are).
-      upstream_ = std::move(parked);
-      upstreamLink_ = upstreamChannel(*upstream_);
-      ++connectEpoch_;
-      if (upstream_->reportedParameter("application_name") != request.auditApplicationName) {
-        const std::string setName = "SET application_name = " + upstream::quoteLiteral(request.auditApplicationName);
-        adoption_ = std::make_unique<ProxyStatement>(std::initializer_list<std::string_view>{setName});
-      }
+    handover_ = std::make_shared<upstream::UpstreamPool::Handover>([&loop = loop(), id = taskId()] { loop.wake(id); });
+    auto taken = context_.pool->take(poolKey_, handover_);
+    if (taken.connection) {
+      handover_.reset();
+      adopt(std::move(taken.connection), std::move(request));
+      return;
+    }
+    if (taken.waiting) {  // adoptStep waits for the reset under way
       fallback_ = std::move(request);
       state_ = State::kAdopting;
       return;
     }
+    handover_.reset();
   }
   startConnect(request);
+}
+
+void Session::adopt(std::unique_ptr<upstream::UpstreamConnection> connection, upstream::ConnectRequest request) {
+  // A reset connection of an earlier client. Its application_name is its first client's audit name
+  // again; another client's is set before the session opens (one round trip, none for a client from
+  // the same host with the same application name, as a test suite's connections are).
+  upstream_ = std::move(connection);
+  upstreamLink_ = upstreamChannel(*upstream_);
+  ++connectEpoch_;
+  if (upstream_->reportedParameter("application_name") != request.auditApplicationName) {
+    const std::string setName = "SET application_name = " + upstream::quoteLiteral(request.auditApplicationName);
+    adoption_ = std::make_unique<ProxyStatement>(std::initializer_list<std::string_view>{setName});
+  }
+  fallback_ = std::move(request);
+  state_ = State::kAdopting;
 }
 
 void Session::startConnect(const upstream::ConnectRequest& request) {
@@ -456,6 +469,24 @@ void Session::startConnect(const upstream::ConnectRequest& request) {
 std::optional<Interest> Session::adoptStep(const Readiness& ready) {
   if (ready.shutdown) throw refusedAtShutdown();
   if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0) throw SessionEnded{"client left during the upstream connect"};
+  if (handover_) {
+    auto given = context_.pool->collect(handover_);
+    if (!given && !(ready.timedOut && Clock::now() >= connectDeadline_)) {
+      Interest interest;  // woken by the pool
+      interest.clientFd = clientFd_;
+      interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;
+      interest.deadline = connectDeadline_;
+      return interest;
+    }
+    if (!given) context_.pool->abandon(handover_);
+    handover_.reset();
+    if (!given || !*given) {  // the reset failed (or took too long): a connection of its own
+      startConnect(*fallback_);
+      fallback_.reset();
+      return connectStep(Readiness{});
+    }
+    adopt(std::move(*given), std::move(*fallback_));
+  }
   short events = 0;
   const auto outcome = adoption_ ? adoption_->step(*upstreamLink_, *upstream_, events) : ProxyStatement::Outcome::kDone;
   if (outcome == ProxyStatement::Outcome::kDone) {

@@ -105,12 +105,14 @@ std::unique_ptr<Channel> upstreamChannel(upstream::UpstreamConnection& connectio
 UpstreamReset::UpstreamReset(upstream::UpstreamPool& pool, std::string key,
                              std::unique_ptr<upstream::UpstreamConnection> connection, std::uint64_t sessionId)
     : pool_(pool), key_(std::move(key)), connection_(std::move(connection)), link_(upstreamChannel(*connection_)),
-      sessionId_(sessionId), deadline_(Clock::now() + kResetTimeout) {}
+      sessionId_(sessionId), deadline_(Clock::now() + kResetTimeout) {
+  pool_.resetStarted(key_);  // a client of the same key arriving now waits for it
+}
 
 UpstreamReset::~UpstreamReset() {
   link_.reset();
-  // Out of this loop's set by now: another loop may take it at once.
-  if (reset_) pool_.put(key_, std::move(connection_));
+  // Out of this loop's set by now: another loop may take it at once. Not reset: closed with the task.
+  pool_.resetEnded(key_, reset_ ? std::move(connection_) : nullptr);
 }
 
 std::optional<Interest> UpstreamReset::advance(const Readiness& ready) noexcept {
