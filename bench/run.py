@@ -61,8 +61,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 
-import psycopg  # noqa: E402
-
 from pgwire_proxy.cluster import ThrowawayPostgres, find_pg_bindir, free_port  # noqa: E402
 from pgwire_proxy.process import ProxyProcess  # noqa: E402
 
@@ -562,6 +560,8 @@ def copy_in_once(host: str, port: int, data: bytes, rows: int, watch: Dict[str, 
     """COPY ... FROM STDIN of `data` (`rows` rows) through one target with psycopg, written in
     COPY_BLOCK pieces; the table is truncated first (directly, by `truncate`), so every target
     inserts into an empty table. Wall time runs from sending the COPY to its CommandComplete."""
+    import psycopg  # here, not at the top: bench/profile.py imports this module without needing it
+
     truncate()
     view = memoryview(data)
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True,
