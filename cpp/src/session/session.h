@@ -100,6 +100,9 @@ class Session final : public LoopTask, private RelayHost {
   // A CancelRequest: matched here, or forwarded to the instance that issued the key.
   void handleCancelRequest(const protocol::StartupPacket& packet);
   [[nodiscard]] Interest clientInterest(short events, Clock::time_point deadline) const;
+  // While the upstream connects (or a parked one is adopted): its socket, the client's hang-up and
+  // the connect deadline.
+  [[nodiscard]] Interest connectInterest(int upstreamFd, short upstreamEvents) const;
   // Leaves the startup count (once).
   void leaveStartup() noexcept;
   // The metric label for a client turned away before its session opened.

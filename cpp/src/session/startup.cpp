@@ -53,6 +53,16 @@ Interest Session::clientInterest(short events, Clock::time_point deadline) const
   return interest;
 }
 
+Interest Session::connectInterest(int upstreamFd, short upstreamEvents) const {
+  // A client that leaves ends the connect.
+  Interest interest = clientInterest(clientHalfClosed_ ? 0 : POLLRDHUP, connectDeadline_);
+  interest.upstreamFd = upstreamFd;
+  interest.upstream = upstreamEvents;
+  // A fresh number each time the socket may have changed: the loop registers it anew.
+  interest.upstreamEpoch = connectEpoch_;
+  return interest;
+}
+
 void Session::leaveStartup() noexcept {
   if (!inStartupCount_) return;
   inStartupCount_ = false;
@@ -446,8 +456,8 @@ void Session::adopt(std::unique_ptr<upstream::UpstreamConnection> connection, up
   upstreamLink_ = upstreamChannel(*upstream_);
   ++connectEpoch_;
   if (upstream_->reportedParameter("application_name") != request.auditApplicationName) {
-    const std::string setName = "SET application_name = " + upstream::quoteLiteral(request.auditApplicationName);
-    adoption_ = std::make_unique<ProxyStatement>(std::initializer_list<std::string_view>{setName});
+    adoption_ = std::make_unique<ProxyStatement>("SET application_name = " +
+                                                 upstream::quoteLiteral(request.auditApplicationName));
   }
   fallback_ = std::move(request);
   state_ = State::kAdopting;
@@ -472,11 +482,7 @@ std::optional<Interest> Session::adoptStep(const Readiness& ready) {
   if (handover_) {
     auto given = context_.pool->collect(handover_);
     if (!given && !(ready.timedOut && Clock::now() >= connectDeadline_)) {
-      Interest interest;  // woken by the pool
-      interest.clientFd = clientFd_;
-      interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;
-      interest.deadline = connectDeadline_;
-      return interest;
+      return connectInterest(-1, 0);  // woken by the pool
     }
     if (!given) context_.pool->abandon(handover_);
     handover_.reset();
@@ -497,14 +503,7 @@ std::optional<Interest> Session::adoptStep(const Readiness& ready) {
     return step(Readiness{});
   }
   if (outcome == ProxyStatement::Outcome::kWaiting && !(ready.timedOut && Clock::now() >= connectDeadline_)) {
-    Interest interest;
-    interest.clientFd = clientFd_;
-    interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;
-    interest.upstreamFd = upstreamLink_->fd();
-    interest.upstream = events;
-    interest.upstreamEpoch = connectEpoch_;
-    interest.deadline = connectDeadline_;
-    return interest;
+    return connectInterest(upstreamLink_->fd(), events);
   }
   // The parked connection is no good (the server ended it while it idled, say): a fresh one instead.
   observability::logEvent(observability::LogLevel::kInfo, "upstream_reuse_failed",
@@ -543,16 +542,8 @@ std::optional<Interest> Session::connectStep(const Readiness& ready) {
     }
     throw;
   }
-  Interest interest;
-  interest.clientFd = clientFd_;
-  interest.client = clientHalfClosed_ ? 0 : POLLRDHUP;  // a client that leaves ends the connect
-  // A fresh number each time the socket may have changed: the loop registers it anew.
-  interest.upstreamFd = connectWait_.fd;
-  interest.upstream = connectWait_.events;
-  interest.upstreamEpoch = connectEpoch_;
-  interest.deadline = connectDeadline_;
   if ((ready.client & (POLLRDHUP | POLLHUP | POLLERR)) != 0) throw SessionEnded{"client left during the upstream connect"};
-  return interest;
+  return connectInterest(connectWait_.fd, connectWait_.events);
 }
 
 void Session::openSession() {

@@ -24,14 +24,11 @@ constexpr auto kResetTimeout = std::chrono::seconds(5);
 
 }  // namespace
 
-ProxyStatement::ProxyStatement(std::initializer_list<std::string_view> statements) {
+ProxyStatement::ProxyStatement(std::string_view sql) {
   protocol::MessageWriter writer(out_);
-  for (const std::string_view sql : statements) {
-    writer.beginMessage(protocol::frontend::kQuery);
-    writer.writeCString(sql);
-    writer.endMessage();
-    ++awaiting_;
-  }
+  writer.beginMessage(protocol::frontend::kQuery);
+  writer.writeCString(sql);
+  writer.endMessage();
 }
 
 ProxyStatement::Outcome ProxyStatement::fail(std::string why) {
@@ -71,7 +68,6 @@ ProxyStatement::Outcome ProxyStatement::step(Channel& link, upstream::UpstreamCo
             in_.consume(frame->bytes.size());
             if (errored_) return Outcome::kFailed;
             if (body.size() != 1 || body[0] != protocol::kTxIdle) return fail("not idle after the reset");
-            if (--awaiting_ > 0) continue;
             if (!in_.empty()) return fail("unexpected bytes after ReadyForQuery");
             return Outcome::kDone;
           case be::kCommandComplete:

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <chrono>
-#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <span>
@@ -19,14 +18,13 @@
 
 namespace pgwire_proxy::session {
 
-// Simple Queries of the proxy's own on an idle upstream, sent at once, their replies read to the
-// last ReadyForQuery. ParameterStatus values they report are passed to the connection (what the next
-// client is told).
+// One simple Query of the proxy's own on an idle upstream, its replies read to ReadyForQuery.
+// ParameterStatus values it reports are passed to the connection (what the next client is told).
 class ProxyStatement {
  public:
   enum class Outcome { kWaiting, kDone, kFailed };
 
-  explicit ProxyStatement(std::initializer_list<std::string_view> statements);
+  explicit ProxyStatement(std::string_view sql);
   // Writes and reads what it can. kWaiting: wait for `events` on the link; kDone: ReadyForQuery
   // 'I' without an error; kFailed: an error, anything unexpected or the link lost (why() says).
   [[nodiscard]] Outcome step(Channel& link, upstream::UpstreamConnection& connection, short& events);
@@ -37,7 +35,6 @@ class ProxyStatement {
 
   std::string out_;
   std::size_t sent_ = 0;
-  std::size_t awaiting_ = 0;  // ReadyForQuery messages still to come
   ByteBuffer in_{4096};
   bool errored_ = false;
   std::string why_;

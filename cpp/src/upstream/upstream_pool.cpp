@@ -117,16 +117,6 @@ void UpstreamPool::resetEnded(const std::string& key, std::unique_ptr<UpstreamCo
   for (auto& wake : wakes) wake();
 }
 
-void UpstreamPool::put(const std::string& key, std::unique_ptr<UpstreamConnection> connection) {
-  std::unique_ptr<UpstreamConnection> evicted;
-  std::vector<std::function<void()>> wakes;
-  {
-    std::lock_guard lock(mutex_);
-    placeLocked(key, std::move(connection), wakes, evicted);
-  }
-  for (auto& wake : wakes) wake();
-}
-
 void UpstreamPool::placeLocked(const std::string& key, std::unique_ptr<UpstreamConnection> connection,
                                std::vector<std::function<void()>>& wakes,
                                std::unique_ptr<UpstreamConnection>& evicted) {
@@ -185,9 +175,5 @@ void UpstreamPool::clear() {
   for (auto& wake : wakes) wake();
 }
 
-std::size_t UpstreamPool::idle() const {
-  std::lock_guard lock(mutex_);
-  return parked_.size();
-}
 
 }  // namespace pgwire_proxy::upstream

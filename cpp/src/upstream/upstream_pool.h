@@ -60,15 +60,10 @@ class UpstreamPool {
   // It ended: a reset connection (idle, ReadyForQuery 'I') goes to the first client waiting for the
   // key, else it is parked (the oldest goes when the pool is full); null: the reset failed.
   void resetEnded(const std::string& key, std::unique_ptr<UpstreamConnection> connection);
-  // Parks a reset connection with no reset bookkeeping (resetEnded without resetStarted).
-  void put(const std::string& key, std::unique_ptr<UpstreamConnection> connection);
   // Closes the connections idle past the idle timeout; returns when the next one expires.
   std::optional<Clock::time_point> sweep();
   // Closes every parked connection (shutdown).
   void clear();
-
-  [[nodiscard]] std::size_t idle() const;
-  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
 
  private:
   struct Parked {
