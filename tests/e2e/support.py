@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import psycopg
 
@@ -35,6 +36,28 @@ def upstream_active(pg_upstream, probe: str) -> list:
     return pg_upstream.execute(
         "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
         [f"%{probe}%"])
+
+
+def cancelled_while_running(conn, pg_upstream, work: Callable[[], None], probe: str) -> Optional[psycopg.Error]:
+    """Runs `work` (a statement on `conn`) on a thread, cancels it once a query containing `probe` is
+    active upstream, and returns the psycopg error `work` raised (None if it raised none)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            work()
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_until(lambda: upstream_active(pg_upstream, probe), f"a query with {probe!r} running upstream")
+        conn.cancel()
+    finally:
+        worker.join(30)
+    assert not worker.is_alive(), "the cancelled statement did not end"
+    return outcome.get("error")
 
 
 def cancel_counts(proxy) -> dict:

@@ -18,7 +18,7 @@ from psycopg import errors
 import wire
 from pgwire_proxy.cluster import parse_dsn
 from psql import psql_env, run_psql
-from support import connect, wait_until
+from support import cancelled_while_running, connect, wait_until
 
 TABLE = "copy_items"
 ROWS = [(i, f"name {i}", None if i % 7 == 0 else i * 1.5) for i in range(1, 2001)]
@@ -262,25 +262,13 @@ def test_a_client_that_dies_mid_copy_in_commits_nothing(full, pg_upstream, items
 
 def test_a_cancel_stops_a_copy_to(full, pg_upstream):
     with psycopg.connect(full.dsn, autocommit=True) as conn:
-        import threading
-        outcome = {}
-
         def reader():
-            try:
-                with conn.cursor().copy("copy (select i, pg_sleep(0.01) from generate_series(1, 100000) i) to stdout") as c:
-                    for _ in c:
-                        pass
-            except psycopg.Error as exc:
-                outcome["error"] = exc
+            with conn.cursor().copy("copy (select i, pg_sleep(0.01) from generate_series(1, 100000) i) to stdout") as c:
+                for _ in c:
+                    pass
 
-        worker = threading.Thread(target=reader)
-        worker.start()
-        wait_until(lambda: pg_upstream.execute(
-            "select 1 from pg_stat_activity where query like 'copy (select i, pg_sleep%' and pid <> pg_backend_pid()"),
-            "the COPY running")
-        conn.cancel()
-        worker.join(30)
-        assert isinstance(outcome.get("error"), errors.QueryCanceled)
+        error = cancelled_while_running(conn, pg_upstream, reader, "copy (select i, pg_sleep")
+        assert isinstance(error, errors.QueryCanceled), error
 
 
 # ---- the default mode: refused, and the refusals tell the truth -----------------------------------------
@@ -331,36 +319,18 @@ def test_a_clients_copy_fail_is_relayed_and_nothing_is_copied(full, pg_upstream,
 
 
 def test_a_cancel_stops_a_copy_from_stdin(full, pg_upstream, items):
-    import threading
     with psycopg.connect(full.dsn, autocommit=True) as conn:
-        started = threading.Event()
-        outcome = {}
-
         def writer():
-            try:
-                with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
-                    copy.write_row(ROWS[0])
-                    started.set()
-                    for row in ROWS[1:]:
-                        copy.write_row(row)
-                        if outcome.get("stop"):
-                            break
-                    # wait here, inside the COPY, until the cancel has ended it upstream
-                    wait_until(lambda: not pg_upstream.execute(
-                        "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
-                        "the COPY cancelled upstream")
-            except psycopg.Error as exc:
-                outcome["error"] = exc
+            with conn.cursor().copy(f"copy {TABLE} from stdin") as copy:
+                for row in ROWS:
+                    copy.write_row(row)
+                # wait here, inside the COPY, until the cancel has ended it upstream
+                wait_until(lambda: not pg_upstream.execute(
+                    "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
+                    "the COPY cancelled upstream")
 
-        worker = threading.Thread(target=writer)
-        worker.start()
-        started.wait(15)
-        wait_until(lambda: pg_upstream.execute(
-            "select 1 from pg_stat_activity where query like 'copy copy_items%' and pid <> pg_backend_pid()"),
-            "the COPY running upstream")
-        conn.cancel()
-        worker.join(30)
-        assert isinstance(outcome.get("error"), errors.QueryCanceled)
+        error = cancelled_while_running(conn, pg_upstream, writer, "copy copy_items")
+        assert isinstance(error, errors.QueryCanceled), error
     assert count(pg_upstream) == 0
 
 

@@ -6,14 +6,12 @@ before it asserts what the next client must not see of the previous one."""
 
 from __future__ import annotations
 
-import threading
-
 import psycopg
 import pytest
 from psycopg import errors
 
 import wire
-from support import wait_until
+from support import cancelled_while_running, wait_until
 
 
 def backend_pid(dsn: str, **kwargs) -> int:
@@ -133,13 +131,9 @@ def test_a_failed_transaction_is_never_reused(reuse_proxy, pg_upstream):
 def test_a_session_that_needed_a_cancel_is_never_reused(reuse_proxy, pg_upstream):
     with psycopg.connect(reuse_proxy.dsn, autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        timer = threading.Timer(0.3, conn.cancel)
-        timer.start()
-        try:
-            with pytest.raises(errors.QueryCanceled):
-                conn.execute("SELECT pg_sleep(30)")
-        finally:
-            timer.cancel()
+        error = cancelled_while_running(conn, pg_upstream, lambda: conn.execute("SELECT pg_sleep(30) /* reuse_cancel_a */"),
+                                        "reuse_cancel_a")
+        assert isinstance(error, errors.QueryCanceled), error
         assert conn.execute("SELECT 1").fetchone() == (1,)
     wait_closed(pg_upstream, pid)
 
@@ -222,13 +216,9 @@ def test_a_reused_session_cancels_its_own_query(reuse_proxy, pg_upstream):
     wait_parked(pg_upstream, pid)
     with psycopg.connect(reuse_proxy.dsn, autocommit=True) as conn:
         assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid, "not reused"
-        timer = threading.Timer(0.3, conn.cancel)
-        timer.start()
-        try:
-            with pytest.raises(errors.QueryCanceled):
-                conn.execute("SELECT pg_sleep(30)")
-        finally:
-            timer.cancel()
+        error = cancelled_while_running(conn, pg_upstream, lambda: conn.execute("SELECT pg_sleep(30) /* reuse_cancel_b */"),
+                                        "reuse_cancel_b")
+        assert isinstance(error, errors.QueryCanceled), error
 
 
 def test_stopping_the_proxy_closes_the_parked_backends(pgwire_proxy_factory, pg_upstream):

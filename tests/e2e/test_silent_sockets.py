@@ -8,14 +8,13 @@ from __future__ import annotations
 import os
 import select
 import socket
-import threading
 import time
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from support import connect, wait_until
+from support import cancelled_while_running, connect, wait_until
 
 
 def threads_of(pid: int) -> int:
@@ -74,22 +73,10 @@ def test_four_hundred_silent_sockets_do_not_keep_real_clients_out(pgwire_proxy_p
                 connect(proxy)
             assert "too many connections" in str(excinfo.value)
             # A CancelRequest still reaches the running query under the flood.
-            outcome = {}
-
-            def sleeper():
-                try:
-                    sessions[0].execute("select pg_sleep(60) /* flood_cancel_probe */")
-                except psycopg.Error as exc:
-                    outcome["error"] = exc
-
-            worker = threading.Thread(target=sleeper)
-            worker.start()
-            wait_until(lambda: pg_upstream.execute(
-                "select 1 from pg_stat_activity where query like '%flood_cancel_probe%' and pid <> pg_backend_pid()"),
-                "the query running upstream")
-            sessions[0].cancel()
-            worker.join(30)
-            assert isinstance(outcome.get("error"), errors.QueryCanceled)
+            error = cancelled_while_running(
+                sessions[0], pg_upstream, lambda: sessions[0].execute("select pg_sleep(60) /* flood_cancel_probe */"),
+                "flood_cancel_probe")
+            assert isinstance(error, errors.QueryCanceled), error
             assert threads_of(pid) == baseline
         finally:
             for conn in sessions:
