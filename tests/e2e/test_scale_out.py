@@ -32,10 +32,20 @@ def send_cancel(port: int, packet: bytes) -> None:
         assert sock.recv(1) == b""
 
 
+def distinct_free_ports(count: int) -> list:
+    """free_port() binds and closes: two calls can name the same port. These are all different."""
+    ports: list = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 @pytest.fixture
 def instances(pgwire_proxy_process_factory):
     """Three instances (ids 0, 1, 2), each with the other two as peers and a metrics endpoint."""
-    ports = [free_port() for _ in range(3)]
+    ports = distinct_free_ports(3)
     proxies = []
     for i, port in enumerate(ports):
         # The same list for all: each instance skips its own entry.
@@ -180,8 +190,7 @@ def _connects(dsn: str) -> bool:
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed (scripts/install-deps.sh installs it)")
 def test_a_draining_instance_gets_no_new_clients_while_its_query_finishes(pgwire_proxy_process_factory,
                                                                           tmp_path, pg_upstream):
-    ports = [free_port() for _ in range(2)]
-    metrics = [free_port() for _ in range(2)]
+    ports, metrics = (lambda p: (p[:2], p[2:]))(distinct_free_ports(4))
     peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in enumerate(ports))
     proxies = [pgwire_proxy_process_factory(port=ports[i], instance_id=i, peers=peers, shutdown_timeout="60s",
                                             metrics_address=f"127.0.0.1:{metrics[i]}") for i in range(2)]
