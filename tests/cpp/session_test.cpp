@@ -2,16 +2,21 @@
 // scripted upstream that speaks just enough of the backend protocol.
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "config/server_config.h"
 #include "observability/log.h"
 #include "server/server.h"
 #include "session/byte_buffer.h"
+#include "session/event_loop.h"
 #include "session/query_canceller.h"
 #include "test_support.h"
 
@@ -472,6 +477,88 @@ BOOST_AUTO_TEST_CASE(requests_from_another_thread_race_with_queries_safely) {
   requester.join();
   canceller.detach();
   BOOST_TEST(taken <= loop.wakes.load());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(event_loop)
+
+using pgwire_proxy::session::EventLoop;
+using pgwire_proxy::session::Interest;
+using pgwire_proxy::session::LoopHandle;
+using pgwire_proxy::session::LoopTask;
+using pgwire_proxy::session::Readiness;
+
+// Which loop each placed task started on.
+struct Placements {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<const LoopHandle*> loops;
+  std::thread::id placer;  // set while the placer is placing (under the mutex)
+  int startedInPlace = 0;  // tasks whose first step ran inside the placer's own step: no hand-over
+};
+
+// Notes its loop at its first step, then waits for nothing until the loop ends.
+class Placed final : public LoopTask {
+ public:
+  explicit Placed(Placements& placements) : placements_(placements) {}
+  std::optional<Interest> advance(const Readiness&) noexcept override {
+    if (!noted_) {
+      noted_ = true;
+      std::lock_guard lock(placements_.mutex);
+      placements_.loops.push_back(&loop());
+      if (placements_.placer == std::this_thread::get_id()) ++placements_.startedInPlace;
+      placements_.changed.notify_all();
+    }
+    return Interest{};
+  }
+
+ private:
+  Placements& placements_;
+  bool noted_ = false;
+};
+
+// Places `count` tasks with adoptNear from its own loop (as a listener does), noting that loop.
+class Placer final : public LoopTask {
+ public:
+  Placer(EventLoop& events, Placements& placements, int count, const LoopHandle*& home)
+      : events_(events), placements_(placements), count_(count), home_(home) {}
+  std::optional<Interest> advance(const Readiness&) noexcept override {
+    if (count_ == 0) return Interest{};
+    home_ = &loop();
+    setPlacer(std::this_thread::get_id());
+    for (; count_ > 0; --count_) events_.adoptNear(loop(), std::make_unique<Placed>(placements_));
+    setPlacer({});
+    return Interest{};
+  }
+
+ private:
+  void setPlacer(std::thread::id id) {
+    std::lock_guard lock(placements_.mutex);
+    placements_.placer = id;
+  }
+
+  EventLoop& events_;
+  Placements& placements_;
+  int count_;
+  const LoopHandle*& home_;
+};
+
+BOOST_AUTO_TEST_CASE(adopt_near_keeps_tasks_on_the_calling_loop_while_the_loops_stay_balanced) {
+  EventLoop events(2, -1, -1);
+  Placements placements;
+  const LoopHandle* home = nullptr;
+  constexpr int kTasks = 41;
+  events.adopt(std::make_unique<Placer>(events, placements, kTasks, home));
+  std::unique_lock lock(placements.mutex);
+  BOOST_TEST_REQUIRE(placements.changed.wait_for(lock, std::chrono::seconds(10),
+                                                 [&] { return placements.loops.size() == kTasks; }));
+  // The placer is one of its loop's tasks: the first task goes to the other loop, which then has
+  // as many; from there they alternate, the calling loop's share started without a hand-over.
+  const auto local = std::count(placements.loops.begin(), placements.loops.end(), home);
+  BOOST_TEST(local == kTasks / 2);
+  BOOST_TEST(placements.startedInPlace == kTasks / 2);
+  BOOST_TEST(events.tasks() == kTasks + 1);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,13 +1,17 @@
 """Connections that never finish startup, by the hundred: they cost a descriptor each on the event
 loop, never a thread; real clients still get in, the one past --max-connections still gets 53300,
 cancels still work, the excess past --max-startup-connections is refused with 53300 at once, and
---startup-timeout closes them all. The proxy runs as the binary so its threads can be read from /proc."""
+--startup-timeout closes them all; out of descriptors, the proxy stops accepting for a while instead of
+spinning, and serves who waited once descriptors are free. The proxy runs as the binary so its threads,
+descriptors and CPU time can be read from /proc."""
 
 from __future__ import annotations
 
 import os
+import resource
 import select
 import socket
+import threading
 import time
 
 import psycopg
@@ -87,8 +91,8 @@ def test_four_hundred_silent_sockets_do_not_keep_real_clients_out(pgwire_proxy_p
 
 def test_connections_past_the_startup_limit_get_53300_at_once(pgwire_proxy_process_factory):
     proxy = pgwire_proxy_process_factory(max_startup_connections=50, startup_timeout="60s")
-    # Which ten are the excess depends on the order the accept threads take them; that there are ten
-    # of sixty, answered at once, does not.
+    # Which ten are the excess depends on the order the loops accept them; that there are ten of
+    # sixty, answered at once, does not.
     sockets = open_silent(proxy.port, 60)
     try:
         refused = answers_within(sockets, 5)
@@ -122,3 +126,45 @@ def test_the_startup_timeout_closes_hundreds_of_silent_sockets(pgwire_proxy_proc
             assert conn.execute("select 4").fetchone() == (4,)
     finally:
         close_all(silent)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_accepting_pauses_without_spinning_and_the_waiting_client_gets_in(
+        pgwire_proxy_process_factory):
+    proxy = pgwire_proxy_process_factory(startup_timeout="60s")
+    pid = proxy.process.pid
+    original = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    open_now = len(os.listdir(f"/proc/{pid}/fd"))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_now + 10, original[1]))
+    silent = []
+    waiting = None
+    try:
+        silent = open_silent(proxy.port, 30)  # ten are accepted; the kernel's backlog holds the rest
+        wait_until(lambda: "accept_failed" in proxy.stderr_text(), "the proxy running out of descriptors")
+        answer = {}
+
+        def client():
+            try:
+                with connect(proxy, connect_timeout=60) as conn:
+                    answer["row"] = conn.execute("select 5").fetchone()
+            except Exception as error:  # reported by the assertion below
+                answer["error"] = error
+        waiting = threading.Thread(target=client)
+        waiting.start()
+        # While out of descriptors the listening socket stays readable; a loop that kept watching it
+        # would spin on EMFILE at a full core. Paused, the proxy sleeps: well under a third of a core.
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        assert cpu_seconds(pid) - before < 0.3
+        assert "row" not in answer and "error" not in answer  # still waiting in the backlog
+        assert proxy.stderr_text().count("accept_failed") == 1  # said once, not every pause
+    finally:
+        close_all(silent)  # the ten accepted end at EOF; their descriptors come back
+        if waiting is not None:
+            waiting.join(60)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, original)
+    assert answer == {"row": (5,)}

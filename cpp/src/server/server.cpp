@@ -1,13 +1,9 @@
-// The listening server: Poco's TCPServer with its own thread pool, one Session per connection.
+// The listening server: a Poco ServerSocket the loops accept on, one Session per connection.
 #include "server/server.h"
 
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/ServerSocket.h>
-#include <Poco/Net/TCPServer.h>
-#include <Poco/Net/TCPServerConnection.h>
-#include <Poco/Net/TCPServerConnectionFactory.h>
-#include <Poco/Net/TCPServerParams.h>
-#include <Poco/ThreadPool.h>
+#include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
 #include <fcntl.h>
@@ -39,57 +35,20 @@
 namespace pgwire_proxy::server {
 namespace {
 
-// The acceptor's pool: a connection's run() hands it to the event loop and returns at once, so two
-// threads keep up with any accept rate, and their number never follows the connection count.
-constexpr int kAcceptThreads = 2;
-constexpr int kAcceptQueue = 4096;
 // After forceShutdown, how long sessions get to cancel and say goodbye before their sockets are cut.
 constexpr auto kForceGrace = std::chrono::seconds(3);
+// The listening socket's backlog: connections the kernel completes before a loop accepts them.
+constexpr int kListenBacklog = 1024;
 
-class SessionConnection final : public Poco::Net::TCPServerConnection {
- public:
-  SessionConnection(const Poco::Net::StreamSocket& socket, Server& server)
-      : TCPServerConnection(socket), server_(server) {}
-
-  void run() override {
-    std::string address;
-    try {
-      address = socket().peerAddress().host().toString();
-    } catch (const Poco::Exception&) {
-      address = "unknown";
-    }
-    // The session owns a descriptor of its own: Poco closes its socket when run() returns.
-    const int fd = server_.takeConnection(socket().impl()->sockfd());
-    if (fd < 0) {
-      observability::logEvent(observability::LogLevel::kError, "accept_failed",
-                              {{"error", std::string("dup: ") + std::strerror(errno)}});
-      return;
-    }
-    const int one = 1;
-    (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    session::setNonBlocking(fd);
-    try {
-      server_.eventLoop()->adopt(std::make_unique<session::Session>(server_.sessionContext(), server_.nextSessionId(),
-                                                                   fd, std::move(address)));
-    } catch (const std::exception& error) {
-      observability::logEvent(observability::LogLevel::kError, "accept_failed", {{"error", error.what()}});
-    }
-  }
-
- private:
-  Server& server_;
-};
-
-class SessionConnectionFactory final : public Poco::Net::TCPServerConnectionFactory {
- public:
-  explicit SessionConnectionFactory(Server& server) : server_(server) {}
-  Poco::Net::TCPServerConnection* createConnection(const Poco::Net::StreamSocket& socket) override {
-    return new SessionConnection(socket, server_);
-  }
-
- private:
-  Server& server_;
-};
+// The client's address as logs and the audit application_name show it (no port).
+std::string peerHost(const sockaddr_storage& peer) {
+  char text[INET6_ADDRSTRLEN] = {};
+  const void* address = nullptr;
+  if (peer.ss_family == AF_INET) address = &reinterpret_cast<const sockaddr_in&>(peer).sin_addr;
+  if (peer.ss_family == AF_INET6) address = &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
+  if (address == nullptr || ::inet_ntop(peer.ss_family, address, text, sizeof text) == nullptr) return "unknown";
+  return text;
+}
 
 config::ServerConfig validated(config::ServerConfig config) {
   config.validate();
@@ -212,16 +171,17 @@ Server::~Server() {
 }
 
 void Server::start() {
-  Poco::Net::ServerSocket socket;
+  auto listening = std::make_shared<Poco::Net::ServerSocket>();
   try {
     // SO_REUSEADDR for quick restarts, never SO_REUSEPORT: a second proxy must not share the port.
-    socket.bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true, false);
-    socket.listen(256);
+    listening->bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true, false);
+    listening->listen(kListenBacklog);
+    listening->setBlocking(false);  // the loops accept until EAGAIN
   } catch (const Poco::Exception& error) {
     throw std::runtime_error("cannot listen on " + config_.listenAddress + ":" + std::to_string(config_.port) + ": " +
                              error.displayText());
   }
-  port_ = socket.address().port();
+  port_ = listening->address().port();
   auto& logger = observability::Logger::instance();
   observability::LogLevel level{};
   if (observability::parseLogLevel(config_.logLevel, level)) logger.setLevel(level);
@@ -247,20 +207,12 @@ void Server::start() {
   eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
                                                    forceFd_);
   if (pool_) eventLoop_->adopt(std::make_unique<session::PoolSweeper>(*pool_, config_.reuseIdleTimeout));
-  threadPool_ = std::make_unique<Poco::ThreadPool>("pgwire-proxy", kAcceptThreads, kAcceptThreads, 60);
-  auto* params = new Poco::Net::TCPServerParams;
-  params->setMaxThreads(kAcceptThreads);
-  params->setMaxQueued(kAcceptQueue);
-  // Poco 1.11's dispatcher can miss the stop wake-up for a thread not yet waiting; that thread then
-  // waits out its idle time, which stop() (joinAll) waits for: keep it short.
-  params->setThreadIdleTime(Poco::Timespan(1, 0));
-  auto tcpServer = std::make_unique<Poco::Net::TCPServer>(new SessionConnectionFactory(*this), *threadPool_, socket,
-                                                          params);
-  tcpServer->start();
   {
     std::lock_guard lock(mutex_);  // /readyz reads it from the metrics thread
-    tcpServer_ = std::move(tcpServer);
+    listenFd_ = listening->impl()->sockfd();
   }
+  eventLoop_->adoptOnEach([this, &listening] { return std::make_unique<Listener>(*this, listening); });
+  listening.reset();  // the listeners own it now
   const std::string upstream = maskedDsn(config_.upstreamDsn);
   observability::logEvent(observability::LogLevel::kInfo, "listening",
                           {{"address", config_.listenAddress}, {"port", static_cast<std::int64_t>(port_)},
@@ -278,25 +230,18 @@ bool Server::stopped() const {
 }
 
 void Server::beginShutdown() {
-  std::unique_ptr<Poco::Net::TCPServer> server;
   {
     std::lock_guard lock(mutex_);
-    if (shutdownBegun_ || !tcpServer_) return;
+    if (shutdownBegun_ || listenFd_ < 0) return;
     shutdownBegun_ = true;
-    server = std::move(tcpServer_);
+    // New connections are refused from here on (Linux: the socket goes to CLOSE, accept fails with
+    // EINVAL). The listeners end when they see the shutdown below, and the last one closes the socket;
+    // until then the number is still the socket's, so shutting it down here cannot hit another.
+    (void)::shutdown(listenFd_, SHUT_RDWR);
   }
   stopRequested_.store(true, std::memory_order_release);
-  // Poco 1.11's acceptor polls the listening socket with a 250 ms timeout and looks at its stop flag
-  // only between polls, so TCPServer::stop() (from the destructor) waited out the rest of a poll.
-  // shutdown() on a listening socket ends its poll at once (Linux: the socket goes to CLOSE, poll
-  // reports POLLHUP, accept fails with EINVAL): new connections are refused from here on, and the
-  // acceptor turns round in microseconds until stop() sets the flag.
-  (void)::shutdown(server->socket().impl()->sockfd(), SHUT_RDWR);
-  // Destroying the TCPServer stops the acceptor and closes the socket.
-  // Running connections keep their pool threads (Poco's dispatcher is reference-counted).
-  server.reset();
   const std::uint64_t one = 1;
-  (void)::write(wakeFd_, &one, sizeof one);  // every session's wait returns
+  (void)::write(wakeFd_, &one, sizeof one);  // every session's and listener's wait returns
   observability::logEvent(observability::LogLevel::kInfo, "shutdown_begun",
                           {{"sessions", static_cast<std::int64_t>(registry_.activeSessions())}});
 }
@@ -304,7 +249,7 @@ void Server::beginShutdown() {
 Readiness Server::readiness(const ReadinessCheck& upstream) const {
   {
     std::lock_guard lock(mutex_);
-    if (shutdownBegun_ || !tcpServer_) return {false, "shutting down"};
+    if (shutdownBegun_ || listenFd_ < 0) return {false, "shutting down"};
   }
   switch (upstream.state()) {
     case ReadinessCheck::State::kReachable:
@@ -328,7 +273,7 @@ bool Server::waitForConnections(std::chrono::milliseconds timeout) {
 void Server::stop(std::chrono::milliseconds grace) {
   {
     std::lock_guard lock(mutex_);
-    if (stopped_ || (!tcpServer_ && !shutdownBegun_)) return;
+    if (stopped_ || (listenFd_ < 0 && !shutdownBegun_)) return;
     stopped_ = true;
   }
   beginShutdown();
@@ -343,9 +288,7 @@ void Server::stop(std::chrono::milliseconds grace) {
       connectionsDone_.wait(lock, [this] { return connections_.empty(); });
     }
   }
-  threadPool_->joinAll();
-  threadPool_.reset();  // its idle threads end too: a stopped server holds no threads or descriptors
-  eventLoop_.reset();
+  eventLoop_.reset();  // its threads and the listeners end: a stopped server holds no threads or descriptors
   if (pool_) pool_->clear();
   metricsEndpoint_.reset();
   ::close(wakeFd_);
@@ -469,11 +412,57 @@ void Server::reload(const config::ServerConfig& next) {
                            {"restart_required", restart.empty() ? std::string("none") : restart}});
 }
 
-int Server::takeConnection(int acceptedFd) {
-  std::lock_guard lock(mutex_);
-  const int fd = ::fcntl(acceptedFd, F_DUPFD_CLOEXEC, 0);
-  if (fd >= 0) connections_.insert(fd);
-  return fd;
+AcceptOutcome Server::acceptOne(int listenFd, session::LoopHandle& here) noexcept {
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  int fd = -1;
+  int error = 0;
+  {
+    // Under the lock connectionFinished closes with: a number closed on one loop and accepted again on
+    // another is ordered for TSan as it is by the kernel.
+    std::lock_guard lock(mutex_);
+    fd = ::accept4(listenFd, reinterpret_cast<sockaddr*>(&peer), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    error = errno;
+    if (fd >= 0) connections_.insert(fd);
+  }
+  if (fd < 0) {
+    switch (error) {
+      case EAGAIN:
+        return AcceptOutcome::kDrained;
+      case EMFILE:
+      case ENFILE:
+      case ENOBUFS:
+      case ENOMEM:
+        if (!acceptPaused_.exchange(true, std::memory_order_relaxed)) {  // once per spell, not every 100 ms
+          observability::logEvent(observability::LogLevel::kError, "accept_failed",
+                                  {{"error", std::strerror(error)}, {"note", "accepting again in 100 ms"}});
+        }
+        return AcceptOutcome::kPause;
+      case EINVAL:
+      case EBADF:
+      case ENOTSOCK:
+        return AcceptOutcome::kClosed;
+      default:
+        return AcceptOutcome::kRetry;  // EINTR, ECONNABORTED, and the network errors accept passes on
+    }
+  }
+  acceptPaused_.store(false, std::memory_order_relaxed);
+  const int one = 1;
+  (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  std::unique_ptr<session::Session> session;
+  try {
+    session = std::make_unique<session::Session>(context_, nextSessionId(), fd, peerHost(peer));
+  } catch (const std::exception& failure) {
+    observability::logEvent(observability::LogLevel::kError, "accept_failed", {{"error", failure.what()}});
+    connectionFinished(fd);
+    return AcceptOutcome::kRetry;
+  }
+  try {
+    eventLoop_->adoptNear(here, std::move(session));
+  } catch (const std::exception& failure) {  // allocation: the session closes its descriptor
+    observability::logEvent(observability::LogLevel::kError, "accept_failed", {{"error", failure.what()}});
+  }
+  return AcceptOutcome::kAccepted;
 }
 
 void Server::connectionFinished(int fd) {

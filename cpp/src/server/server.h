@@ -1,4 +1,4 @@
-// The listening server: Poco's TCPServer with its own thread pool, one Session per connection.
+// The listening server: a Poco ServerSocket the event loops accept on, one Session per connection.
 #pragma once
 
 #include <atomic>
@@ -16,6 +16,7 @@
 #include "guardrails/guardrail_set.h"
 #include "observability/metrics.h"
 #include "observability/session_observer.h"
+#include "server/listener.h"
 #include "server/metrics_endpoint.h"
 #include "server/readiness_check.h"
 #include "session/event_loop.h"
@@ -24,16 +25,9 @@
 #include "upstream/routes.h"
 #include "upstream/upstream_pool.h"
 
-namespace Poco {
-class ThreadPool;
-namespace Net {
-class TCPServer;
-}
-}  // namespace Poco
-
 namespace pgwire_proxy::server {
 
-class Server final : public session::ConnectionTracker {
+class Server final : public session::ConnectionTracker, public Acceptor {
  public:
   // `config` is validated here (ConfigError). Logs and metrics observe every session; `extra` (the
   // Python module's stats and capture) too when given.
@@ -72,8 +66,8 @@ class Server final : public session::ConnectionTracker {
   // Used by the connection objects: tracks live connections so stop() can wait for them.
   // For /readyz: accepting, not shutting down, and `upstream`'s last ping answered. Never blocks on the network.
   [[nodiscard]] Readiness readiness(const ReadinessCheck& upstream) const;
-  // The session's own descriptor for an accepted socket (a duplicate: Poco closes its own), tracked.
-  [[nodiscard]] int takeConnection(int acceptedFd);
+  // A listener's: accepts one connection, tracks its descriptor and starts its session near `here`.
+  [[nodiscard]] AcceptOutcome acceptOne(int listenFd, session::LoopHandle& here) noexcept override;
   void connectionFinished(int fd) override;
   [[nodiscard]] std::uint64_t nextSessionId() noexcept { return ++lastSessionId_; }
   [[nodiscard]] session::EventLoop* eventLoop() noexcept { return eventLoop_.get(); }
@@ -115,9 +109,9 @@ class Server final : public session::ConnectionTracker {
   bool stopped_ = false;
 
   std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
+  int listenFd_ = -1;  // the listeners' socket (they own it), for beginShutdown; -1 before start()
+  std::atomic<bool> acceptPaused_{false};  // the last accept ran out of descriptors (for the log)
   std::unique_ptr<session::EventLoop> eventLoop_;  // every session runs here, from accept to close
-  std::unique_ptr<Poco::ThreadPool> threadPool_;  // outlives the TCPServer that uses it
-  std::unique_ptr<Poco::Net::TCPServer> tcpServer_;
 };
 
 }  // namespace pgwire_proxy::server

@@ -69,9 +69,13 @@ class EventLoop::Worker final : public LoopHandle {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
+  // Tasks on this loop, for adoptNear's choice (any thread reads it).
+  [[nodiscard]] int load() const noexcept { return load_.load(std::memory_order_relaxed); }
+
   // Any thread.
   void adopt(std::unique_ptr<LoopTask> task) {
     tasks_.fetch_add(1, std::memory_order_relaxed);
+    load_.fetch_add(1, std::memory_order_relaxed);
     {
       std::lock_guard lock(mutex_);
       arrivals_.push_back(std::move(task));
@@ -82,6 +86,7 @@ class EventLoop::Worker final : public LoopHandle {
   void spawn(std::unique_ptr<LoopTask> task) override {
     if (closing_) return;  // the loop is going away: a cancel on the way out is dropped with it
     tasks_.fetch_add(1, std::memory_order_relaxed);
+    load_.fetch_add(1, std::memory_order_relaxed);
     start(std::move(task));
   }
 
@@ -340,6 +345,7 @@ class EventLoop::Worker final : public LoopHandle {
     unwatch(*slot);
     slot->task.reset();  // may spawn (a cancel on the way out): slots_ is consistent again
     tasks_.fetch_sub(1, std::memory_order_relaxed);
+    load_.fetch_sub(1, std::memory_order_relaxed);
   }
 
   int epoll_ = -1;
@@ -348,6 +354,7 @@ class EventLoop::Worker final : public LoopHandle {
   const int forceFd_;
   std::atomic<int>& tasks_;          // on all of the loop's threads
   std::atomic<std::uint64_t>& ids_;  // task ids, unique across the loop's threads
+  std::atomic<int> load_{0};         // this loop's tasks (its share of tasks_)
   Tag inboxTag_;
   Tag wakeTag_;
   Tag forceTag_;
@@ -381,6 +388,24 @@ EventLoop::~EventLoop() = default;
 
 void EventLoop::adopt(std::unique_ptr<LoopTask> task) {
   workers_[next_.fetch_add(1, std::memory_order_relaxed) % workers_.size()]->adopt(std::move(task));
+}
+
+void EventLoop::adoptOnEach(const std::function<std::unique_ptr<LoopTask>()>& make) {
+  for (auto& worker : workers_) worker->adopt(make());
+}
+
+void EventLoop::adoptNear(LoopHandle& here, std::unique_ptr<LoopTask> task) {
+  Worker* local = nullptr;
+  Worker* least = nullptr;
+  for (auto& worker : workers_) {
+    if (worker.get() == &here) local = worker.get();
+    if (least == nullptr || worker->load() < least->load()) least = worker.get();
+  }
+  if (local != nullptr && local->load() <= least->load()) {
+    local->spawn(std::move(task));
+  } else {
+    least->adopt(std::move(task));
+  }
 }
 
 }  // namespace pgwire_proxy::session

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -22,6 +23,12 @@ class EventLoop {
 
   // Hands a task to one of the loop threads (round robin); safe from any thread.
   void adopt(std::unique_ptr<LoopTask> task);
+  // Gives every loop thread a task of its own (the listeners: each loop accepts).
+  void adoptOnEach(const std::function<std::unique_ptr<LoopTask>()>& make);
+  // From a task on loop `here` (its thread only): the new task starts on `here` unless another loop
+  // has fewer tasks, so a loop that accepts keeps what it accepted without a hand-over while the
+  // loops stay balanced.
+  void adoptNear(LoopHandle& here, std::unique_ptr<LoopTask> task);
   // Tasks on all loop threads (sessions in any phase, cancels in flight).
   [[nodiscard]] int tasks() const noexcept { return tasks_.load(std::memory_order_relaxed); }
 
