@@ -32,7 +32,7 @@ ignore=(--ignore=tests/e2e/test_python_module.py --ignore=tests/e2e/test_packagi
 if [[ $kind == thread ]]; then
   set -- tests/e2e/test_cancel.py tests/e2e/test_shutdown.py tests/e2e/test_guardrails.py \
          tests/e2e/test_limits_connections.py tests/e2e/test_extended_protocol.py tests/e2e/test_fault_file.py \
-         tests/e2e/test_scale_out.py tests/e2e/test_reuse_upstream.py "$@"
+         tests/e2e/test_scale_out.py tests/e2e/test_reuse_upstream.py tests/e2e/test_silent_sockets.py "$@"
 else
   set -- tests/e2e "$@"
 fi

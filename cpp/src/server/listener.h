@@ -17,7 +17,7 @@ namespace pgwire_proxy::server {
 // What one accept attempt came to.
 enum class AcceptOutcome : std::uint8_t {
   kAccepted,  // a session was started
-  kDrained,   // nothing waiting (EAGAIN)
+  kDrained,   // nothing waiting (EAGAIN), or another loop is accepting: the socket says if more wait
   kRetry,     // this connection failed (reset before accept, a network error): try the next
   kPause,     // out of descriptors or memory: stop accepting for a while
   kClosed,    // the listening socket was shut down

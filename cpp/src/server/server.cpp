@@ -419,8 +419,11 @@ AcceptOutcome Server::acceptOne(int listenFd, session::LoopHandle& here) noexcep
   int error = 0;
   {
     // Under the lock connectionFinished closes with: a number closed on one loop and accepted again on
-    // another is ordered for TSan as it is by the kernel.
-    std::lock_guard lock(mutex_);
+    // another is ordered for TSan as it is by the kernel. Every loop's listener is woken by a new
+    // connection; one that finds another accepting leaves it the connection (the socket stays
+    // readable if more wait) instead of sleeping on the lock.
+    std::unique_lock lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock()) return AcceptOutcome::kDrained;
     fd = ::accept4(listenFd, reinterpret_cast<sockaddr*>(&peer), &length, SOCK_NONBLOCK | SOCK_CLOEXEC);
     error = errno;
     if (fd >= 0) connections_.insert(fd);
