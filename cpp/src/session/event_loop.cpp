@@ -16,6 +16,7 @@
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include "observability/log.h"
 
@@ -109,6 +110,10 @@ class EventLoop::Worker final : public LoopHandle {
     int fd = -1;
     short wanted = 0;      // what the task waits for
     short registered = 0;  // what the epoll set has (0: not in it); a superset of wanted, see watch()
+    // The descriptor may have been closed and its number reopened since it was registered (libpq's
+    // connect): the next exact() asks the kernel even if nothing changed, MOD first (still the same
+    // socket: the usual case), ADD if the kernel forgot it.
+    bool stale = false;
   };
   struct Slot {
     Slot(std::unique_ptr<LoopTask> t, std::uint64_t i) : task(std::move(t)), id(i), clientTag{this, false}, upstreamTag{this, true} {}
@@ -275,7 +280,11 @@ class EventLoop::Worker final : public LoopHandle {
     watch(slot.client, &slot.clientTag, interest->clientFd, interest->client);
     if (interest->upstreamEpoch != slot.upstreamEpoch) {
       slot.upstreamEpoch = interest->upstreamEpoch;
-      forget(slot.upstream);
+      if (interest->upstreamFd == slot.upstream.fd && slot.upstream.registered != 0) {
+        slot.upstream.stale = true;  // the same socket still (MOD), or a new one of its number (ADD)
+      } else {
+        forget(slot.upstream);
+      }
     }
     watch(slot.upstream, &slot.upstreamTag, interest->upstreamFd, interest->upstream);
     // A session's deadline moves with every query (the backstop starts anew), and re-keying the
@@ -302,19 +311,19 @@ class EventLoop::Worker final : public LoopHandle {
       if (fd < 0) return;
     }
     registration.wanted = events;
-    if (events == 0 ? registration.registered != 0 : (events & ~registration.registered) != 0) {
+    if (registration.stale || (events == 0 ? registration.registered != 0 : (events & ~registration.registered) != 0)) {
       exact(registration, tag);
     }
   }
 
   // Forgets what was registered without touching the set: the old descriptor was closed (the
-  // kernel dropped it from the set) and its number may belong to another task by now; a new one of
-  // the same number is added afresh (or modified, if it is still the same socket).
+  // kernel dropped it from the set) and its number may belong to another task by now.
   static void forget(Registration& registration) { registration = Registration{}; }
 
   void exact(Registration& registration, Tag* tag) {
     const short events = registration.wanted;
-    if (events == registration.registered) return;
+    const bool stale = std::exchange(registration.stale, false);
+    if (events == registration.registered && !stale) return;
     epoll_event event{};
     event.events = static_cast<std::uint32_t>(static_cast<unsigned short>(events));
     event.data.ptr = tag;
