@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <fstream>
 #include <sstream>
@@ -42,6 +43,16 @@ constexpr int kListenBacklog = 1024;
 
 // The client's address as logs and the audit application_name show it (no port).
 std::string peerHost(const sockaddr_storage& peer) {
+  if (peer.ss_family == AF_INET) {  // the dotted quad without inet_ntop's sprintf, once per connection
+    const auto* bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<const sockaddr_in&>(peer).sin_addr);
+    char quad[16];
+    char* at = quad;
+    for (int i = 0; i < 4; ++i) {
+      if (i > 0) *at++ = '.';
+      at = std::to_chars(at, quad + sizeof quad, bytes[i]).ptr;
+    }
+    return std::string(quad, at);
+  }
   char text[INET6_ADDRSTRLEN] = {};
   const void* address = nullptr;
   if (peer.ss_family == AF_INET) address = &reinterpret_cast<const sockaddr_in&>(peer).sin_addr;

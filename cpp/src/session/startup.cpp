@@ -562,6 +562,7 @@ void Session::openSession() {
   cancelKey_ = context_.registry.add(canceller_);
 
   std::string out;
+  out.reserve(512);  // AuthenticationOk, ~15 ParameterStatus, BackendKeyData, ReadyForQuery
   protocol::MessageWriter writer(out);
   // Protocol 3.x with x > 0, or _pq_. options: say what is supported, as PostgreSQL does.
   std::vector<std::string> unrecognizedOptions;
@@ -571,10 +572,10 @@ void Session::openSession() {
   const auto minor = static_cast<std::uint32_t>(startup_.protocolVersion) & 0xffffU;
   if (minor > 0 || !unrecognizedOptions.empty()) protocol::writeNegotiateProtocolVersion(writer, 0, unrecognizedOptions);
   protocol::writeAuthenticationOk(writer);
-  for (const auto& [name, value] : upstream_->reportedParameters()) {
+  upstream_->forEachReportedParameter([&](std::string_view name, std::string_view value) {
     // The client sees its own application_name; the upstream's audit name stays upstream.
     protocol::writeParameterStatus(writer, name, name == "application_name" ? clientApplicationName_ : value);
-  }
+  });
   protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
   protocol::writeReadyForQuery(writer, protocol::kTxIdle);
   // Observers know the session before the client can use it.

@@ -342,6 +342,13 @@ std::optional<ConnectWait> UpstreamConnection::continueConnect() {
   };
   if (conn_ == nullptr) throw ProxyError(Severity::kFatal, sqlstate::kConnectionFailure, "no upstream connection");
   pollStatus_ = PQconnectPoll(conn_);
+  // Once the TCP connect is done and again after the server declines SSL, libpq asks to wait until the
+  // socket is writable before it writes a few bytes (the SSLRequest, the startup packet). A connected
+  // socket that has sent only those has an empty send buffer: it is writable now, so the step runs at
+  // once instead of after another trip through the loop (an epoll_ctl and an epoll_wait each time).
+  for (int step = 0; step < 2 && pollStatus_ == PGRES_POLLING_WRITING && PQstatus(conn_) == CONNECTION_MADE; ++step) {
+    pollStatus_ = PQconnectPoll(conn_);
+  }
   switch (pollStatus_) {
     case PGRES_POLLING_OK:
       break;
@@ -406,24 +413,17 @@ ssl_st* UpstreamConnection::sslObject() const {
   return PQsslInUse(conn_) != 0 ? static_cast<ssl_st*>(PQsslStruct(conn_, "OpenSSL")) : nullptr;
 }
 
-Parameters UpstreamConnection::reportedParameters() const {
-  Parameters result;
-  for (const char* name : kReportedParameters) {
-    const auto noted = std::find_if(noted_.begin(), noted_.end(), [name](const auto& p) { return p.first == name; });
-    if (noted != noted_.end()) {
-      result.emplace_back(name, noted->second);
-    } else if (const char* value = PQparameterStatus(conn_, name)) {
-      result.emplace_back(name, value);
-    }
+std::span<const char* const> UpstreamConnection::reportedParameterNames() noexcept { return kReportedParameters; }
+
+const char* UpstreamConnection::reportedValue(const char* name) const {
+  for (const auto& [known, value] : noted_) {
+    if (known == name) return value.c_str();
   }
-  return result;
+  return PQparameterStatus(conn_, name);
 }
 
 std::string UpstreamConnection::reportedParameter(std::string_view name) const {
-  for (const auto& [known, value] : noted_) {
-    if (known == name) return value;
-  }
-  const char* value = PQparameterStatus(conn_, std::string(name).c_str());
+  const char* value = reportedValue(std::string(name).c_str());
   return value != nullptr ? value : std::string();
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <string>
 #include <utility>
@@ -108,12 +109,18 @@ class UpstreamConnection {
   // libpq's OpenSSL object when the link is TLS (sslmode), else null; the relay reads and writes
   // through it. Owned by libpq.
   [[nodiscard]] ssl_st* sslObject() const;
-  // The ParameterStatus values the upstream reported during startup, in a stable order.
-  [[nodiscard]] Parameters reportedParameters() const;
+  // The ParameterStatus values the upstream reported during startup, in a stable order, each given
+  // to `visit(name, value)` (views valid during the call; nothing is copied).
+  template <typename Visit>
+  void forEachReportedParameter(Visit&& visit) const {
+    for (const char* name : reportedParameterNames()) {
+      if (const char* value = reportedValue(name)) visit(std::string_view(name), std::string_view(value));
+    }
+  }
   // A ParameterStatus the proxy read itself after startup (the reset between clients of
-  // --reuse-upstream): reportedParameters() says it from now on.
+  // --reuse-upstream): forEachReportedParameter() says it from now on.
   void noteParameter(std::string name, std::string value);
-  // One of reportedParameters() (empty when not reported).
+  // One of the reported parameters (empty when not reported).
   [[nodiscard]] std::string reportedParameter(std::string_view name) const;
 
   // Asks the server to cancel whatever this connection is running, through libpq's PQcancel, which
@@ -125,6 +132,9 @@ class UpstreamConnection {
   void abandon();
 
  private:
+  [[nodiscard]] static std::span<const char* const> reportedParameterNames() noexcept;
+  // The noted value, else libpq's; null when neither has one.
+  [[nodiscard]] const char* reportedValue(const char* name) const;
   // Overwrites libpq's copy of the password (PQpass): the connect is over, it is needed no more.
   void wipePassword() noexcept;
 
