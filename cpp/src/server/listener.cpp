@@ -7,9 +7,10 @@
 namespace pgwire_proxy::server {
 namespace {
 
-// Accepts per step: a burst of connections does not keep the loop from the sessions it already has
-// (the socket stays readable, so the rest are taken in the next round).
-constexpr int kAcceptsPerStep = 16;
+// One connection per step. The socket stays readable while more wait, so the loop comes back for the
+// next at its next turn (a burst does not keep it from its sessions); accepting until EAGAIN cost a
+// failed accept per connection when they arrive one at a time, as a connection storm's do.
+constexpr int kAcceptsPerStep = 1;
 // How long accepting stops when the process is out of descriptors or memory: a level-triggered
 // listening socket would otherwise wake the loop again at once.
 constexpr auto kPause = std::chrono::milliseconds(100);
@@ -56,6 +57,7 @@ std::optional<session::Interest> Listener::advance(const session::Readiness& rea
   session::Interest interest;
   interest.clientFd = fd_;
   interest.client = POLLIN;
+  interest.exclusive = true;  // every loop watches the socket: a connection wakes one of them
   return interest;
 }
 

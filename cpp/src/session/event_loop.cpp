@@ -114,6 +114,7 @@ class EventLoop::Worker final : public LoopHandle {
     // connect): the next exact() asks the kernel even if nothing changed, MOD first (still the same
     // socket: the usual case), ADD if the kernel forgot it.
     bool stale = false;
+    bool exclusive = false;  // added with EPOLLEXCLUSIVE, which MOD refuses: changed by DEL and ADD
   };
   struct Slot {
     Slot(std::unique_ptr<LoopTask> t, std::uint64_t i) : task(std::move(t)), id(i), clientTag{this, false}, upstreamTag{this, true} {}
@@ -277,6 +278,7 @@ class EventLoop::Worker final : public LoopHandle {
       finish(slot.id);
       return;
     }
+    slot.client.exclusive = interest->exclusive;
     watch(slot.client, &slot.clientTag, interest->clientFd, interest->client);
     if (interest->upstreamEpoch != slot.upstreamEpoch) {
       slot.upstreamEpoch = interest->upstreamEpoch;
@@ -327,6 +329,11 @@ class EventLoop::Worker final : public LoopHandle {
     epoll_event event{};
     event.events = static_cast<std::uint32_t>(static_cast<unsigned short>(events));
     event.data.ptr = tag;
+    if (registration.exclusive && events != 0) {
+      if (registration.registered != 0) (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
+      registration.registered = 0;
+      event.events |= EPOLLEXCLUSIVE;
+    }
     int op = events == 0 ? EPOLL_CTL_DEL : registration.registered == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
     int result = ::epoll_ctl(epoll_, op, registration.fd, &event);
     // The kernel forgets a closed descriptor on its own, and a reused number may still be in the set.

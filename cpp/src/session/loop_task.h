@@ -33,6 +33,9 @@ struct Interest {
   // the same number (libpq's connect attempts): the loop registers it afresh.
   std::uint32_t upstreamEpoch = 0;
   std::optional<Clock::time_point> deadline;
+  // The client descriptor is watched by every loop (the listening socket): an event wakes one loop
+  // waiting for it, not all (EPOLLEXCLUSIVE).
+  bool exclusive = false;
 };
 
 class LoopTask;
