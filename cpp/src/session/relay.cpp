@@ -376,14 +376,14 @@ void Relay::closeBatch() {
   if (transactionStatus_ == protocol::kTxIdle) portals_.clear();
 }
 
-void Relay::pushPending(Pending pending) {
+void Relay::pushPending(Pending&& pending) {
   if (pending.type == fe::kExecute || pending.type == fe::kQuery) {
     ++batch_.statementsPending;
     if (pending.type == fe::kQuery && !batch_.deadline && context_.queryTimeout.count() > 0) {
       batch_.deadline = pending.sent + config::backstopDelay(context_.queryTimeout);  // a Query's is set
     }
   }
-  pending_.push_back(std::move(pending));
+  pending_.push(std::move(pending));
 }
 
 void Relay::popPending() {
@@ -395,17 +395,16 @@ void Relay::popPending() {
       batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
     }
   }
-  pending_.pop_front();
+  pending_.pop();
 }
 
 // ---- recovery: one mechanism ------------------------------------------------------------------------
 
 void Relay::failAtClient(const ProxyError& error) {
   batch_.clientSkipping = true;
-  Pending failure;
-  failure.failure = error;
   if (!pending_.empty()) {
-    pending_.push_back(std::move(failure));  // reported once the replies before it have gone out
+    batch_.failureAtClient = error;
+    pending_.push(Pending());  // reported once the replies before it have gone out
     return;
   }
   sendError(error, false);

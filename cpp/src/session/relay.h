@@ -15,7 +15,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -107,16 +106,46 @@ class Relay {
 
  private:
   // A client message the upstream has yet to answer, oldest first, or the point at which the proxy
-  // failed the batch (type 0): its error reaches the client once everything before it has.
+  // failed the batch (type 0): its error (Batch::failureAtClient) reaches the client once everything
+  // before it has. Small: a batch queues one per message.
   struct Pending {
     explicit Pending(char replyTo = 0) : type(replyTo) {}
     char type = 0;                           // Parse, Bind, Describe, Execute, Close, Sync, Query; 0: failure
+    bool ownSync = false;  // Sync: the proxy's (a Query arrived inside the batch); its ReadyForQuery is not relayed
+    Clock::time_point sent{};
     std::shared_ptr<const std::string> sql;  // Parse, Query: its text; Bind, Execute: the statement's text
     std::string statement;                   // Parse: the name it defines
     std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
-    Clock::time_point sent{};
-    std::optional<ProxyError> failure;
-    bool ownSync = false;  // Sync: the proxy's (a Query arrived inside the batch); its ReadyForQuery is not relayed
+  };
+  // The pending messages, oldest first: a vector read from head_, emptied when the last is answered,
+  // so batch after batch reuses one allocation (a deque of them allocated a node every few messages).
+  class PendingQueue {
+   public:
+    [[nodiscard]] bool empty() const noexcept { return head_ == items_.size(); }
+    [[nodiscard]] std::size_t size() const noexcept { return items_.size() - head_; }
+    [[nodiscard]] Pending& front() noexcept { return items_[head_]; }
+    [[nodiscard]] const Pending& front() const noexcept { return items_[head_]; }
+    [[nodiscard]] const Pending& back() const noexcept { return items_.back(); }
+    void push(Pending&& pending) {
+      // A long pipeline answered as it is sent: the answered front is dropped once it is half the queue.
+      if (head_ >= kCompactAfter && 2 * head_ >= items_.size()) {
+        items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+        head_ = 0;
+      }
+      items_.push_back(std::move(pending));
+    }
+    void pop() noexcept {
+      if (++head_ == items_.size()) clear();
+    }
+    void clear() noexcept {
+      items_.clear();
+      head_ = 0;
+    }
+
+   private:
+    static constexpr std::size_t kCompactAfter = 64;
+    std::vector<Pending> items_;
+    std::size_t head_ = 0;
   };
   // The batch upstream, reset by assigning a fresh one.
   struct Batch {
@@ -138,6 +167,9 @@ class Relay {
     // The proxy failed the statement the upstream runs: its error goes out once the statement's fate
     // is known (ended by an error, or completed and then committed or not), so it tells the truth.
     std::optional<ProxyError> failure;
+    // The proxy failed the batch at the client's position (its Pending of type 0); at most one, as the
+    // client's messages are dropped from there to the batch's end.
+    std::optional<ProxyError> failureAtClient;
     bool failedStatementCompleted = false;
     // COPY FROM STDIN: the client's CopyData, CopyDone and CopyFail flow up. kAwaitingSync: the COPY
     // came from an Execute whose Sync was already upstream, which PostgreSQL ignored in COPY mode; the
@@ -167,7 +199,7 @@ class Relay {
   void openSingleStatementBatch(observability::QueryRecord&& record);
   void closeBatch();
   void endBatchForQuery();
-  void pushPending(Pending pending);
+  void pushPending(Pending&& pending);
   void popPending();
   // The proxy failed the batch at the client's current position (a denied Parse, an injected error).
   void failAtClient(const ProxyError& error);
@@ -228,8 +260,8 @@ class Relay {
   Totals totals_;
   Batch batch_;
   // The batch's client messages awaiting replies, oldest first (kept apart from Batch so its storage
-  // is reused from batch to batch: a fresh deque allocates).
-  std::deque<Pending> pending_;
+  // is reused from batch to batch).
+  PendingQueue pending_;
   Statement statement_;
   std::size_t passThroughRemaining_ = 0;  // bytes of a large frame still streaming through
   bool passThroughDropped_ = false;       // ... and whether they are dropped

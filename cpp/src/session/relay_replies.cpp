@@ -275,8 +275,9 @@ void Relay::reportQueuedFailure() {
   if (passThroughRemaining_ > 0 || batch_.swallowing || pending_.empty() || pending_.front().type != 0) {
     return;
   }
-  const ProxyError error = std::move(*pending_.front().failure);
-  pending_.pop_front();
+  const ProxyError error = std::move(*batch_.failureAtClient);
+  batch_.failureAtClient.reset();
+  pending_.pop();
   batch_.swallowing = true;
   batch_.swallowedUpstreamError = false;
   sendError(error, false);  // after the replies before it
