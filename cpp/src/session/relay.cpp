@@ -255,27 +255,26 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
         return true;
       }
       Pending reply(fe::kParse);
-      reply.sql = std::make_shared<const std::string>(parse.sql);
       reply.statement.assign(parse.statement);
-      auto& slot = statements_[reply.statement];
-      reply.previous = std::exchange(slot, reply.sql);
+      auto& slot = statements_.slot(parse.statement);
+      reply.previous = slot;
+      // A driver that re-parses its unnamed statement for every query mostly sends the same text.
+      if (!slot || *slot != parse.sql) slot = std::make_shared<const std::string>(parse.sql);
+      reply.sql = slot;
       pushPending(std::move(reply));
       break;
     }
     case fe::kBind: {
       const auto bind = protocol::parseBindMessage(frame.body());
       Pending reply(fe::kBind);
-      if (const auto it = statements_.find(std::string(bind.statement)); it != statements_.end()) reply.sql = it->second;
-      portals_[std::string(bind.portal)] = reply.sql;
+      reply.sql = statements_.find(bind.statement);
+      portals_.slot(bind.portal) = reply.sql;
       pushPending(std::move(reply));
       break;
     }
     case fe::kExecute: {
       Pending reply(fe::kExecute);
-      if (const auto it = portals_.find(std::string(protocol::parseExecutePortal(frame.body())));
-          it != portals_.end()) {
-        reply.sql = it->second;
-      }
+      reply.sql = portals_.find(protocol::parseExecutePortal(frame.body()));
       reply.sent = Clock::now();
       if (context_.faults != nullptr && injectExecuteFault(reply.sql)) return true;
       context_.observer.queryStarted(context_.sessionId, reply.sql ? std::string_view(*reply.sql) : std::string_view());
@@ -291,8 +290,8 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
       break;
     case fe::kClose: {
       const auto close = protocol::parseTargetMessage(frame.body());
-      if (close.kind == 'S') statements_.erase(std::string(close.name));
-      if (close.kind == 'P') portals_.erase(std::string(close.name));
+      if (close.kind == 'S') statements_.erase(close.name);
+      if (close.kind == 'P') portals_.erase(close.name);
       pushPending(Pending(fe::kClose));
       break;
     }

@@ -117,6 +117,44 @@ class Relay {
     std::string statement;                   // Parse: the name it defines
     std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
   };
+  // What the client's prepared statements or portals are, by name: the statement's text (null: not
+  // known). The unnamed one, which drivers use for nearly every statement, is kept out of the map, and
+  // names are looked up without being copied.
+  class Names {
+   public:
+    [[nodiscard]] std::shared_ptr<const std::string> find(std::string_view name) const {
+      if (name.empty()) return unnamed_;
+      const auto it = named_.find(name);
+      return it == named_.end() ? nullptr : it->second;
+    }
+    // The name's entry, made (null) when new.
+    [[nodiscard]] std::shared_ptr<const std::string>& slot(std::string_view name) {
+      if (name.empty()) return unnamed_;
+      if (const auto it = named_.find(name); it != named_.end()) return it->second;
+      return named_.try_emplace(std::string(name)).first->second;
+    }
+    void erase(std::string_view name) {
+      if (name.empty()) {
+        unnamed_.reset();
+      } else if (const auto it = named_.find(name); it != named_.end()) {
+        named_.erase(it);
+      }
+    }
+    void clear() noexcept {
+      unnamed_.reset();
+      if (!named_.empty()) named_.clear();
+    }
+
+   private:
+    struct Hash {
+      using is_transparent = void;
+      [[nodiscard]] std::size_t operator()(std::string_view name) const noexcept {
+        return std::hash<std::string_view>{}(name);
+      }
+    };
+    std::shared_ptr<const std::string> unnamed_;
+    std::unordered_map<std::string, std::shared_ptr<const std::string>, Hash, std::equal_to<>> named_;
+  };
   // The pending messages, oldest first: a vector read from head_, emptied when the last is answered,
   // so batch after batch reuses one allocation (a deque of them allocated a node every few messages).
   class PendingQueue {
@@ -269,8 +307,8 @@ class Relay {
   std::uint64_t railsVersion_ = 0;
   std::shared_ptr<const guardrails::GuardrailSet> batchRails_;  // the open batch's (Batch::rails), kept after it
   std::string spareSql_;  // storage for the next record's text (what it holds is stale; see resetStatement)
-  std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
-  std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
+  Names statements_;  // prepared statements: their text
+  Names portals_;     // portals: their statement's text
   // Fault injection.
   std::vector<std::shared_ptr<faults::Rule>> faultRules_;
   std::uint64_t faultsVersion_ = 0;

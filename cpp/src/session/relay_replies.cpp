@@ -231,7 +231,7 @@ bool Relay::onErrorResponse(const protocol::Frame& frame) {
   }
   if (!pending_.empty()) {
     Pending& failed = pending_.front();
-    if (failed.type == fe::kParse) statements_[failed.statement] = failed.previous;
+    if (failed.type == fe::kParse) statements_.slot(failed.statement) = failed.previous;
     if (failed.type == fe::kExecute || failed.type == fe::kParse || failed.type == fe::kBind ||
         failed.type == fe::kQuery) {
       // A statement that failed before it could run is recorded too: the harness shows it.
