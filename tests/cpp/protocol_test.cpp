@@ -103,6 +103,23 @@ BOOST_AUTO_TEST_CASE(every_malformed_length_is_a_protocol_violation) {
   BOOST_TEST(decodeFrame(withLength('S', 4), 1024).has_value());
 }
 
+BOOST_AUTO_TEST_CASE(a_malformed_length_is_reported_in_these_words) {
+  // The client reads them in its ErrorResponse; decodeHeader's fast path is inline, these are not.
+  auto what = [](const std::string& bytes, std::uint32_t maxLength) {
+    try {
+      (void)decodeHeader(bytes, maxLength);
+    } catch (const ProtocolError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  BOOST_TEST(what(withLength('Q', 3), 1024) == "invalid message length 3 for message type 'Q'");
+  BOOST_TEST(what(withLength('P', 1025), 1024) == "message of type 'P' is 1025 bytes long, over the limit of 1024 bytes");
+  BOOST_TEST(what(withLength('D', 4), 4) == "no error");
+  BOOST_TEST(!decodeHeader("Q\0\0\0"s, 1024).has_value());  // four bytes are not a header yet
+  BOOST_TEST(decodeHeader(withLength('D', 0x7fffffffU), 0x7fffffffU)->frameSize() == 0x80000000U);
+}
+
 BOOST_AUTO_TEST_CASE(startup_packet_lengths) {
   const std::string packet = startupPacket(kProtocolVersion3, {{"user", "alice"}, {"database", "db"}});
   for (std::size_t n = 0; n < packet.size(); ++n) {
