@@ -33,12 +33,6 @@ bool isExtendedMessage(char type) {
 
 Relay::Relay(RelayContext context, RelayHost& host) : context_(std::move(context)), host_(host) {}
 
-bool Relay::acceptingClient() const noexcept {
-  if (!batch_.open) return true;
-  if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
-  return !batch_.ended;  // an extended batch still open takes its next members
-}
-
 bool Relay::onClientFrame(const protocol::Frame& frame) {
   const char type = frame.type();
   if (batch_.open && batch_.copyIn != Batch::CopyIn::kNone) return onCopyInFrame(frame);

@@ -81,7 +81,12 @@ class Relay {
   // A client's CancelRequest matched this session while a query was in flight.
   void onClientCancel();
 
-  [[nodiscard]] bool acceptingClient() const noexcept;
+  // Inline: the session asks before every client frame and read.
+  [[nodiscard]] bool acceptingClient() const noexcept {
+    if (!batch_.open) return true;
+    if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
+    return !batch_.ended;  // an extended batch still open takes its next members
+  }
   // A batch is upstream (or held by a delay): the client is only watched for hanging up.
   [[nodiscard]] bool busy() const noexcept { return batch_.open; }
   // Upstream bytes wait (a delay holds the results).
@@ -260,7 +265,11 @@ class Relay {
   [[nodiscard]] bool onReadyForQuery(char status);
   [[nodiscard]] bool onErrorResponse(const protocol::Frame& frame);
   [[nodiscard]] bool onDataRow(const protocol::FrameHeader& header);
-  void reportQueuedFailure();
+  // A failure queued at the client's position goes out once it is at the front (checked per frame).
+  void reportQueuedFailure() {
+    if (!pending_.empty() && pending_.front().type == 0) sendQueuedFailure();
+  }
+  void sendQueuedFailure();
   // Writes the upstream bytes seen so far and not yet forwarded.
   void flushPending();
 

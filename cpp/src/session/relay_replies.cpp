@@ -271,10 +271,8 @@ bool Relay::onReadyForQuery(char status) {
   return !ownSync;
 }
 
-void Relay::reportQueuedFailure() {
-  if (passThroughRemaining_ > 0 || batch_.swallowing || pending_.empty() || pending_.front().type != 0) {
-    return;
-  }
+void Relay::sendQueuedFailure() {
+  if (passThroughRemaining_ > 0 || batch_.swallowing) return;
   const ProxyError error = std::move(*batch_.failureAtClient);
   batch_.failureAtClient.reset();
   pending_.pop();
