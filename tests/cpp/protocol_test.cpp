@@ -234,6 +234,30 @@ BOOST_AUTO_TEST_CASE(leftover_bytes_are_an_error) {
   BOOST_TEST(sqlstateOf([&] { (void)parseQuery(unterminated); }) == "08P01");
 }
 
+BOOST_AUTO_TEST_CASE(names_are_read_up_to_their_nul_and_errors_say_what_was_wrong) {
+  auto what = [](const std::function<void()>& read) {
+    try {
+      read();
+    } catch (const ProtocolError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const std::string parse = "stmt\0select $1\0\0\0"s;
+  const auto message = parseParseMessage(parse);
+  BOOST_TEST(message.statement == "stmt");
+  BOOST_TEST(message.sql == "select $1");
+  const auto bind = parseBindMessage("\0\0rest"s);  // the unnamed portal and statement
+  BOOST_TEST(bind.portal.empty());
+  BOOST_TEST(bind.statement.empty());
+  BOOST_TEST(parseTargetMessage("Sname\0"s).kind == 'S');
+  BOOST_TEST(parseExecutePortal("p1\0\0\0\0\0"s) == "p1");
+  BOOST_TEST(what([] { (void)parseParseMessage("stmt\0select"s); }) == "invalid string in message: missing terminator");
+  BOOST_TEST(what([] { (void)parseExecutePortal(""s); }) == "invalid string in message: missing terminator");
+  BOOST_TEST(what([] { (void)parseTargetMessage(""s); }) == "message too short: needed 1 more bytes, 0 left");
+  BOOST_TEST(what([] { (void)parseQuery("q\0xy"s); }) == "invalid message format: 2 unexpected trailing bytes");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(built_messages)
