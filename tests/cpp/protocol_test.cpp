@@ -103,6 +103,23 @@ BOOST_AUTO_TEST_CASE(every_malformed_length_is_a_protocol_violation) {
   BOOST_TEST(decodeFrame(withLength('S', 4), 1024).has_value());
 }
 
+BOOST_AUTO_TEST_CASE(a_malformed_length_is_reported_in_these_words) {
+  // The client reads them in its ErrorResponse; decodeHeader's fast path is inline, these are not.
+  auto what = [](const std::string& bytes, std::uint32_t maxLength) {
+    try {
+      (void)decodeHeader(bytes, maxLength);
+    } catch (const ProtocolError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  BOOST_TEST(what(withLength('Q', 3), 1024) == "invalid message length 3 for message type 'Q'");
+  BOOST_TEST(what(withLength('P', 1025), 1024) == "message of type 'P' is 1025 bytes long, over the limit of 1024 bytes");
+  BOOST_TEST(what(withLength('D', 4), 4) == "no error");
+  BOOST_TEST(!decodeHeader("Q\0\0\0"s, 1024).has_value());  // four bytes are not a header yet
+  BOOST_TEST(decodeHeader(withLength('D', 0x7fffffffU), 0x7fffffffU)->frameSize() == 0x80000000U);
+}
+
 BOOST_AUTO_TEST_CASE(startup_packet_lengths) {
   const std::string packet = startupPacket(kProtocolVersion3, {{"user", "alice"}, {"database", "db"}});
   for (std::size_t n = 0; n < packet.size(); ++n) {
@@ -215,6 +232,30 @@ BOOST_AUTO_TEST_CASE(leftover_bytes_are_an_error) {
   BOOST_TEST(sqlstateOf([&] { (void)parseQuery(body); }) == "08P01");
   const std::string unterminated = "select 1"s;
   BOOST_TEST(sqlstateOf([&] { (void)parseQuery(unterminated); }) == "08P01");
+}
+
+BOOST_AUTO_TEST_CASE(names_are_read_up_to_their_nul_and_errors_say_what_was_wrong) {
+  auto what = [](const std::function<void()>& read) {
+    try {
+      read();
+    } catch (const ProtocolError& error) {
+      return std::string(error.what());
+    }
+    return std::string("no error");
+  };
+  const std::string parse = "stmt\0select $1\0\0\0"s;
+  const auto message = parseParseMessage(parse);
+  BOOST_TEST(message.statement == "stmt");
+  BOOST_TEST(message.sql == "select $1");
+  const auto bind = parseBindMessage("\0\0rest"s);  // the unnamed portal and statement
+  BOOST_TEST(bind.portal.empty());
+  BOOST_TEST(bind.statement.empty());
+  BOOST_TEST(parseTargetMessage("Sname\0"s).kind == 'S');
+  BOOST_TEST(parseExecutePortal("p1\0\0\0\0\0"s) == "p1");
+  BOOST_TEST(what([] { (void)parseParseMessage("stmt\0select"s); }) == "invalid string in message: missing terminator");
+  BOOST_TEST(what([] { (void)parseExecutePortal(""s); }) == "invalid string in message: missing terminator");
+  BOOST_TEST(what([] { (void)parseTargetMessage(""s); }) == "message too short: needed 1 more bytes, 0 left");
+  BOOST_TEST(what([] { (void)parseQuery("q\0xy"s); }) == "invalid message format: 2 unexpected trailing bytes");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

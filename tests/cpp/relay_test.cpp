@@ -37,24 +37,33 @@ struct Exchange {
   std::string upstream;
 };
 
+// The query records, one line each: text, tag, SQLSTATE, rows.
+struct RecordLog final : observability::SessionObserver {
+  std::vector<std::string> lines;
+  void queryFinished(const observability::QueryRecord& record) override {
+    lines.push_back(record.sql + "|" + record.commandTag + "|" + record.sqlstate + "|" + std::to_string(record.rows));
+  }
+};
+
 struct Outcome {
   std::string client;
   std::string upstream;
   int cancels = 0;
+  std::vector<std::string> records;
   bool operator==(const Outcome&) const = default;
 };
 
 std::ostream& operator<<(std::ostream& out, const Outcome& o) {
   return out << "client " << o.client.size() << " bytes, upstream " << o.upstream.size() << " bytes, cancels "
-             << o.cancels;
+             << o.cancels << ", records " << o.records.size();
 }
 
 // A minimal shell around the relay, as the session is: client bytes are framed and offered while the
 // relay takes them; upstream bytes are buffered and offered, the unconsumed rest kept.
 class Shell {
  public:
-  explicit Shell(std::uint64_t maxRows = 0, bool extended = true)
-      : config_(makeConfig(maxRows)),
+  explicit Shell(std::uint64_t maxRows = 0, bool extended = true, std::vector<std::string> deny = {})
+      : config_(makeConfig(maxRows, std::move(deny))),
         rails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
         relay_(session::RelayContext{1, observer_, rails_, nullptr, extended, config::Milliseconds(0), "u", "d", "a"},
                recorder_) {}
@@ -77,18 +86,21 @@ class Shell {
     fromClient({});  // a batch that ended lets the next buffered messages in
   }
 
-  [[nodiscard]] Outcome outcome() const { return {recorder_.client, recorder_.upstream, recorder_.cancels}; }
+  [[nodiscard]] Outcome outcome() const {
+    return {recorder_.client, recorder_.upstream, recorder_.cancels, observer_.lines};
+  }
   [[nodiscard]] const session::Relay& relay() const { return relay_; }
 
  private:
-  static config::ServerConfig makeConfig(std::uint64_t maxRows) {
+  static config::ServerConfig makeConfig(std::uint64_t maxRows, std::vector<std::string> deny) {
     config::ServerConfig config;
     config.maxRows = maxRows;
     config.maxBytes = 0;
+    config.denyPatterns = std::move(deny);
     return config;
   }
   config::ServerConfig config_;
-  observability::SessionObserver observer_;
+  RecordLog observer_;
   guardrails::GuardrailHolder rails_;
   Recorder recorder_;
   session::Relay relay_;
@@ -332,6 +344,110 @@ BOOST_AUTO_TEST_CASE(random_upstream_bytes_never_crash_the_relay) {
     } catch (const ProtocolError&) {
     } catch (const ProxyError&) {
     }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(each_execute_is_recorded_with_the_text_its_statement_and_portal_name) {
+  // The unnamed statement re-parsed with the same and with another text; a named one bound to a named
+  // and to the unnamed portal; a failed re-Parse leaves the name meaning what it meant; a closed
+  // statement and a portal past its transaction's end mean nothing.
+  const std::string run1 = bind("", "", {}) + execute("") + syncMessage();
+  const std::string answered = bindComplete() + dataRow("x") + commandComplete("SELECT 1");
+  const std::vector<Exchange> exchanges = {
+      {parse("", "select 1") + run1, parseComplete() + answered + ready()},
+      {parse("", "select 1") + run1, parseComplete() + answered + ready()},
+      {parse("", "select 2") + run1, parseComplete() + answered + ready()},
+      {parse("s1", "select 's1'") + syncMessage(), parseComplete() + ready()},
+      {query("begin"), commandComplete("BEGIN") + ready('T')},
+      {bind("p", "s1", {}) + execute("p") + bind("", "s1", {}) + execute("") + syncMessage(),
+       answered + answered + ready('T')},
+      {parse("s1", "selec broken") + syncMessage(), error("42601", "syntax error") + ready('E')},
+      {query("rollback"), commandComplete("ROLLBACK") + ready()},
+      {bind("", "s1", {}) + execute("") + syncMessage(), answered + ready()},
+      {execute("p") + syncMessage(), error("34000", "portal \"p\" does not exist") + ready()},
+      {closeMessage('S', "s1") + syncMessage(), closeComplete() + ready()},
+      {bind("", "s1", {}) + execute("") + syncMessage(), error("26000", "prepared statement \"s1\" does not exist") + ready()},
+  };
+  const Outcome outcome = run(exchanges, whole);
+  const std::vector<std::string> expected = {
+      "select 1|SELECT 1||1", "select 1|SELECT 1||1", "select 2|SELECT 1||1",
+      "begin|BEGIN||0",
+      "select 's1'|SELECT 1||1", "select 's1'|SELECT 1||1",
+      "selec broken||42601|0",
+      "rollback|ROLLBACK||0",
+      "select 's1'|SELECT 1||1",
+      "||34000|0",  // the portal ended with its transaction
+      "||26000|0",  // the statement was closed
+  };
+  BOOST_TEST(outcome.records == expected, boost::test_tools::per_element());
+  checkSplits(exchanges);
+}
+
+BOOST_AUTO_TEST_CASE(a_long_pipeline_answered_while_it_is_sent_keeps_its_order) {
+  // More messages than the pending queue keeps before it drops its answered front.
+  Shell shell;
+  shell.fromClient(parse("s", "select $1::int"));
+  std::vector<std::string> expected;
+  std::string replies = parseComplete();
+  for (int i = 0; i < 300; ++i) {
+    shell.fromClient(bind("", "s", {std::to_string(i)}) + execute(""));
+    if (i % 3 == 2) {  // the upstream answers a few behind
+      shell.fromUpstream(replies);
+      replies.clear();
+    }
+    replies += bindComplete() + dataRow(std::to_string(i)) + commandComplete("SELECT " + std::to_string(i));
+    expected.push_back("select $1::int|SELECT " + std::to_string(i) + "||1");
+  }
+  shell.fromClient(syncMessage());
+  shell.fromUpstream(replies + ready());
+  BOOST_TEST(!shell.relay().busy());
+  BOOST_TEST(shell.outcome().records == expected, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(a_denied_parse_behind_pending_messages_fails_the_batch_in_order_in_every_split) {
+  // The refusal waits for the replies before it, then the rest of the batch is dropped to its Sync.
+  const std::vector<Exchange> exchanges = {
+      {parse("", "select 1") + bind("", "", {}) + execute("") + parse("", "select secret") + bind("", "", {}) +
+           execute("") + syncMessage(),
+       // the first statement's replies, then those of the proxy's failing statement in place of the rest
+       parseComplete() + bindComplete() + dataRow("1") + commandComplete("SELECT 1") + parseComplete() +
+           bindComplete() + error("54000", "pgwire-proxy failed the previous statement") + ready()},
+      {query("select 2"), rowDescription("?column?") + dataRow("2") + commandComplete("SELECT 1") + ready()},
+  };
+  auto runDenied = [&exchanges](const std::function<std::vector<std::size_t>(std::size_t)>& cut) {
+    Shell shell(0, true, {"secret"});
+    for (const auto& exchange : exchanges) {
+      std::size_t at = 0;
+      for (const std::size_t piece : cut(exchange.client.size())) {
+        shell.fromClient(std::string_view(exchange.client).substr(at, piece));
+        at += piece;
+      }
+      at = 0;
+      for (const std::size_t piece : cut(exchange.upstream.size())) {
+        shell.fromUpstream(std::string_view(exchange.upstream).substr(at, piece));
+        at += piece;
+      }
+    }
+    BOOST_TEST(!shell.relay().busy());
+    return shell.outcome();
+  };
+  const Outcome outcome = runDenied(whole);
+  // Up: the first statement, then the proxy's failing statement and Sync in place of the denied one.
+  BOOST_TEST(outcome.upstream.starts_with(parse("", "select 1") + bind("", "", {}) + execute("") + std::string(1, 'P')));
+  BOOST_TEST(outcome.upstream.find("RAISE EXCEPTION") != std::string::npos);
+  BOOST_TEST(outcome.upstream.find("secret") == std::string::npos);
+  BOOST_TEST(outcome.client.find("54000") == std::string::npos);  // the proxy's own statement's error is dropped
+  const std::size_t refusal = outcome.client.find("C42501");
+  BOOST_TEST(refusal != std::string::npos);
+  BOOST_TEST(outcome.client.find(commandComplete("SELECT 1")) < refusal);  // after the replies before it
+  BOOST_TEST(outcome.client.ends_with(dataRow("2") + commandComplete("SELECT 1") + ready()));
+  for (std::size_t split = 1; split < 80; ++split) {
+    const Outcome got = runDenied([split](std::size_t size) {
+      std::vector<std::size_t> pieces(size / split, split);
+      if (size % split != 0) pieces.push_back(size % split);
+      return pieces;
+    });
+    BOOST_TEST_REQUIRE(got == outcome, "split at byte " << split);
   }
 }
 

@@ -6,6 +6,8 @@
 #include <optional>
 #include <span>
 
+#include "protocol/constants.h"
+
 namespace pgwire_proxy::protocol {
 
 // A typed message header: 1 type byte, then an int32 length that counts itself but not the type.
@@ -27,14 +29,30 @@ struct Frame {
 };
 
 // Reads a big-endian int32 from the first four bytes of `data` (which must hold them).
-[[nodiscard]] std::uint32_t readUint32(const char* data) noexcept;
+[[nodiscard]] inline std::uint32_t readUint32(const char* data) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(data);
+  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
+}
+
+// Throws the ProtocolError for a header whose length is below 4 or above `maxLength`.
+[[noreturn]] void throwInvalidLength(const FrameHeader& header, std::uint32_t maxLength);
 
 // The header at the start of `data`, or nullopt when fewer than 5 bytes are buffered.
 // Throws ProtocolError when the length is below 4 or above `maxLength`.
-[[nodiscard]] std::optional<FrameHeader> decodeHeader(std::span<const char> data, std::uint32_t maxLength);
+// Inline: the relay decodes a dozen headers a round trip; only the error path is out of line.
+[[nodiscard]] inline std::optional<FrameHeader> decodeHeader(std::span<const char> data, std::uint32_t maxLength) {
+  if (data.size() < kTypedHeaderSize) return std::nullopt;
+  const FrameHeader header{data[0], readUint32(data.data() + 1)};
+  if (header.length < kMinLength || header.length > maxLength) throwInvalidLength(header, maxLength);
+  return header;
+}
 
 // The whole frame at the start of `data`, or nullopt when it is not completely buffered yet.
-[[nodiscard]] std::optional<Frame> decodeFrame(std::span<const char> data, std::uint32_t maxLength);
+[[nodiscard]] inline std::optional<Frame> decodeFrame(std::span<const char> data, std::uint32_t maxLength) {
+  const auto header = decodeHeader(data, maxLength);
+  if (!header || data.size() < header->frameSize()) return std::nullopt;
+  return Frame{*header, data.first(header->frameSize())};
+}
 
 // An untyped startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest):
 // returns its body (after the length word) once complete, nullopt before that.

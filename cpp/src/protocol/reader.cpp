@@ -9,16 +9,17 @@
 
 namespace pgwire_proxy::protocol {
 
-void MessageReader::require(std::size_t count) const {
-  if (count > remaining()) {
-    throw ProtocolError("message too short: needed " + std::to_string(count) + " more bytes, " +
-                        std::to_string(remaining()) + " left");
-  }
+void MessageReader::throwShortRead(std::size_t count) const {
+  throw ProtocolError("message too short: needed " + std::to_string(count) + " more bytes, " +
+                      std::to_string(remaining()) + " left");
 }
 
-std::uint8_t MessageReader::readByte() {
-  require(1);
-  return static_cast<std::uint8_t>(data_[offset_++]);
+void MessageReader::throwMissingTerminator() {
+  throw ProtocolError("invalid string in message: missing terminator");
+}
+
+void MessageReader::throwTrailingBytes() const {
+  throw ProtocolError("invalid message format: " + std::to_string(remaining()) + " unexpected trailing bytes");
 }
 
 std::int16_t MessageReader::readInt16() {
@@ -35,26 +36,11 @@ std::int32_t MessageReader::readInt32() {
   return static_cast<std::int32_t>(value);
 }
 
-std::string_view MessageReader::readCString() {
-  const char* start = data_.data() + offset_;
-  const void* nul = std::memchr(start, '\0', remaining());
-  if (nul == nullptr) throw ProtocolError("invalid string in message: missing terminator");
-  const auto length = static_cast<std::size_t>(static_cast<const char*>(nul) - start);
-  offset_ += length + 1;
-  return {start, length};
-}
-
 std::span<const char> MessageReader::readBytes(std::size_t count) {
   require(count);
   auto bytes = data_.subspan(offset_, count);
   offset_ += count;
   return bytes;
-}
-
-void MessageReader::expectEnd() const {
-  if (remaining() != 0) {
-    throw ProtocolError("invalid message format: " + std::to_string(remaining()) + " unexpected trailing bytes");
-  }
 }
 
 }  // namespace pgwire_proxy::protocol

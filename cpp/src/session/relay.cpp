@@ -33,12 +33,6 @@ bool isExtendedMessage(char type) {
 
 Relay::Relay(RelayContext context, RelayHost& host) : context_(std::move(context)), host_(host) {}
 
-bool Relay::acceptingClient() const noexcept {
-  if (!batch_.open) return true;
-  if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
-  return !batch_.ended;  // an extended batch still open takes its next members
-}
-
 bool Relay::onClientFrame(const protocol::Frame& frame) {
   const char type = frame.type();
   if (batch_.open && batch_.copyIn != Batch::CopyIn::kNone) return onCopyInFrame(frame);
@@ -255,27 +249,26 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
         return true;
       }
       Pending reply(fe::kParse);
-      reply.sql = std::make_shared<const std::string>(parse.sql);
       reply.statement.assign(parse.statement);
-      auto& slot = statements_[reply.statement];
-      reply.previous = std::exchange(slot, reply.sql);
+      auto& slot = statements_.slot(parse.statement);
+      reply.previous = slot;
+      // A driver that re-parses its unnamed statement for every query mostly sends the same text.
+      if (!slot || *slot != parse.sql) slot = std::make_shared<const std::string>(parse.sql);
+      reply.sql = slot;
       pushPending(std::move(reply));
       break;
     }
     case fe::kBind: {
       const auto bind = protocol::parseBindMessage(frame.body());
       Pending reply(fe::kBind);
-      if (const auto it = statements_.find(std::string(bind.statement)); it != statements_.end()) reply.sql = it->second;
-      portals_[std::string(bind.portal)] = reply.sql;
+      reply.sql = statements_.find(bind.statement);
+      portals_.slot(bind.portal) = reply.sql;
       pushPending(std::move(reply));
       break;
     }
     case fe::kExecute: {
       Pending reply(fe::kExecute);
-      if (const auto it = portals_.find(std::string(protocol::parseExecutePortal(frame.body())));
-          it != portals_.end()) {
-        reply.sql = it->second;
-      }
+      reply.sql = portals_.find(protocol::parseExecutePortal(frame.body()));
       reply.sent = Clock::now();
       if (context_.faults != nullptr && injectExecuteFault(reply.sql)) return true;
       context_.observer.queryStarted(context_.sessionId, reply.sql ? std::string_view(*reply.sql) : std::string_view());
@@ -291,8 +284,8 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
       break;
     case fe::kClose: {
       const auto close = protocol::parseTargetMessage(frame.body());
-      if (close.kind == 'S') statements_.erase(std::string(close.name));
-      if (close.kind == 'P') portals_.erase(std::string(close.name));
+      if (close.kind == 'S') statements_.erase(close.name);
+      if (close.kind == 'P') portals_.erase(close.name);
       pushPending(Pending(fe::kClose));
       break;
     }
@@ -376,14 +369,14 @@ void Relay::closeBatch() {
   if (transactionStatus_ == protocol::kTxIdle) portals_.clear();
 }
 
-void Relay::pushPending(Pending pending) {
+void Relay::pushPending(Pending&& pending) {
   if (pending.type == fe::kExecute || pending.type == fe::kQuery) {
     ++batch_.statementsPending;
     if (pending.type == fe::kQuery && !batch_.deadline && context_.queryTimeout.count() > 0) {
       batch_.deadline = pending.sent + config::backstopDelay(context_.queryTimeout);  // a Query's is set
     }
   }
-  pending_.push_back(std::move(pending));
+  pending_.push(std::move(pending));
 }
 
 void Relay::popPending() {
@@ -395,17 +388,16 @@ void Relay::popPending() {
       batch_.deadline = Clock::now() + config::backstopDelay(context_.queryTimeout);
     }
   }
-  pending_.pop_front();
+  pending_.pop();
 }
 
 // ---- recovery: one mechanism ------------------------------------------------------------------------
 
 void Relay::failAtClient(const ProxyError& error) {
   batch_.clientSkipping = true;
-  Pending failure;
-  failure.failure = error;
   if (!pending_.empty()) {
-    pending_.push_back(std::move(failure));  // reported once the replies before it have gone out
+    batch_.failureAtClient = error;
+    pending_.push(Pending());  // reported once the replies before it have gone out
     return;
   }
   sendError(error, false);

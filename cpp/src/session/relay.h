@@ -15,7 +15,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -82,7 +81,12 @@ class Relay {
   // A client's CancelRequest matched this session while a query was in flight.
   void onClientCancel();
 
-  [[nodiscard]] bool acceptingClient() const noexcept;
+  // Inline: the session asks before every client frame and read.
+  [[nodiscard]] bool acceptingClient() const noexcept {
+    if (!batch_.open) return true;
+    if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
+    return !batch_.ended;  // an extended batch still open takes its next members
+  }
   // A batch is upstream (or held by a delay): the client is only watched for hanging up.
   [[nodiscard]] bool busy() const noexcept { return batch_.open; }
   // Upstream bytes wait (a delay holds the results).
@@ -107,16 +111,84 @@ class Relay {
 
  private:
   // A client message the upstream has yet to answer, oldest first, or the point at which the proxy
-  // failed the batch (type 0): its error reaches the client once everything before it has.
+  // failed the batch (type 0): its error (Batch::failureAtClient) reaches the client once everything
+  // before it has. Small: a batch queues one per message.
   struct Pending {
     explicit Pending(char replyTo = 0) : type(replyTo) {}
     char type = 0;                           // Parse, Bind, Describe, Execute, Close, Sync, Query; 0: failure
+    bool ownSync = false;  // Sync: the proxy's (a Query arrived inside the batch); its ReadyForQuery is not relayed
+    Clock::time_point sent{};
     std::shared_ptr<const std::string> sql;  // Parse, Query: its text; Bind, Execute: the statement's text
     std::string statement;                   // Parse: the name it defines
     std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
-    Clock::time_point sent{};
-    std::optional<ProxyError> failure;
-    bool ownSync = false;  // Sync: the proxy's (a Query arrived inside the batch); its ReadyForQuery is not relayed
+  };
+  // What the client's prepared statements or portals are, by name: the statement's text (null: not
+  // known). The unnamed one, which drivers use for nearly every statement, is kept out of the map, and
+  // names are looked up without being copied.
+  class Names {
+   public:
+    [[nodiscard]] std::shared_ptr<const std::string> find(std::string_view name) const {
+      if (name.empty()) return unnamed_;
+      const auto it = named_.find(name);
+      return it == named_.end() ? nullptr : it->second;
+    }
+    // The name's entry, made (null) when new.
+    [[nodiscard]] std::shared_ptr<const std::string>& slot(std::string_view name) {
+      if (name.empty()) return unnamed_;
+      if (const auto it = named_.find(name); it != named_.end()) return it->second;
+      return named_.try_emplace(std::string(name)).first->second;
+    }
+    void erase(std::string_view name) {
+      if (name.empty()) {
+        unnamed_.reset();
+      } else if (const auto it = named_.find(name); it != named_.end()) {
+        named_.erase(it);
+      }
+    }
+    void clear() noexcept {
+      unnamed_.reset();
+      if (!named_.empty()) named_.clear();
+    }
+
+   private:
+    struct Hash {
+      using is_transparent = void;
+      [[nodiscard]] std::size_t operator()(std::string_view name) const noexcept {
+        return std::hash<std::string_view>{}(name);
+      }
+    };
+    std::shared_ptr<const std::string> unnamed_;
+    std::unordered_map<std::string, std::shared_ptr<const std::string>, Hash, std::equal_to<>> named_;
+  };
+  // The pending messages, oldest first: a vector read from head_, emptied when the last is answered,
+  // so batch after batch reuses one allocation (a deque of them allocated a node every few messages).
+  class PendingQueue {
+   public:
+    [[nodiscard]] bool empty() const noexcept { return head_ == items_.size(); }
+    [[nodiscard]] std::size_t size() const noexcept { return items_.size() - head_; }
+    [[nodiscard]] Pending& front() noexcept { return items_[head_]; }
+    [[nodiscard]] const Pending& front() const noexcept { return items_[head_]; }
+    [[nodiscard]] const Pending& back() const noexcept { return items_.back(); }
+    void push(Pending&& pending) {
+      // A long pipeline answered as it is sent: the answered front is dropped once it is half the queue.
+      if (head_ >= kCompactAfter && 2 * head_ >= items_.size()) {
+        items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+        head_ = 0;
+      }
+      items_.push_back(std::move(pending));
+    }
+    void pop() noexcept {
+      if (++head_ == items_.size()) clear();
+    }
+    void clear() noexcept {
+      items_.clear();
+      head_ = 0;
+    }
+
+   private:
+    static constexpr std::size_t kCompactAfter = 64;
+    std::vector<Pending> items_;
+    std::size_t head_ = 0;
   };
   // The batch upstream, reset by assigning a fresh one.
   struct Batch {
@@ -138,6 +210,9 @@ class Relay {
     // The proxy failed the statement the upstream runs: its error goes out once the statement's fate
     // is known (ended by an error, or completed and then committed or not), so it tells the truth.
     std::optional<ProxyError> failure;
+    // The proxy failed the batch at the client's position (its Pending of type 0); at most one, as the
+    // client's messages are dropped from there to the batch's end.
+    std::optional<ProxyError> failureAtClient;
     bool failedStatementCompleted = false;
     // COPY FROM STDIN: the client's CopyData, CopyDone and CopyFail flow up. kAwaitingSync: the COPY
     // came from an Execute whose Sync was already upstream, which PostgreSQL ignored in COPY mode; the
@@ -167,7 +242,7 @@ class Relay {
   void openSingleStatementBatch(observability::QueryRecord&& record);
   void closeBatch();
   void endBatchForQuery();
-  void pushPending(Pending pending);
+  void pushPending(Pending&& pending);
   void popPending();
   // The proxy failed the batch at the client's current position (a denied Parse, an injected error).
   void failAtClient(const ProxyError& error);
@@ -190,7 +265,11 @@ class Relay {
   [[nodiscard]] bool onReadyForQuery(char status);
   [[nodiscard]] bool onErrorResponse(const protocol::Frame& frame);
   [[nodiscard]] bool onDataRow(const protocol::FrameHeader& header);
-  void reportQueuedFailure();
+  // A failure queued at the client's position goes out once it is at the front (checked per frame).
+  void reportQueuedFailure() {
+    if (!pending_.empty() && pending_.front().type == 0) sendQueuedFailure();
+  }
+  void sendQueuedFailure();
   // Writes the upstream bytes seen so far and not yet forwarded.
   void flushPending();
 
@@ -228,8 +307,8 @@ class Relay {
   Totals totals_;
   Batch batch_;
   // The batch's client messages awaiting replies, oldest first (kept apart from Batch so its storage
-  // is reused from batch to batch: a fresh deque allocates).
-  std::deque<Pending> pending_;
+  // is reused from batch to batch).
+  PendingQueue pending_;
   Statement statement_;
   std::size_t passThroughRemaining_ = 0;  // bytes of a large frame still streaming through
   bool passThroughDropped_ = false;       // ... and whether they are dropped
@@ -237,8 +316,8 @@ class Relay {
   std::uint64_t railsVersion_ = 0;
   std::shared_ptr<const guardrails::GuardrailSet> batchRails_;  // the open batch's (Batch::rails), kept after it
   std::string spareSql_;  // storage for the next record's text (what it holds is stale; see resetStatement)
-  std::unordered_map<std::string, std::shared_ptr<const std::string>> statements_;  // name -> text
-  std::unordered_map<std::string, std::shared_ptr<const std::string>> portals_;     // name -> statement text
+  Names statements_;  // prepared statements: their text
+  Names portals_;     // portals: their statement's text
   // Fault injection.
   std::vector<std::shared_ptr<faults::Rule>> faultRules_;
   std::uint64_t faultsVersion_ = 0;

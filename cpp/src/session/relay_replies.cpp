@@ -231,7 +231,7 @@ bool Relay::onErrorResponse(const protocol::Frame& frame) {
   }
   if (!pending_.empty()) {
     Pending& failed = pending_.front();
-    if (failed.type == fe::kParse) statements_[failed.statement] = failed.previous;
+    if (failed.type == fe::kParse) statements_.slot(failed.statement) = failed.previous;
     if (failed.type == fe::kExecute || failed.type == fe::kParse || failed.type == fe::kBind ||
         failed.type == fe::kQuery) {
       // A statement that failed before it could run is recorded too: the harness shows it.
@@ -271,12 +271,11 @@ bool Relay::onReadyForQuery(char status) {
   return !ownSync;
 }
 
-void Relay::reportQueuedFailure() {
-  if (passThroughRemaining_ > 0 || batch_.swallowing || pending_.empty() || pending_.front().type != 0) {
-    return;
-  }
-  const ProxyError error = std::move(*pending_.front().failure);
-  pending_.pop_front();
+void Relay::sendQueuedFailure() {
+  if (passThroughRemaining_ > 0 || batch_.swallowing) return;
+  const ProxyError error = std::move(*batch_.failureAtClient);
+  batch_.failureAtClient.reset();
+  pending_.pop();
   batch_.swallowing = true;
   batch_.swallowedUpstreamError = false;
   sendError(error, false);  // after the replies before it
