@@ -43,6 +43,19 @@ def test_upstream_unreachable(pgwire_proxy_factory):
     assert fatal_at_startup(proxy)["C"] == "08006"
 
 
+def test_a_dsn_whose_first_host_refuses_connects_through_the_next(pg_upstream, pgwire_proxy_factory):
+    # libpq closes the refused attempt's socket and opens the next, usually with the same number: the
+    # loop must register the new socket although number and wanted events look unchanged.
+    dead = free_port()  # nothing listens there
+    proxy = pgwire_proxy_factory(f"host=127.0.0.1,{pg_upstream.host} port={dead},{pg_upstream.port} "
+                                 f"user={pg_upstream.user} dbname={pg_upstream.dbname} connect_timeout=10",
+                                 connect_timeout="10s")
+    for attempt in range(5):  # descriptor numbers come back between sessions: several in a row
+        with psycopg.connect(proxy.dsn, autocommit=True, cursor_factory=psycopg.ClientCursor,
+                             connect_timeout=10) as conn:
+            assert conn.execute("select %s::int", (attempt,)).fetchone() == (attempt,)
+
+
 def test_upstream_missing_database(pg_upstream, pgwire_proxy_factory):
     proxy = pgwire_proxy_factory(pg_upstream.dsn_with(dbname="pgwp_no_such_database"))
     fields = fatal_at_startup(proxy)
