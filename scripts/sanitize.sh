@@ -25,7 +25,7 @@ echo "== C++ tests under $kind sanitizers"
 # makes it exit non-zero or die, and the fixture fails the test. The in-process module is not
 # sanitized (it would need the runtime preloaded into Python), so its own tests are left out.
 echo "== e2e tests against the $kind-sanitized binary"
-export PGWIRE_PROXY_BINARY="$PWD/$dir/pgwire-proxy" PGWIRE_PROXY_FIXTURE=process
+export PGWIRE_PROXY_BINARY="$PWD/$dir/pgwire-proxy" PGWIRE_PROXY_FIXTURE=process PGWIRE_PROXY_SANITIZER="$kind"
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 ignore=(--ignore=tests/e2e/test_python_module.py --ignore=tests/e2e/test_packaging.py
         --ignore=tests/e2e/test_docker_files.py)
