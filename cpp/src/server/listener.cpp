@@ -7,10 +7,6 @@
 namespace pgwire_proxy::server {
 namespace {
 
-// One connection per step. The socket stays readable while more wait, so the loop comes back for the
-// next at its next turn (a burst does not keep it from its sessions); accepting until EAGAIN cost a
-// failed accept per connection when they arrive one at a time, as a connection storm's do.
-constexpr int kAcceptsPerStep = 1;
 // How long accepting stops when the process is out of descriptors or memory: a level-triggered
 // listening socket would otherwise wake the loop again at once.
 constexpr auto kPause = std::chrono::milliseconds(100);
@@ -37,21 +33,20 @@ std::optional<session::Interest> Listener::advance(const session::Readiness& rea
     if (!ready.timedOut) return paused();
     pausedUntil_.reset();
   }
+  // One connection per step. The socket stays readable while more wait, so the loop comes back for
+  // the next at its next turn (a burst does not keep it from its sessions); accepting until EAGAIN
+  // cost a failed accept per connection when they arrive one at a time, as a connection storm's do.
   if (ready.client != 0) {
-    for (int i = 0; i < kAcceptsPerStep; ++i) {
-      switch (acceptor_.acceptOne(fd_, loop())) {
-        case AcceptOutcome::kAccepted:
-        case AcceptOutcome::kRetry:
-          continue;
-        case AcceptOutcome::kDrained:
-          break;
-        case AcceptOutcome::kPause:
-          pausedUntil_ = session::Clock::now() + kPause;
-          return paused();
-        case AcceptOutcome::kClosed:
-          return std::nullopt;
-      }
-      break;
+    switch (acceptor_.acceptOne(fd_, loop())) {
+      case AcceptOutcome::kAccepted:
+      case AcceptOutcome::kRetry:
+      case AcceptOutcome::kDrained:
+        break;
+      case AcceptOutcome::kPause:
+        pausedUntil_ = session::Clock::now() + kPause;
+        return paused();
+      case AcceptOutcome::kClosed:
+        return std::nullopt;
     }
   }
   session::Interest interest;
