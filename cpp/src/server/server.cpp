@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <netinet/in.h>
-#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -30,7 +29,6 @@
 #include "session/event_loop.h"
 #include "session/upstream_reuse.h"
 #include "session/session.h"
-#include "session/socket_io.h"
 #include "upstream/upstream_connection.h"
 
 namespace pgwire_proxy::server {
@@ -54,10 +52,10 @@ std::string peerHost(const sockaddr_storage& peer) {
     return std::string(quad, at);
   }
   char text[INET6_ADDRSTRLEN] = {};
-  const void* address = nullptr;
-  if (peer.ss_family == AF_INET) address = &reinterpret_cast<const sockaddr_in&>(peer).sin_addr;
-  if (peer.ss_family == AF_INET6) address = &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr;
-  if (address == nullptr || ::inet_ntop(peer.ss_family, address, text, sizeof text) == nullptr) return "unknown";
+  if (peer.ss_family != AF_INET6 ||
+      ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(peer).sin6_addr, text, sizeof text) == nullptr) {
+    return "unknown";
+  }
   return text;
 }
 
@@ -187,7 +185,7 @@ void Server::start() {
     // SO_REUSEADDR for quick restarts, never SO_REUSEPORT: a second proxy must not share the port.
     listening->bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true, false);
     listening->listen(kListenBacklog);
-    listening->setBlocking(false);  // the loops accept until EAGAIN
+    listening->setBlocking(false);  // a loop's accept returns EAGAIN when another took the connection
   } catch (const Poco::Exception& error) {
     throw std::runtime_error("cannot listen on " + config_.listenAddress + ":" + std::to_string(config_.port) + ": " +
                              error.displayText());
