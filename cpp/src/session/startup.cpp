@@ -572,10 +572,8 @@ void Session::openSession() {
   const auto minor = static_cast<std::uint32_t>(startup_.protocolVersion) & 0xffffU;
   if (minor > 0 || !unrecognizedOptions.empty()) protocol::writeNegotiateProtocolVersion(writer, 0, unrecognizedOptions);
   protocol::writeAuthenticationOk(writer);
-  upstream_->forEachReportedParameter([&](std::string_view name, std::string_view value) {
-    // The client sees its own application_name; the upstream's audit name stays upstream.
-    protocol::writeParameterStatus(writer, name, name == "application_name" ? clientApplicationName_ : value);
-  });
+  // The client sees its own application_name; the upstream's audit name stays upstream.
+  upstream_->appendParameterStatus(out, clientApplicationName_);
   protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
   protocol::writeReadyForQuery(writer, protocol::kTxIdle);
   // Observers know the session before the client can use it.

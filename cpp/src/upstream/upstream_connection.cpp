@@ -16,6 +16,8 @@
 #include <regex>
 
 #include "protocol/errors.h"
+#include "protocol/messages.h"
+#include "protocol/writer.h"
 
 namespace pgwire_proxy::upstream {
 namespace {
@@ -413,8 +415,6 @@ ssl_st* UpstreamConnection::sslObject() const {
   return PQsslInUse(conn_) != 0 ? static_cast<ssl_st*>(PQsslStruct(conn_, "OpenSSL")) : nullptr;
 }
 
-std::span<const char* const> UpstreamConnection::reportedParameterNames() noexcept { return kReportedParameters; }
-
 const char* UpstreamConnection::reportedValue(const char* name) const {
   for (const auto& [known, value] : noted_) {
     if (known == name) return value.c_str();
@@ -423,11 +423,39 @@ const char* UpstreamConnection::reportedValue(const char* name) const {
 }
 
 std::string UpstreamConnection::reportedParameter(std::string_view name) const {
+  if (name == kReportedParameters.front()) return reported().applicationName.value_or(std::string());
   const char* value = reportedValue(std::string(name).c_str());
   return value != nullptr ? value : std::string();
 }
 
+const UpstreamConnection::Reported& UpstreamConnection::reported() const {
+  if (!reported_.built) {
+    static_assert(std::string_view(kReportedParameters.front()) == "application_name", "the client's own comes first");
+    if (const char* value = reportedValue(kReportedParameters.front())) reported_.applicationName = value;
+    protocol::MessageWriter encoder(reported_.encoded);
+    for (const char* name : std::span(kReportedParameters).subspan(1)) {
+      if (const char* value = reportedValue(name)) protocol::writeParameterStatus(encoder, name, value);
+    }
+    reported_.built = true;
+  }
+  return reported_;
+}
+
+void UpstreamConnection::appendParameterStatus(std::string& out, std::string_view applicationName) const {
+  const Reported& reported = this->reported();
+  if (reported.applicationName) {
+    protocol::MessageWriter writer(out);
+    protocol::writeParameterStatus(writer, kReportedParameters.front(), applicationName);
+  }
+  out.append(reported.encoded);
+}
+
 void UpstreamConnection::noteParameter(std::string name, std::string value) {
+  if (name == kReportedParameters.front()) {
+    if (reported_.built) reported_.applicationName = value;
+  } else if (const char* before = reportedValue(name.c_str()); before == nullptr || value != before) {
+    reported_ = Reported{};  // encoded again when next asked for
+  }
   for (auto& [known, current] : noted_) {
     if (known == name) {
       current = std::move(value);

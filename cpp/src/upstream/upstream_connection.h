@@ -109,16 +109,13 @@ class UpstreamConnection {
   // libpq's OpenSSL object when the link is TLS (sslmode), else null; the relay reads and writes
   // through it. Owned by libpq.
   [[nodiscard]] ssl_st* sslObject() const;
-  // The ParameterStatus values the upstream reported during startup, in a stable order, each given
-  // to `visit(name, value)` (views valid during the call; nothing is copied).
-  template <typename Visit>
-  void forEachReportedParameter(Visit&& visit) const {
-    for (const char* name : reportedParameterNames()) {
-      if (const char* value = reportedValue(name)) visit(std::string_view(name), std::string_view(value));
-    }
-  }
+  // Appends the ParameterStatus messages a client is sent at startup, in a stable order: the values
+  // the upstream reported (during startup, or since: noteParameter), application_name the client's
+  // own. All but that one are encoded once and again only after a value changed, so a reused
+  // connection's next client costs a copy, not fifteen look-ups in libpq and as many encodings.
+  void appendParameterStatus(std::string& out, std::string_view applicationName) const;
   // A ParameterStatus the proxy read itself after startup (the reset between clients of
-  // --reuse-upstream): forEachReportedParameter() says it from now on.
+  // --reuse-upstream): appendParameterStatus() says it from now on.
   void noteParameter(std::string name, std::string value);
   // One of the reported parameters (empty when not reported).
   [[nodiscard]] std::string reportedParameter(std::string_view name) const;
@@ -132,7 +129,6 @@ class UpstreamConnection {
   void abandon();
 
  private:
-  [[nodiscard]] static std::span<const char* const> reportedParameterNames() noexcept;
   // The noted value, else libpq's; null when neither has one.
   [[nodiscard]] const char* reportedValue(const char* name) const;
   // Overwrites libpq's copy of the password (PQpass): the connect is over, it is needed no more.
@@ -142,6 +138,15 @@ class UpstreamConnection {
   std::optional<CancelData> cancelData_;
   int pollStatus_ = 0;  // libpq's PostgresPollingStatusType of the last step
   Parameters noted_;  // reported after startup, read by the proxy (libpq no longer sees the socket)
+  // What appendParameterStatus() and reportedParameter("application_name") read: built at the first
+  // use (the connection is up by then), again after a noted value changed one of the others.
+  struct Reported {
+    bool built = false;
+    std::optional<std::string> applicationName;
+    std::string encoded;  // the other parameters' ParameterStatus messages
+  };
+  [[nodiscard]] const Reported& reported() const;
+  mutable Reported reported_;
   pg_conn* conn_ = nullptr;
   pg_cancel* cancel_ = nullptr;
   mutable std::mutex cancelMutex_;
