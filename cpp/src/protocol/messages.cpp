@@ -44,7 +44,8 @@ StartupPacket parseStartupPacket(std::span<const char> body) {
                      "unsupported frontend protocol " + std::to_string(major) + "." + std::to_string(minor) +
                          ": server supports 3.0 to 3.0");
   }
-  // Name/value pairs, terminated by an empty name.
+  // Name/value pairs, terminated by an empty name; drivers send a handful.
+  packet.parameters.reserve(8);
   for (;;) {
     const std::string_view name = reader.readCString();
     if (name.empty()) break;

@@ -4,13 +4,19 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <charconv>
 #include <utility>
 
 namespace pgwire_proxy::upstream {
 namespace {
 
+// A field's length (at most 20 digits), a colon, the field.
+constexpr std::size_t kFieldOverhead = 21;
+
 void appendField(std::string& key, std::string_view field) {
-  key += std::to_string(field.size());
+  char digits[kFieldOverhead];
+  const auto end = std::to_chars(digits, digits + sizeof digits, field.size()).ptr;
+  key.append(digits, end);
   key += ':';
   key += field;
 }
@@ -27,15 +33,21 @@ bool stillIdle(const UpstreamConnection& connection) {
 
 std::string poolKey(const ConnectRequest& request) {
   if (request.asClient) return {};
-  Parameters parameters = request.clientParameters;
-  std::sort(parameters.begin(), parameters.end());
+  // Sorted by pointer: the parameters are not copied.
+  std::vector<const Parameters::value_type*> parameters;
+  parameters.reserve(request.clientParameters.size());
+  for (const auto& parameter : request.clientParameters) parameters.push_back(&parameter);
+  std::sort(parameters.begin(), parameters.end(), [](const auto* a, const auto* b) { return *a < *b; });
   std::string key;
+  std::size_t size = request.dsn.size() + request.user.size() + request.database.size() + 3 * kFieldOverhead;
+  for (const auto* parameter : parameters) size += parameter->first.size() + parameter->second.size() + 2 * kFieldOverhead;
+  key.reserve(size);  // one allocation, not one per doubling
   appendField(key, request.dsn);
   appendField(key, request.user);
   appendField(key, request.database);
-  for (const auto& [name, value] : parameters) {
-    appendField(key, name);
-    appendField(key, value);
+  for (const auto* parameter : parameters) {
+    appendField(key, parameter->first);
+    appendField(key, parameter->second);
   }
   return key;
 }
