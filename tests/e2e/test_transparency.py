@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import socket
 from pathlib import Path
 
 import psycopg
@@ -101,6 +102,28 @@ def test_upstream_application_name_names_proxy_and_client(pgwire_proxy, appname)
         "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"])
     assert result.returncode == 0, result.stdout
     assert result.stdout.decode().strip() == f"pgwire-proxy/{appname or 'psql'}@127.0.0.1"
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_listener_serves_clients_and_names_them_by_their_ipv6_address(pgwire_proxy_factory):
+    # The loops accept themselves and format the peer's address (inet_ntop for IPv6): the upstream's
+    # audit name says "::1", as PostgreSQL's client_addr would for a direct IPv6 client.
+    proxy = pgwire_proxy_factory(listen_address="::1")
+    assert proxy.host == "::1"
+    result = run_psql(proxy.dsn, extra_args=["-A", "-t"], commands=[
+        "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        "SELECT 6 * 7"])
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.decode().split("\n")[:2] == ["pgwire-proxy/psql@::1", "42"]
 
 
 def test_client_is_told_its_own_application_name(pg_upstream, pgwire_proxy):
