@@ -113,9 +113,7 @@ std::optional<Interest> Session::startupStep(const Readiness& ready) {
           return tlsStep(Readiness{});
         }
         writeClient(std::string_view("N"));
-        // The client sends its startup packet once it has read the answer: wait for it instead of
-        // trying a read that finds nothing (a syscall per connection).
-        return clientInterest(clientOutPending() ? client_->writeEvents() : client_->readEvents(), startupDeadline_);
+        continue;
       case protocol::StartupKind::kCancelRequest:
         closeReason_ = "cancel request";
         handleCancelRequest(packet);
