@@ -113,6 +113,9 @@ std::optional<Interest> Session::startupStep(const Readiness& ready) {
           return tlsStep(Readiness{});
         }
         writeClient(std::string_view("N"));
+        // Read on at once: the startup packet is often here already, and a session that finishes its
+        // startup in the step it was accepted in never registers its socket for reading (waiting for
+        // readiness instead cost more syscalls per connection than the failed reads it saved).
         continue;
       case protocol::StartupKind::kCancelRequest:
         closeReason_ = "cancel request";
