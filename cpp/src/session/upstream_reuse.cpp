@@ -38,6 +38,7 @@ ProxyStatement::Outcome ProxyStatement::fail(std::string why) {
 
 ProxyStatement::Outcome ProxyStatement::step(Channel& link, upstream::UpstreamConnection& connection, short& events) {
   try {
+    bool sentNow = false;
     while (sent_ < out_.size()) {
       const std::size_t written = link.write(std::span<const char>(out_).subspan(sent_));
       if (written == 0) {
@@ -45,6 +46,13 @@ ProxyStatement::Outcome ProxyStatement::step(Channel& link, upstream::UpstreamCo
         return Outcome::kWaiting;
       }
       sent_ += written;
+      sentNow = true;
+    }
+    if (sentNow && !link.hasPendingInput()) {
+      // The server cannot have answered a statement sent a moment ago (DISCARD ALL takes it hundreds
+      // of microseconds): wait for the answer instead of a read that finds nothing, a syscall per reset.
+      events = link.readEvents();
+      return Outcome::kWaiting;
     }
     for (;;) {
       while (const auto frame = protocol::decodeFrame(in_.readable(), kMaxReply)) {
