@@ -1,11 +1,17 @@
 // Parsing and validation of the settings: durations, sizes, integers, the DSN.
 #include <boost/test/unit_test.hpp>
 
+#include <map>
+#include <string>
+
 #include "config/options.h"
 #include "config/server_config.h"
 #include "upstream/routes.h"
 #include "upstream/upstream_connection.h"
 #include "upstream/upstream_pool.h"
+#include "protocol/messages.h"
+#include "protocol/writer.h"
+#include "upstream/reported_parameters.h"
 
 using namespace pgwire_proxy::config;
 using std::chrono::milliseconds;
@@ -204,6 +210,71 @@ BOOST_AUTO_TEST_CASE(reuse_settings_are_checked) {
 BOOST_AUTO_TEST_CASE(quoted_literals) {
   BOOST_TEST(pgwire_proxy::upstream::quoteLiteral("plain") == "E'plain'");
   BOOST_TEST(pgwire_proxy::upstream::quoteLiteral("it's a \\ test") == "E'it''s a \\\\ test'");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// What a client is told at startup of an upstream's parameters, including after a reused
+// connection's reset.
+BOOST_AUTO_TEST_SUITE(upstream_reported_parameters)
+
+namespace {
+
+using pgwire_proxy::upstream::ReportedParameters;
+
+ReportedParameters fromServer(std::map<std::string, std::string> values) {
+  return ReportedParameters([values = std::move(values)](const char* name) -> const char* {
+    const auto found = values.find(name);
+    return found == values.end() ? nullptr : found->second.c_str();
+  });
+}
+
+std::string messages(std::initializer_list<std::pair<std::string_view, std::string_view>> parameters) {
+  std::string out;
+  pgwire_proxy::protocol::MessageWriter writer(out);
+  for (const auto& [name, value] : parameters) pgwire_proxy::protocol::writeParameterStatus(writer, name, value);
+  return out;
+}
+
+std::string told(const ReportedParameters& reported, std::string_view applicationName) {
+  std::string out;
+  reported.appendTo(out, applicationName);
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(the_client_gets_its_own_application_name_first_then_the_rest_in_order) {
+  const auto reported = fromServer({{"TimeZone", "UTC"}, {"application_name", "pgwire-proxy/a@h"},
+                                    {"client_encoding", "UTF8"}, {"server_version", "15.18"}});
+  BOOST_TEST(told(reported, "app") == messages({{"application_name", "app"}, {"client_encoding", "UTF8"},
+                                                {"server_version", "15.18"}, {"TimeZone", "UTC"}}));
+  BOOST_TEST(*reported.applicationName() == "pgwire-proxy/a@h");
+  // Asked again (the next client of a reused connection): the same, with that client's name.
+  BOOST_TEST(told(reported, "other") == messages({{"application_name", "other"}, {"client_encoding", "UTF8"},
+                                                  {"server_version", "15.18"}, {"TimeZone", "UTC"}}));
+}
+
+BOOST_AUTO_TEST_CASE(a_value_noted_after_a_reset_is_what_the_next_client_is_told) {
+  auto reported = fromServer({{"application_name", "pgwire-proxy/a@h"}, {"DateStyle", "ISO, MDY"}});
+  BOOST_TEST(told(reported, "x") == messages({{"application_name", "x"}, {"DateStyle", "ISO, MDY"}}));
+  reported.note("DateStyle", "SQL, DMY");  // after the messages were encoded once
+  reported.note("TimeZone", "Europe/Paris");  // one the server had not reported
+  BOOST_TEST(told(reported, "x") == messages({{"application_name", "x"}, {"DateStyle", "SQL, DMY"},
+                                              {"TimeZone", "Europe/Paris"}}));
+  reported.note("application_name", "pgwire-proxy/b@h");  // the handover's SET: still the client's own
+  BOOST_TEST(*reported.applicationName() == "pgwire-proxy/b@h");
+  BOOST_TEST(told(reported, "y") == messages({{"application_name", "y"}, {"DateStyle", "SQL, DMY"},
+                                              {"TimeZone", "Europe/Paris"}}));
+  reported.note("not_reported_to_clients", "1");
+  BOOST_TEST(told(reported, "y") == messages({{"application_name", "y"}, {"DateStyle", "SQL, DMY"},
+                                              {"TimeZone", "Europe/Paris"}}));
+}
+
+BOOST_AUTO_TEST_CASE(a_server_that_reports_no_application_name_gets_none_sent) {
+  const auto reported = fromServer({{"client_encoding", "UTF8"}});
+  BOOST_TEST(!reported.applicationName());
+  BOOST_TEST(told(reported, "app") == messages({{"client_encoding", "UTF8"}}));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -458,7 +458,7 @@ void Session::adopt(std::unique_ptr<upstream::UpstreamConnection> connection, up
   upstream_ = std::move(connection);
   upstreamLink_ = upstreamChannel(*upstream_);
   ++connectEpoch_;
-  if (upstream_->reportedParameter("application_name") != request.auditApplicationName) {
+  if (upstream_->reported().applicationName() != request.auditApplicationName) {
     adoption_ = std::make_unique<ProxyStatement>("SET application_name = " +
                                                  upstream::quoteLiteral(request.auditApplicationName));
   }
@@ -576,7 +576,7 @@ void Session::openSession() {
   if (minor > 0 || !unrecognizedOptions.empty()) protocol::writeNegotiateProtocolVersion(writer, 0, unrecognizedOptions);
   protocol::writeAuthenticationOk(writer);
   // The client sees its own application_name; the upstream's audit name stays upstream.
-  upstream_->appendParameterStatus(out, clientApplicationName_);
+  upstream_->reported().appendTo(out, clientApplicationName_);
   protocol::writeBackendKeyData(writer, cancelKey_->processId, cancelKey_->secretKey);
   protocol::writeReadyForQuery(writer, protocol::kTxIdle);
   // Observers know the session before the client can use it.

@@ -67,9 +67,8 @@ ProxyStatement::Outcome ProxyStatement::step(Channel& link, upstream::UpstreamCo
           }
           case be::kParameterStatus: {
             protocol::MessageReader reader(body);
-            std::string name(reader.readCString());
-            std::string value(reader.readCString());
-            connection.noteParameter(std::move(name), std::move(value));
+            const std::string_view name = reader.readCString();
+            connection.noteParameter(name, reader.readCString());
             break;
           }
           case be::kReadyForQuery:

@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cctype>
 #include <cstring>
@@ -16,21 +15,9 @@
 #include <regex>
 
 #include "protocol/errors.h"
-#include "protocol/messages.h"
-#include "protocol/writer.h"
 
 namespace pgwire_proxy::upstream {
 namespace {
-
-// The parameters PostgreSQL reports with ParameterStatus (GUC_REPORT), in the order PostgreSQL 15 sends
-// them; newer servers' additions are asked for too and skipped when absent.
-constexpr std::array kReportedParameters = {
-    "application_name", "client_encoding",     "DateStyle",
-    "default_transaction_read_only", "in_hot_standby", "integer_datetimes",
-    "IntervalStyle",    "is_superuser",        "scram_iterations",
-    "search_path",      "server_encoding",     "server_version",
-    "session_authorization", "standard_conforming_strings", "TimeZone",
-};
 
 // Startup parameters that libpq takes as connection keywords rather than as `-c` options.
 bool isLibpqKeyword(std::string_view name) {
@@ -415,54 +402,14 @@ ssl_st* UpstreamConnection::sslObject() const {
   return PQsslInUse(conn_) != 0 ? static_cast<ssl_st*>(PQsslStruct(conn_, "OpenSSL")) : nullptr;
 }
 
-const char* UpstreamConnection::reportedValue(const char* name) const {
-  for (const auto& [known, value] : noted_) {
-    if (known == name) return value.c_str();
-  }
-  return PQparameterStatus(conn_, name);
+const ReportedParameters& UpstreamConnection::reported() const {
+  if (!reported_) reported_.emplace([this](const char* name) { return PQparameterStatus(conn_, name); });
+  return *reported_;
 }
 
-std::string UpstreamConnection::reportedParameter(std::string_view name) const {
-  if (name == kReportedParameters.front()) return reported().applicationName.value_or(std::string());
-  const char* value = reportedValue(std::string(name).c_str());
-  return value != nullptr ? value : std::string();
-}
-
-const UpstreamConnection::Reported& UpstreamConnection::reported() const {
-  if (!reported_.built) {
-    static_assert(std::string_view(kReportedParameters.front()) == "application_name", "the client's own comes first");
-    if (const char* value = reportedValue(kReportedParameters.front())) reported_.applicationName = value;
-    protocol::MessageWriter encoder(reported_.encoded);
-    for (const char* name : std::span(kReportedParameters).subspan(1)) {
-      if (const char* value = reportedValue(name)) protocol::writeParameterStatus(encoder, name, value);
-    }
-    reported_.built = true;
-  }
-  return reported_;
-}
-
-void UpstreamConnection::appendParameterStatus(std::string& out, std::string_view applicationName) const {
-  const Reported& reported = this->reported();
-  if (reported.applicationName) {
-    protocol::MessageWriter writer(out);
-    protocol::writeParameterStatus(writer, kReportedParameters.front(), applicationName);
-  }
-  out.append(reported.encoded);
-}
-
-void UpstreamConnection::noteParameter(std::string name, std::string value) {
-  if (name == kReportedParameters.front()) {
-    if (reported_.built) reported_.applicationName = value;
-  } else if (const char* before = reportedValue(name.c_str()); before == nullptr || value != before) {
-    reported_ = Reported{};  // encoded again when next asked for
-  }
-  for (auto& [known, current] : noted_) {
-    if (known == name) {
-      current = std::move(value);
-      return;
-    }
-  }
-  noted_.emplace_back(std::move(name), std::move(value));
+void UpstreamConnection::noteParameter(std::string_view name, std::string_view value) {
+  (void)reported();
+  reported_->note(name, value);
 }
 
 bool UpstreamConnection::cancel(std::string& error) const {

@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
-#include <span>
 #include <string_view>
 #include <string>
 #include <utility>
@@ -15,6 +14,7 @@
 
 #include "config/server_config.h"
 #include "protocol/errors.h"
+#include "upstream/reported_parameters.h"
 
 struct pg_conn;
 struct pg_cancel;
@@ -109,16 +109,12 @@ class UpstreamConnection {
   // libpq's OpenSSL object when the link is TLS (sslmode), else null; the relay reads and writes
   // through it. Owned by libpq.
   [[nodiscard]] ssl_st* sslObject() const;
-  // Appends the ParameterStatus messages a client is sent at startup, in a stable order: the values
-  // the upstream reported (during startup, or since: noteParameter), application_name the client's
-  // own. All but that one are encoded once and again only after a value changed, so a reused
-  // connection's next client costs a copy, not fifteen look-ups in libpq and as many encodings.
-  void appendParameterStatus(std::string& out, std::string_view applicationName) const;
+  // What the upstream reported, for the client's startup (read from libpq at the first use: the
+  // connection is up by then).
+  [[nodiscard]] const ReportedParameters& reported() const;
   // A ParameterStatus the proxy read itself after startup (the reset between clients of
-  // --reuse-upstream): appendParameterStatus() says it from now on.
-  void noteParameter(std::string name, std::string value);
-  // One of the reported parameters (empty when not reported).
-  [[nodiscard]] std::string reportedParameter(std::string_view name) const;
+  // --reuse-upstream): reported() says it from now on.
+  void noteParameter(std::string_view name, std::string_view value);
 
   // Asks the server to cancel whatever this connection is running, through libpq's PQcancel, which
   // blocks (no connect timeout): only where cancelData() is not available. Returns false with a
@@ -129,24 +125,13 @@ class UpstreamConnection {
   void abandon();
 
  private:
-  // The noted value, else libpq's; null when neither has one.
-  [[nodiscard]] const char* reportedValue(const char* name) const;
   // Overwrites libpq's copy of the password (PQpass): the connect is over, it is needed no more.
   void wipePassword() noexcept;
 
   std::chrono::milliseconds statementTimeout_{0};
   std::optional<CancelData> cancelData_;
   int pollStatus_ = 0;  // libpq's PostgresPollingStatusType of the last step
-  Parameters noted_;  // reported after startup, read by the proxy (libpq no longer sees the socket)
-  // What appendParameterStatus() and reportedParameter("application_name") read: built at the first
-  // use (the connection is up by then), again after a noted value changed one of the others.
-  struct Reported {
-    bool built = false;
-    std::optional<std::string> applicationName;
-    std::string encoded;  // the other parameters' ParameterStatus messages
-  };
-  [[nodiscard]] const Reported& reported() const;
-  mutable Reported reported_;
+  mutable std::optional<ReportedParameters> reported_;
   pg_conn* conn_ = nullptr;
   pg_cancel* cancel_ = nullptr;
   mutable std::mutex cancelMutex_;
