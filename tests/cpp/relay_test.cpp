@@ -29,6 +29,10 @@ struct Recorder final : session::RelayHost {
   void toUpstream(std::span<const char> bytes) override { upstream.append(bytes.data(), bytes.size()); }
   void cancelUpstream() override { ++cancels; }
   void setCancellable(bool value) override { cancellable = value; }
+  void upstreamParameter(std::string_view name, std::string_view value) override {
+    parameters.append(name).append("=").append(value).append(";");
+  }
+  std::string parameters;  // each ParameterStatus the relay reported, "name=value;"
 };
 
 // One exchange: the client's bytes, then the upstream's answer to them.
@@ -50,6 +54,7 @@ struct Outcome {
   std::string upstream;
   int cancels = 0;
   std::vector<std::string> records;
+  std::string parameters;
   bool operator==(const Outcome&) const = default;
 };
 
@@ -87,7 +92,7 @@ class Shell {
   }
 
   [[nodiscard]] Outcome outcome() const {
-    return {recorder_.client, recorder_.upstream, recorder_.cancels, observer_.lines};
+    return {recorder_.client, recorder_.upstream, recorder_.cancels, observer_.lines, recorder_.parameters};
   }
   [[nodiscard]] const session::Relay& relay() const { return relay_; }
 
@@ -188,6 +193,10 @@ std::string error(const std::string& code, const std::string& text) {
   return message('E', "SERROR" + std::string(1, '\0') + "VERROR" + std::string(1, '\0') + "C" + code + '\0' + "M" +
                           text + '\0' + '\0');
 }
+std::string parameterStatus(const std::string& name, const std::string& value) {
+  return message('S', cstring(name) + cstring(value));
+}
+std::string notification() { return message('A', int32(4242) + cstring("channel") + cstring("payload")); }
 std::string notice(const std::string& text) {
   return message('N', "SNOTICE" + std::string(1, '\0') + "C00000" + std::string(1, '\0') + "M" + text + '\0' + '\0');
 }
@@ -298,6 +307,33 @@ BOOST_AUTO_TEST_CASE(a_row_limit_breach_stops_rows_cancels_and_reports_once_in_e
   BOOST_TEST(outcome.client.find("57014") == std::string::npos);  // the cancel's own error is the proxy's business
   BOOST_TEST(outcome.client.ends_with(rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()));
   BOOST_TEST(outcome.client.find(dataRow("row2")) == std::string::npos);
+  checkSplits(exchanges, 2);
+}
+
+BOOST_AUTO_TEST_CASE(each_parameter_status_is_relayed_and_reported_once_wherever_it_comes_in_every_split) {
+  // A SET's report before its CommandComplete, a reload's before a ReadyForQuery, a promotion's
+  // between batches, and one inside a statement whose rows the relay is already swallowing (with a
+  // notification: both reach the client though the rows around them do not).
+  const std::vector<Exchange> exchanges = {
+      {query("set timezone = 'Asia/Tokyo'"),
+       parameterStatus("TimeZone", "Asia/Tokyo") + commandComplete("SET") + ready()},
+      {query("select 1"), rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") +
+                              parameterStatus("DateStyle", "SQL, DMY") + ready() +
+                              parameterStatus("in_hot_standby", "off")},
+      {query("select generate_series(1, 5)"),
+       rowDescription("g") + rows(3) + parameterStatus("TimeZone", "UTC") + rows(1, "late") + notification() +
+           rows(1, "later") +
+           error("57014", "canceling statement due to user request") + ready()},
+  };
+  const Outcome whole_run = run(exchanges, whole, 2);
+  BOOST_TEST(whole_run.parameters == "TimeZone=Asia/Tokyo;DateStyle=SQL, DMY;in_hot_standby=off;TimeZone=UTC;");
+  for (const auto& status : {parameterStatus("TimeZone", "Asia/Tokyo"), parameterStatus("DateStyle", "SQL, DMY"),
+                             parameterStatus("in_hot_standby", "off"), parameterStatus("TimeZone", "UTC"),
+                             notification()}) {
+    BOOST_TEST(whole_run.client.find(status) != std::string::npos, "not relayed: " << status.substr(5));  // the client is told as well
+  }
+  BOOST_TEST(whole_run.client.find(dataRow("late0")) == std::string::npos);
+  BOOST_TEST(whole_run.client.find(dataRow("later0")) == std::string::npos);
   checkSplits(exchanges, 2);
 }
 

@@ -108,6 +108,31 @@ def test_a_reused_startup_says_what_a_fresh_one_says(reuse_proxy, pgwire_proxy_f
     assert status == fresh_status
 
 
+def test_a_value_the_server_reported_during_a_session_is_what_the_next_client_is_told(reuse_proxy, pg_upstream):
+    """A configuration reload (like a promotion's in_hot_standby) changes a reported value while a
+    client holds the backend; DISCARD ALL keeps the new value and reports nothing, so the next
+    client's startup must carry what the server reported then, not what it said at connect."""
+    default_timezone = pg_upstream.execute("SHOW TimeZone")[0][0]
+    reloaded = "Asia/Tokyo" if default_timezone != "Asia/Tokyo" else "Europe/Lisbon"
+    try:
+        with psycopg.connect(reuse_proxy.dsn, autocommit=True) as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            assert conn.info.parameter_status("TimeZone") == default_timezone
+            pg_upstream.execute(f"ALTER SYSTEM SET TimeZone = '{reloaded}'")
+            pg_upstream.execute("SELECT pg_reload_conf()")
+            # The backend applies the reload before its next statement and reports it.
+            wait_until(lambda: conn.execute("SELECT 1") and conn.info.parameter_status("TimeZone") == reloaded,
+                       "the reload to reach the backend")
+        wait_parked(pg_upstream, pid)
+        with psycopg.connect(reuse_proxy.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid, "not reused"
+            assert conn.execute("SHOW TimeZone").fetchone()[0] == reloaded
+            assert conn.info.parameter_status("TimeZone") == reloaded
+    finally:
+        pg_upstream.execute("ALTER SYSTEM RESET TimeZone")
+        pg_upstream.execute("SELECT pg_reload_conf()")
+
+
 def test_a_session_left_in_a_transaction_is_never_reused(reuse_proxy, pg_upstream):
     pg_upstream.execute("CREATE TABLE IF NOT EXISTS reuse_tx_probe (id int)")
     pg_upstream.execute("TRUNCATE reuse_tx_probe")

@@ -24,6 +24,7 @@ struct Sink final : session::RelayHost {
   void toUpstream(std::span<const char> bytes) override { upstream += bytes.size(); }
   void cancelUpstream() override {}
   void setCancellable(bool) override {}
+  void upstreamParameter(std::string_view, std::string_view) override {}
 };
 
 }  // namespace

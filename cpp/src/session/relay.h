@@ -44,6 +44,9 @@ class RelayHost {
   virtual void cancelUpstream() = 0;
   // Whether a client's CancelRequest may reach the upstream now (a query is in flight).
   virtual void setCancellable(bool cancellable) = 0;
+  // A ParameterStatus the upstream sent during the session (a SET, a configuration reload, a
+  // promotion), relayed as well: under --reuse-upstream the connection's next client is told it.
+  virtual void upstreamParameter(std::string_view name, std::string_view value) = 0;
 };
 
 // What the relay reads of its surroundings; the session's, shared read-only.

@@ -19,7 +19,7 @@ namespace be = protocol::backend;
 // ErrorResponse is read from its prefix).
 bool needsWholeFrame(char type) {
   return type == be::kErrorResponse || type == be::kReadyForQuery || type == be::kCommandComplete ||
-         type == be::kCopyInResponse || type == be::kCopyOutResponse || type == be::kCopyBothResponse;
+         type == be::kParameterStatus || type == be::kCopyInResponse || type == be::kCopyOutResponse || type == be::kCopyBothResponse;
 }
 
 bool isBatchEnd(char type) { return type == fe::kSync || type == fe::kQuery; }
@@ -67,6 +67,7 @@ std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
     }
     // Frames not held whole are acted on by their header alone; their body may not be here yet.
     const protocol::Frame frame{*header, data.subspan(at_, std::min(size, available))};
+    const std::size_t frameStart = at_;
     bool forward = true;
     try {
       forward = onReply(frame);
@@ -80,7 +81,12 @@ std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
       passThroughDropped_ = !forward;
       at_ = data.size();
     }
-    if (!forward) flushFrom_ = at_;
+    if (!forward) {
+      // What was forwarded before a dropped frame still goes (a notification or ParameterStatus
+      // among the rows of a statement the relay is swallowing).
+      if (frameStart > flushFrom_) host_.toClient(in_.subspan(flushFrom_, frameStart - flushFrom_));
+      flushFrom_ = at_;
+    }
   }
   if (batch_.open) reportQueuedFailure();
   flushPending();
@@ -99,6 +105,13 @@ bool Relay::onReply(const protocol::Frame& frame) {
     return onReadyForQuery(status);
   }
   if (type == be::kErrorResponse) return onErrorResponse(frame);
+  if (type == be::kParameterStatus) {
+    protocol::MessageReader reader(frame.body());
+    const std::string_view name = reader.readCString();
+    const std::string_view value = reader.readCString();
+    reader.expectEnd();
+    host_.upstreamParameter(name, value);
+  }
   if (!batch_.open) return true;  // NotificationResponse, ParameterStatus, notices between batches
   if (batch_.swallowing) {
     if (type == be::kCommandComplete || type == be::kPortalSuspended || type == be::kEmptyQueryResponse) {

@@ -372,6 +372,11 @@ void Session::setCancellable(bool cancellable) {
   if (canceller_) canceller_->setInQuery(cancellable);
 }
 
+void Session::upstreamParameter(std::string_view name, std::string_view value) {
+  // Only a connection that may be shared keeps what it reported; the reset's own notes come after.
+  if (!poolKey_.empty() && upstream_) upstream_->noteParameter(name, value);
+}
+
 void Session::writeQueuedUpstream() {
   try {
     while (upstreamOutSent_ < upstreamOut_.size()) {

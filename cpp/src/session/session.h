@@ -146,6 +146,7 @@ class Session final : public LoopTask, private RelayHost {
   void toUpstream(std::span<const char> bytes) override;
   void cancelUpstream() override { sendCancel(); }
   void setCancellable(bool cancellable) override;
+  void upstreamParameter(std::string_view name, std::string_view value) override;
 
   SessionContext& context_;
   const std::uint64_t id_;
