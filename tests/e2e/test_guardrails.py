@@ -11,7 +11,7 @@ from psycopg.pq import TransactionStatus
 
 from psql import run_psql
 from support import connect, upstream_active, wait_until
-from wire import RawConnection
+from wire import RawConnection, errors_in, kinds, query
 
 
 def rows(conn, sql):
@@ -61,6 +61,32 @@ def test_a_huge_result_is_cancelled_upstream(row_limited, pg_upstream):
         assert 11 <= produced < 1000, produced
         # By a cancel on the same upstream connection, not by closing it.
         assert rows(conn, "select pg_backend_pid()") == [(upstream_pid,)]
+
+
+def test_a_notification_that_comes_with_a_breached_statements_end_still_reaches_the_client(row_limited, pg_upstream):
+    """The relay drops what follows a row-limit breach until ReadyForQuery (the rows, the cancel's
+    error); a NotificationResponse that comes meanwhile is the client's all the same, as direct."""
+    def raw_messages(target):
+        with psycopg.connect(pg_upstream.dsn, autocommit=True) as other, \
+                RawConnection(target.host, target.port) as raw:
+            assert raw.startup({"user": row_limited.user, "database": row_limited.dbname})[-1].kind == "Z"
+            raw.simple_query("LISTEN pgwp_breach")
+            other.execute("SELECT pg_advisory_lock(4343)")
+            # Its first row waits for the lock, so the NOTIFY commits while the statement runs.
+            raw.send(query("SELECT g FROM generate_series(1, 5000) g "
+                           "WHERE pg_advisory_lock_shared(4343) IS NOT NULL /* pgwp_breach */"))
+            wait_until(lambda: upstream_active(pg_upstream, "/* pgwp_breach */"), "the statement to wait")
+            other.execute("NOTIFY pgwp_breach, 'during'")
+            other.execute("SELECT pg_advisory_unlock(4343)")
+            return raw.read_until_ready()
+
+    direct = raw_messages(pg_upstream)
+    proxied = raw_messages(row_limited)
+    assert kinds(direct).endswith("CAZ")  # 5000 rows, then the notification before ReadyForQuery
+    assert [e["C"] for e in errors_in(proxied)] == ["54000"]
+    assert kinds(proxied).endswith(("AEZ", "EAZ"))  # the proxy's error where the rest was dropped
+    notified = [m for m in proxied if m.kind == "A"]
+    assert len(notified) == 1 and notified[0].body.endswith(b"pgwp_breach\0during\0")
 
 
 def test_breach_inside_a_transaction_leaves_it_aborted(row_limited):
