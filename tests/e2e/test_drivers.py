@@ -96,3 +96,33 @@ def test_driver_sees_the_same_through_the_relay_as_direct(driver, pg_upstream, p
     proxy = pgwire_proxy_factory(extended_protocol="relay", max_rows=0, max_bytes=0)
     proxied = run_driver(driver, proxy.host, proxy.port, proxy.user, proxy.dbname, password)
     assert proxied.splitlines() == direct.splitlines()
+
+
+@pytest.mark.parametrize("driver", list(DRIVERS))
+def test_driver_sees_the_same_on_a_reused_upstream_as_direct(driver, pg_upstream, pgwire_proxy_process_factory):
+    """--reuse-upstream: the driver's second run gets the backends its first run left (reset with
+    DISCARD ALL) and must print what it prints direct; the reuse counter proves they were reused."""
+    import re
+    import urllib.request
+
+    from test_metrics_logs import metrics_port
+
+    missing = DRIVERS[driver][1]
+    if missing:
+        pytest.skip(missing)
+    password = getattr(pg_upstream, "password", None)
+    direct = run_driver(driver, pg_upstream.host, pg_upstream.port, pg_upstream.user, pg_upstream.dbname, password)
+    proxy = pgwire_proxy_process_factory(extended_protocol="relay", max_rows=0, max_bytes=0, reuse_upstream=True,
+                                         metrics_address="127.0.0.1:0")
+    port = metrics_port(proxy)
+
+    def reused() -> int:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return int(re.search(r"^pgwire_proxy_upstream_reused_total (\d+)", text, re.M).group(1))
+
+    first = run_driver(driver, proxy.host, proxy.port, proxy.user, proxy.dbname, password)
+    assert first.splitlines() == direct.splitlines()
+    before = reused()
+    second = run_driver(driver, proxy.host, proxy.port, proxy.user, proxy.dbname, password)
+    assert second.splitlines() == direct.splitlines()
+    assert reused() > before, f"{driver}'s second run got no reused backend"

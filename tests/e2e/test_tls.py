@@ -19,6 +19,7 @@ import pytest
 
 from pgwire_proxy.cluster import ThrowawayPostgres
 from psql import normalise, run_psql
+from support import wait_until
 
 SQL_DIR = Path(__file__).parent / "sql"
 
@@ -267,6 +268,26 @@ def test_relay_over_a_tls_upstream(tls_upstream, pgwire_proxy_factory):
     proxied = run_psql(proxy.dsn, extra_args=["-A", "-t"], commands=[sql])
     assert direct.returncode == 0 and len(direct.stdout) > 20_000_000
     assert direct.stdout == proxied.stdout
+
+
+def test_a_reused_tls_upstream_serves_the_next_clients_over_the_same_encrypted_link(tls_upstream, pgwire_proxy_factory):
+    """--reuse-upstream over TLS: the reset and each next client speak on libpq's SSL object in turn;
+    what one of them read must not be missing from (or left for) the next."""
+    proxy = pgwire_proxy_factory(tls_upstream.dsn_with(sslmode="require"), reuse_upstream=True)
+    link = "select pg_backend_pid(), ssl from pg_stat_ssl where pid = pg_backend_pid()"
+    big = "select sum(length(r)) from (select repeat(md5(g::text), 40) || %s as r from generate_series(1, 20000) g) s"
+    seen = set()
+    for client in range(3):
+        with psycopg.connect(proxy.dsn, autocommit=True, application_name="tls-reuse") as conn:
+            pid, ssl = conn.execute(link).fetchone()
+            assert ssl is True
+            seen.add(pid)
+            # Many TLS records each way, then a result of thousands of rows.
+            assert conn.execute(big, ["y" * 200_000]).fetchone() == (20000 * (1280 + 200_000),)
+            assert len(conn.execute("select g, repeat('z', 500) from generate_series(1, 5000) g").fetchall()) == 5000
+        wait_until(lambda: tls_upstream.execute("SELECT state, query FROM pg_stat_activity WHERE pid = %s",
+                                                [pid]) == [("idle", "DISCARD ALL")], "the backend to be parked")
+    assert len(seen) == 1, "not reused"
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SQL_DIR.glob("*.sql")))
