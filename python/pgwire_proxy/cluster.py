@@ -164,7 +164,8 @@ class ThrowawayPostgres(_Postgres):
     """
 
     def __init__(self, *, max_connections: int = 200, settings: Optional[Dict[str, str]] = None,
-                 bindir: Optional[Path] = None, base_dir: Optional[str] = None):
+                 bindir: Optional[Path] = None, base_dir: Optional[str] = None,
+                 standby_of: Optional["ThrowawayPostgres"] = None):
         self.host = "127.0.0.1"
         self.port = 0
         self.user = "postgres"
@@ -179,6 +180,8 @@ class ThrowawayPostgres(_Postgres):
         self.logfile: Optional[Path] = None
         self._running = False
         self._owner: Optional[pwd.struct_passwd] = None
+        # A streaming hot standby of that (running) throwaway: pg_basebackup -R instead of initdb.
+        self._primary = standby_of
 
     @property
     def throwaway(self) -> bool:
@@ -235,8 +238,13 @@ class ThrowawayPostgres(_Postgres):
                 os.chown(self.tmpdir, self._owner.pw_uid, self._owner.pw_gid)
             self.datadir = self.tmpdir / "data"
             self.logfile = self.tmpdir / "postgres.log"
-            self._run([str(bindir / "initdb"), "-D", str(self.datadir), "--auth=trust", "-U", self.user,
-                       "-E", "UTF8", "--locale=C", "--no-sync"])
+            if self._primary is not None:
+                primary = self._primary
+                self._run([str(bindir / "pg_basebackup"), "-h", primary.host, "-p", str(primary.port),
+                           "-U", primary.user, "-D", str(self.datadir), "-R", "-X", "stream", "--no-sync"])
+            else:
+                self._run([str(bindir / "initdb"), "-D", str(self.datadir), "--auth=trust", "-U", self.user,
+                           "-E", "UTF8", "--locale=C", "--no-sync"])
             self._write_config()
             self._start_on_free_port(bindir)
         except BaseException:
@@ -295,6 +303,11 @@ class ThrowawayPostgres(_Postgres):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL did not reload its configuration{self._log_tail()}")
             time.sleep(0.02)
+
+    def promote(self) -> None:
+        """A standby (standby_of=) ends recovery and takes writes; returns once it does."""
+        assert self._primary is not None and self._bindir is not None and self.datadir is not None, "not a started standby"
+        self._run([str(self._bindir / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60", "promote"])
 
     def stop(self) -> None:
         self._cleanup(self._bindir)

@@ -133,6 +133,29 @@ def test_a_value_the_server_reported_during_a_session_is_what_the_next_client_is
         pg_upstream.execute("SELECT pg_reload_conf()")
 
 
+def test_a_standby_promoted_while_its_backend_was_parked_is_what_the_next_client_is_told(pgwire_proxy_factory):
+    """A parked backend of a hot standby says nothing when the standby is promoted: it reports
+    in_hot_standby=off only in its next reply. The next client must be told what a fresh
+    connection is told (libpq's target_session_attrs=read-write decides on it)."""
+    from pgwire_proxy.cluster import ThrowawayPostgres
+
+    with ThrowawayPostgres() as primary, ThrowawayPostgres(standby_of=primary) as standby:
+        proxy = pgwire_proxy_factory(standby.dsn, reuse_upstream=True)
+        with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+            assert conn.info.parameter_status("in_hot_standby") == "on"
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        wait_parked(standby, pid)
+        standby.promote()
+        with psycopg.connect(standby.dsn, autocommit=True) as direct:
+            assert direct.info.parameter_status("in_hot_standby") == "off"
+        # libpq decides target_session_attrs on the startup's in_hot_standby, before any query (whose
+        # reply would report the promotion anyway).
+        with psycopg.connect(proxy.dsn + " target_session_attrs=read-write", autocommit=True) as conn:
+            assert conn.info.parameter_status("in_hot_standby") == "off"
+            assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid, "not reused"
+            conn.execute("CREATE TABLE promoted_and_writable (id int)")
+
+
 def test_a_session_left_in_a_transaction_is_never_reused(reuse_proxy, pg_upstream):
     pg_upstream.execute("CREATE TABLE IF NOT EXISTS reuse_tx_probe (id int)")
     pg_upstream.execute("TRUNCATE reuse_tx_probe")

@@ -183,6 +183,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="tests allowed (and required) to fail through the proxy only")
     parser.add_argument("--binary", type=Path, help="the pgwire-proxy binary (default: find_binary())")
     parser.add_argument("--only", choices=["direct"], help="run only the direct pass")
+    parser.add_argument("--reuse-upstream", action="store_true",
+                        help="the proxied pass with --reuse-upstream: pg_regress's clients on reset backends")
     args = parser.parse_args(argv)
 
     total_started = time.monotonic()
@@ -210,6 +212,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         runner.run("recreate", pg.host, pg.port, use_existing=False, tests=False)
         options = proxy_options(binary)
         mode = "--protocol=full" if "protocol" in options else "--extended-protocol=relay"
+        if args.reuse_upstream:
+            options["reuse_upstream"] = True
+            mode += " --reuse-upstream"
         proxy = ProxyProcess(pg.dsn_with(dbname=DATABASE), binary=binary, **options)
         with proxy:
             log(f"proxied: pg_regress through {binary} {mode} on port {proxy.port}")

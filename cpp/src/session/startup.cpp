@@ -454,11 +454,14 @@ void Session::connectUpstream(std::string password) {
 void Session::adopt(std::unique_ptr<upstream::UpstreamConnection> connection, upstream::ConnectRequest request) {
   // A reset connection of an earlier client. Its application_name is its first client's audit name
   // again; another client's is set before the session opens (one round trip, none for a client from
-  // the same host with the same application name, as a test suite's connections are).
+  // the same host with the same application name, as a test suite's connections are). On a hot
+  // standby the statement is sent whatever the name: a backend promoted while parked says so (an
+  // in_hot_standby of off) only in its next reply, and the client must be told what a fresh
+  // connection would be told (libpq's target_session_attrs reads it).
   upstream_ = std::move(connection);
   upstreamLink_ = upstreamChannel(*upstream_);
   ++connectEpoch_;
-  if (upstream_->reported().applicationName() != request.auditApplicationName) {
+  if (upstream_->reported().applicationName() != request.auditApplicationName || upstream_->reported().inHotStandby()) {
     adoption_ = std::make_unique<ProxyStatement>("SET application_name = " +
                                                  upstream::quoteLiteral(request.auditApplicationName));
   }

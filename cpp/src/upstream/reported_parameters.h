@@ -25,6 +25,9 @@ class ReportedParameters {
       "session_authorization", "standard_conforming_strings", "TimeZone",
   };
 
+  static constexpr std::size_t kInHotStandby = 4;
+  static_assert(kNames[kInHotStandby] == "in_hot_standby");
+
   // `lookup(name)` gives the value reported for a name of kNames (a NUL-terminated string), or null.
   template <typename Lookup>
   explicit ReportedParameters(Lookup&& lookup) {
@@ -36,6 +39,8 @@ class ReportedParameters {
   // A ParameterStatus read after startup; names the client is not told of are ignored.
   void note(std::string_view name, std::string_view value);
   [[nodiscard]] const std::optional<std::string>& applicationName() const noexcept { return values_.front(); }
+  // A hot standby's backend reports its promotion only before its next ReadyForQuery.
+  [[nodiscard]] bool inHotStandby() const noexcept { return values_[kInHotStandby] == "on"; }
   // Appends the ParameterStatus messages, application_name's with the client's own name.
   void appendTo(std::string& out, std::string_view applicationName) const;
 
