@@ -3,7 +3,8 @@
 #   1. the C++ suites (ctest),
 #   2. the end-to-end suite (pytest against a throwaway PostgreSQL, or PGWIRE_PROXY_TEST_DSN),
 #   3. PostgreSQL's regression suite directly and through the proxy with --protocol=full (scripts/regress.sh):
-#      fails unless both pass the same tests (217/217 each on PostgreSQL 15),
+#      fails unless both pass the same tests (217/217 each on PostgreSQL 15); then again through
+#      --reuse-upstream, where only tests/regress/reuse_differences.txt may differ,
 #   4. the C++ suites and the e2e suite again against an ASan+UBSan build (scripts/sanitize.sh address),
 #   5. the C++ suites and the concurrency e2e tests against a TSan build (scripts/sanitize.sh thread),
 #   6. the libFuzzer targets for a bounded time (scripts/fuzz.sh),
@@ -47,6 +48,11 @@ fi
 echo "== PostgreSQL's regression suite, direct and through the proxy (scripts/regress.sh)"
 # Fails unless the proxy passes exactly the tests PostgreSQL passes directly (no known-failures list).
 PGWIRE_PROXY_BINARY="$(realpath "$build")/pgwire-proxy" scripts/regress.sh
+echo "== PostgreSQL's regression suite through --reuse-upstream (reset backends)"
+# Every test but the listed ones (what DISCARD ALL keeps, each with its reason) passes as directly,
+# and connections were reused.
+PGWIRE_PROXY_BINARY="$(realpath "$build")/pgwire-proxy" scripts/regress.sh --reuse-upstream \
+  --may-differ tests/regress/reuse_differences.txt
 
 echo "== sanitizers (ASan + UBSan)"
 # The fault matrix already ran at full size above; under ASan a shorter churn and load suffice.

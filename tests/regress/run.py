@@ -2,6 +2,7 @@
 against a throwaway server and then through pgwire-proxy in front of it; the pass lists compared.
 
     /usr/bin/python3 tests/regress/run.py [--known-failures FILE] [--binary PATH] [--only direct]
+                                          [--reuse-upstream [--may-differ FILE]]
 
 1. fetch.py provides the suite of the installed server's exact version (cached in build-regress/).
 2. A ThrowawayPostgres (UTF8, C locale, as pg_regress expects of an installcheck server) is started.
@@ -17,6 +18,11 @@ against a throwaway server and then through pgwire-proxy in front of it; the pas
      directly but fail through the proxy are exactly the ones the file lists (a listed test that
      passes fails the step too, so the list can only shrink), else 1.
    2 when the suite could not be run at all.
+   With --reuse-upstream the proxied pass runs on reset backends (--reuse-upstream): pg_regress's
+   clients, up to twenty at once, get whichever backend is parked, so the tests that see what a reused
+   backend keeps may pass or fail from run to run. --may-differ FILE lists them (and why): they may
+   fail, every other test must pass as directly, and the proxy's reused-connection counter must be
+   above zero (else the pass proved nothing about reuse).
 
 Outputs stay in build-regress/runs/{direct,proxied}/ (regression.diffs, results/, the proxy's log).
 """
@@ -42,7 +48,7 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(HERE))
 
 import fetch  # noqa: E402
-from pgwire_proxy.cluster import ThrowawayPostgres  # noqa: E402
+from pgwire_proxy.cluster import ThrowawayPostgres, free_port  # noqa: E402
 from pgwire_proxy.process import ProxyProcess, find_binary  # noqa: E402
 
 DATABASE = "regression"
@@ -136,6 +142,16 @@ def proxy_options(binary: Path) -> Dict[str, object]:
     return options
 
 
+def reused_total(port: int) -> int:
+    """pgwire_proxy_upstream_reused_total from the proxy's metrics endpoint."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    match = re.search(r"^pgwire_proxy_upstream_reused_total (\d+)", text, re.M)
+    if not match:
+        raise RuntimeError("no pgwire_proxy_upstream_reused_total in the proxy's metrics")
+    return int(match.group(1))
+
+
 def read_known_failures(path: Path) -> Dict[str, str]:
     """`test-name  reason` lines; '#' starts a comment line."""
     known: Dict[str, str] = {}
@@ -185,6 +201,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--only", choices=["direct"], help="run only the direct pass")
     parser.add_argument("--reuse-upstream", action="store_true",
                         help="the proxied pass with --reuse-upstream: pg_regress's clients on reset backends")
+    parser.add_argument("--may-differ", type=Path, metavar="FILE",
+                        help="tests that may fail through the proxy (with --reuse-upstream: what a reused "
+                             "backend keeps); they may pass too")
     args = parser.parse_args(argv)
 
     total_started = time.monotonic()
@@ -195,6 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"regress: cannot run the suite: {exc}", file=sys.stderr)
         return 2
     known = read_known_failures(args.known_failures) if args.known_failures else None
+    may_differ = read_known_failures(args.may_differ) if args.may_differ else {}
     all_tests = schedule_tests(suite.srcdir / "parallel_schedule")
     runs = fetch.cache_dir() / "runs"
     runner = Runner(suite, runs)
@@ -212,8 +232,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         runner.run("recreate", pg.host, pg.port, use_existing=False, tests=False)
         options = proxy_options(binary)
         mode = "--protocol=full" if "protocol" in options else "--extended-protocol=relay"
+        metrics_port = 0
         if args.reuse_upstream:
-            options["reuse_upstream"] = True
+            metrics_port = free_port()
+            options.update(reuse_upstream=True, metrics_address=f"127.0.0.1:{metrics_port}")
             mode += " --reuse-upstream"
         proxy = ProxyProcess(pg.dsn_with(dbname=DATABASE), binary=binary, **options)
         with proxy:
@@ -221,11 +243,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             rc_proxy, proxied, t_proxy, out_proxy = runner.run("proxied", proxy.host, proxy.port,
                                                                use_existing=True)
             proxy_log = proxy.stderr_text()
+            reused = reused_total(metrics_port) if metrics_port else None
         code = proxy.returncode
         (out_proxy / "proxy.log").write_text(proxy_log)
         proxied_failed = summarize(f"through the proxy ({mode})", all_tests, proxied, rc_proxy, t_proxy)
 
-    only_proxy = sorted(proxied_failed - direct_failed)
+    allowed = sorted((proxied_failed - direct_failed) & set(may_differ))
+    only_proxy = sorted(proxied_failed - direct_failed - set(may_differ))
     only_direct = sorted(direct_failed - proxied_failed)
     print("== difference")
     print(f"  pass directly, fail through the proxy ({len(only_proxy)}):")
@@ -236,10 +260,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  diffs: {out_proxy / 'regression.diffs'}")
     if direct_failed:
         print(f"  diffs of the direct run: {out_direct / 'regression.diffs'}")
+    if may_differ:
+        print(f"  may differ ({args.may_differ}), failed this time ({len(allowed)}):")
+        for name in allowed:
+            print(f"    {name}: {may_differ[name]}")
+    if reused is not None:
+        print(f"  upstream connections reused: {reused}")
     if code not in (0, None):
         print(f"  the proxy exited with {code}; its log: {out_proxy / 'proxy.log'}")
 
     status = 0
+    if reused == 0:
+        print("regress: FAIL: --reuse-upstream reused no connection: the pass proved nothing about reuse")
+        status = 1
     if direct_failed or rc_direct != 0:
         print(f"regress: FAIL: the direct run did not pass ({len(direct_failed)} failed); the suite or the "
               "server setup is wrong, not the proxy")
