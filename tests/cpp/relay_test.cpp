@@ -337,6 +337,21 @@ BOOST_AUTO_TEST_CASE(each_parameter_status_is_relayed_and_reported_once_wherever
   checkSplits(exchanges, 2);
 }
 
+BOOST_AUTO_TEST_CASE(a_parameter_status_of_megabytes_streams_on_unread) {
+  // Newer servers report search_path; a client may set one of megabytes. Relayed as it came, in
+  // pieces, without the session failing and without holding it whole.
+  const std::string huge = parameterStatus("search_path", std::string(3 << 20, 's'));
+  const std::string replies = huge + commandComplete("SET") + parameterStatus("TimeZone", "UTC") + ready();
+  for (const std::size_t piece : {std::size_t{1000}, std::size_t{65536}, replies.size()}) {
+    Shell shell;
+    shell.fromClient(query("set search_path = '...'"));
+    for (std::size_t at = 0; at < replies.size(); at += piece) shell.fromUpstream(replies.substr(at, piece));
+    BOOST_TEST(shell.outcome().client == replies);
+    BOOST_TEST(shell.outcome().parameters == "TimeZone=UTC;");  // the small one read, the huge one not
+    BOOST_TEST(!shell.relay().busy());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(a_breach_inside_a_block_after_the_statement_ended_fails_the_block) {
   // The cancel came too late: the statement completed inside a block ('T'). The proxy fails the
   // block with a statement of its own and relays the 'E' that follows, never the 'T'.

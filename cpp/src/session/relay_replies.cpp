@@ -15,11 +15,21 @@ namespace {
 namespace fe = protocol::frontend;
 namespace be = protocol::backend;
 
+// A ParameterStatus up to this size is read (and noted for --reuse-upstream); a longer one (a
+// search_path of megabytes, which newer servers report) streams on unread: the reset's DISCARD ALL
+// reports the value the next client would be told.
+constexpr std::size_t kMaxReadParameterStatus = 64 * 1024;
+
+bool readsParameterStatus(const protocol::FrameHeader& header) {
+  return header.type == be::kParameterStatus && header.frameSize() <= kMaxReadParameterStatus;
+}
+
 // The replies that must be held whole before the relay acts on them (all small; a large
 // ErrorResponse is read from its prefix).
-bool needsWholeFrame(char type) {
+bool needsWholeFrame(const protocol::FrameHeader& header) {
+  const char type = header.type;
   return type == be::kErrorResponse || type == be::kReadyForQuery || type == be::kCommandComplete ||
-         type == be::kParameterStatus || type == be::kCopyInResponse || type == be::kCopyOutResponse || type == be::kCopyBothResponse;
+         readsParameterStatus(header) || type == be::kCopyInResponse || type == be::kCopyOutResponse || type == be::kCopyBothResponse;
 }
 
 bool isBatchEnd(char type) { return type == fe::kSync || type == fe::kQuery; }
@@ -57,7 +67,7 @@ std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
       flushPending();  // half a message, then nothing
       dropWithRecord("fault injected: connection dropped in the middle of a message");
     }
-    if (needsWholeFrame(header->type)) {
+    if (needsWholeFrame(*header)) {
       const bool prefixOnly = streamsWithPrefix(*header);
       if (!prefixOnly && size > kMaxInspectedUpstreamMessage) {
         throw UpstreamFailure{"the upstream server sent an oversized message of type '" + std::string(1, header->type) + "'"};
@@ -105,7 +115,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
     return onReadyForQuery(status);
   }
   if (type == be::kErrorResponse) return onErrorResponse(frame);
-  if (type == be::kParameterStatus) {
+  if (readsParameterStatus(frame.header)) {
     protocol::MessageReader reader(frame.body());
     const std::string_view name = reader.readCString();
     const std::string_view value = reader.readCString();
