@@ -25,6 +25,20 @@ class ResultBudget {
   // Accounts for one DataRow of `frameBytes` bytes; returns the breach when it would go over a limit
   // (the row is then not to be sent: exactly maxRows rows pass, the next one breaches).
   [[nodiscard]] std::optional<Breach> admitRow(std::uint64_t frameBytes) noexcept;
+  // How many rows, and how many bytes of them, may still pass before a breach (the maximum when off):
+  // a run of rows within it is admitted at once (admitRows), the row that would pass it one by one.
+  struct Room {
+    std::uint64_t rows;
+    std::uint64_t bytes;
+  };
+  [[nodiscard]] Room room() const noexcept {
+    constexpr std::uint64_t kUnlimited = ~std::uint64_t{0};
+    return {maxRows_ == 0 ? kUnlimited : maxRows_ - rows_, maxBytes_ == 0 ? kUnlimited : maxBytes_ - bytes_};
+  }
+  void admitRows(std::uint64_t rows, std::uint64_t bytes) noexcept {
+    rows_ += rows;
+    bytes_ += bytes;
+  }
   // A statement ended (CommandComplete, EmptyQueryResponse, ErrorResponse): budgets start over.
   void endStatement() noexcept {
     rows_ = 0;

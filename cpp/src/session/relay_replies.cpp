@@ -60,6 +60,13 @@ std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
       throw UpstreamFailure{std::string("invalid data from the upstream server: ") + error.what()};
     }
     if (!header) break;
+    if (header->type == be::kDataRow && rowRunOpen()) {
+      // The bulk of a large result: no per-row decision beyond its budget.
+      if (const std::size_t end = admitRowRun(data); end > at_) {
+        at_ = end;
+        continue;
+      }
+    }
     const std::size_t available = data.size() - at_;
     const std::size_t size = header->frameSize();
     if (statement_.dropMidMessage && header->type != be::kCopyInResponse) {
@@ -215,6 +222,37 @@ bool Relay::onReply(const protocol::Frame& frame) {
     default:
       return true;  // ParameterDescription, notices, notifications, parameter status
   }
+}
+
+bool Relay::rowRunOpen() const noexcept {
+  if (!batch_.open || batch_.swallowing || !statement_.open || statement_.dropAfterRows || statement_.dropMidMessage ||
+      pending_.empty()) {
+    return false;
+  }
+  const char front = pending_.front().type;
+  return front == fe::kExecute || front == fe::kQuery;
+}
+
+std::size_t Relay::admitRowRun(std::span<const char> data) noexcept {
+  // What onDataRow does for each, added up; the row that would breach, a partial one and a bad
+  // length are left to it.
+  const auto room = batch_.budget.room();
+  std::uint64_t rows = 0;
+  std::uint64_t bytes = 0;
+  std::size_t at = at_;
+  while (data.size() - at >= protocol::kTypedHeaderSize && data[at] == be::kDataRow) {
+    const std::uint32_t length = protocol::readUint32(data.data() + at + 1);
+    const std::size_t size = 1 + static_cast<std::size_t>(length);
+    if (length < protocol::kMinLength || length > kMaxUpstreamMessage || size > data.size() - at) break;
+    if (rows + 1 > room.rows || bytes + size > room.bytes) break;
+    ++rows;
+    bytes += size;
+    at += size;
+  }
+  batch_.budget.admitRows(rows, bytes);
+  statement_.record.rows += rows;
+  statement_.record.bytes += bytes;
+  return at;
 }
 
 bool Relay::onDataRow(const protocol::FrameHeader& header) {
