@@ -179,10 +179,13 @@ def test_copy_to_counts_rows_against_max_rows(pgwire_proxy_factory, pg_upstream,
     fill(pg_upstream)
     proxy = pgwire_proxy_factory(protocol="full", max_rows=100)
     with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        got = 0
         with pytest.raises(errors.ProgramLimitExceeded) as excinfo:
             with conn.cursor().copy(f"copy {TABLE} to stdout") as copy:
-                got = sum(1 for _ in copy)
+                for _ in copy:  # one CopyData per row
+                    got += 1
         assert "row limit of 100" in excinfo.value.diag.message_primary
+        assert got == 100  # exactly the limit's rows reached the client, as with a SELECT's
         assert conn.execute("select 'usable'").fetchone() == ("usable",)
         # Under the limit it passes whole.
         with conn.cursor().copy(f"copy (select * from {TABLE} limit 100) to stdout") as copy:

@@ -268,10 +268,11 @@ class Relay {
   [[nodiscard]] bool onReadyForQuery(char status);
   [[nodiscard]] bool onErrorResponse(const protocol::Frame& frame);
   [[nodiscard]] bool onDataRow(const protocol::FrameHeader& header);
-  // Whether DataRows now are rows of the statement being executed, counted and nothing more (no
-  // fault pending on them, nothing being swallowed): then a run of them is admitted at once.
+  // Whether DataRows (a COPY TO's CopyData) now are rows of the statement being executed, counted
+  // and nothing more (no fault pending on them, nothing being swallowed): then a run of them is
+  // admitted at once.
   [[nodiscard]] bool rowRunOpen() const noexcept;
-  // Admits the whole DataRows from at_ on that fit the statement's budget; returns where they end.
+  // Admits the whole rows from at_ on that fit the statement's budget; returns where they end.
   [[nodiscard]] std::size_t admitRowRun(std::span<const char> data) noexcept;
   // A failure queued at the client's position goes out once it is at the front (checked per frame).
   void reportQueuedFailure() {

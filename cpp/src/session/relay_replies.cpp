@@ -60,8 +60,8 @@ std::size_t Relay::onUpstreamBytes(std::span<const char> data) {
       throw UpstreamFailure{std::string("invalid data from the upstream server: ") + error.what()};
     }
     if (!header) break;
-    if (header->type == be::kDataRow && rowRunOpen()) {
-      // The bulk of a large result: no per-row decision beyond its budget.
+    if ((header->type == be::kDataRow || (header->type == be::kCopyData && statement_.copyOut)) && rowRunOpen()) {
+      // The bulk of a large result (a COPY TO's rows are CopyData): no per-row decision beyond its budget.
       if (const std::size_t end = admitRowRun(data); end > at_) {
         at_ = end;
         continue;
@@ -240,7 +240,8 @@ std::size_t Relay::admitRowRun(std::span<const char> data) noexcept {
   std::uint64_t rows = 0;
   std::uint64_t bytes = 0;
   std::size_t at = at_;
-  while (data.size() - at >= protocol::kTypedHeaderSize && data[at] == be::kDataRow) {
+  const char rowType = statement_.copyOut ? be::kCopyData : be::kDataRow;
+  while (data.size() - at >= protocol::kTypedHeaderSize && data[at] == rowType) {
     const std::uint32_t length = protocol::readUint32(data.data() + at + 1);
     const std::size_t size = 1 + static_cast<std::size_t>(length);
     if (length < protocol::kMinLength || length > kMaxUpstreamMessage || size > data.size() - at) break;
