@@ -256,6 +256,12 @@ BOOST_AUTO_TEST_CASE(names_are_read_up_to_their_nul_and_errors_say_what_was_wron
   BOOST_TEST(what([] { (void)parseExecutePortal(""s); }) == "invalid string in message: missing terminator");
   BOOST_TEST(what([] { (void)parseTargetMessage(""s); }) == "message too short: needed 1 more bytes, 0 left");
   BOOST_TEST(what([] { (void)parseQuery("q\0xy"s); }) == "invalid message format: 2 unexpected trailing bytes");
+  const std::string parameterStatus = "TimeZone\0Asia/Tokyo\0"s;
+  const auto status = parseParameterStatus(parameterStatus);
+  BOOST_TEST(status.name == "TimeZone");
+  BOOST_TEST(status.value == "Asia/Tokyo");
+  BOOST_TEST(what([] { (void)parseParameterStatus("TimeZone\0UTC"s); }) == "invalid string in message: missing terminator");
+  BOOST_TEST(what([] { (void)parseParameterStatus("a\0b\0c"s); }) == "invalid message format: 1 unexpected trailing bytes");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -9,8 +9,9 @@ against a throwaway server and then through pgwire-proxy in front of it; the pas
 3. pg_regress runs the parallel schedule directly: it drops and creates database `regression` itself.
 4. The database is made afresh the same way (pg_regress with no tests), and pgwire-proxy starts in front
    of the server with the whole protocol (--protocol=full when the binary has it, else
-   --extended-protocol=relay) and no limits. Its DSN names dbname=regression, because the proxy ignores
-   the client's database name; pg_regress runs the schedule through it with --use-existing.
+   --extended-protocol=relay) and no limits. Its DSN names dbname=regression (a dbname the DSN names
+   is used for every session, logged as route_names_fixed); pg_regress, which names the same database,
+   runs the schedule through it with --use-existing.
 5. Both pass lists and their difference are printed. Exit status:
    - without --known-failures: 0 when the direct run passed everything and the proxied pass list is
      the same, else 1;

@@ -92,6 +92,15 @@ std::string_view parseExecutePortal(std::span<const char> body) {
   return reader.readCString();
 }
 
+ParameterStatusMessage parseParameterStatus(std::span<const char> body) {
+  MessageReader reader(body);
+  ParameterStatusMessage message;
+  message.name = reader.readCString();
+  message.value = reader.readCString();
+  reader.expectEnd();
+  return message;
+}
+
 std::string_view ErrorFields::get(char code) const {
   for (const auto& [key, value] : fields) {
     if (key == code) return value;

@@ -62,6 +62,13 @@ struct TargetMessage {
 // Execute: the portal's name (the row count that follows is PostgreSQL's business).
 [[nodiscard]] std::string_view parseExecutePortal(std::span<const char> body);
 
+// ParameterStatus: a run-time parameter's name and value. Throws ProtocolError for a malformed body.
+struct ParameterStatusMessage {
+  std::string_view name;
+  std::string_view value;
+};
+[[nodiscard]] ParameterStatusMessage parseParameterStatus(std::span<const char> body);
+
 // The identified fields of an ErrorResponse or NoticeResponse body, in order.
 struct ErrorFields {
   std::vector<std::pair<char, std::string>> fields;

@@ -272,6 +272,8 @@ class Relay {
   // and nothing more (no fault pending on them, nothing being swallowed): then a run of them is
   // admitted at once.
   [[nodiscard]] bool rowRunOpen() const noexcept;
+  // The oldest unanswered message is an Execute or a Query: its rows and completion are a statement's.
+  [[nodiscard]] bool executingFront() const noexcept;
   // Admits the whole rows from at_ on that fit the statement's budget; returns where they end.
   [[nodiscard]] std::size_t admitRowRun(std::span<const char> data) noexcept;
   // A failure queued at the client's position goes out once it is at the front (checked per frame).

@@ -123,11 +123,8 @@ bool Relay::onReply(const protocol::Frame& frame) {
   }
   if (type == be::kErrorResponse) return onErrorResponse(frame);
   if (readsParameterStatus(frame.header)) {
-    protocol::MessageReader reader(frame.body());
-    const std::string_view name = reader.readCString();
-    const std::string_view value = reader.readCString();
-    reader.expectEnd();
-    host_.upstreamParameter(name, value);
+    const auto parameter = protocol::parseParameterStatus(frame.body());
+    host_.upstreamParameter(parameter.name, parameter.value);
   }
   if (!batch_.open) return true;  // NotificationResponse, ParameterStatus, notices between batches
   if (batch_.swallowing) {
@@ -152,7 +149,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
     return type == be::kNotificationResponse || type == be::kParameterStatus;
   }
   const char front = pending_.empty() ? 0 : pending_.front().type;
-  const bool executing = front == fe::kExecute || front == fe::kQuery;
+  const bool executing = executingFront();
   switch (type) {
     case be::kDataRow:
       return !executing || onDataRow(frame.header);
@@ -225,10 +222,12 @@ bool Relay::onReply(const protocol::Frame& frame) {
 }
 
 bool Relay::rowRunOpen() const noexcept {
-  if (!batch_.open || batch_.swallowing || !statement_.open || statement_.dropAfterRows || statement_.dropMidMessage ||
-      pending_.empty()) {
-    return false;
-  }
+  return batch_.open && !batch_.swallowing && statement_.open && !statement_.dropAfterRows &&
+         !statement_.dropMidMessage && executingFront();
+}
+
+bool Relay::executingFront() const noexcept {
+  if (pending_.empty()) return false;
   const char front = pending_.front().type;
   return front == fe::kExecute || front == fe::kQuery;
 }

@@ -66,9 +66,8 @@ ProxyStatement::Outcome ProxyStatement::step(Channel& link, upstream::UpstreamCo
             break;
           }
           case be::kParameterStatus: {
-            protocol::MessageReader reader(body);
-            const std::string_view name = reader.readCString();
-            connection.noteParameter(name, reader.readCString());
+            const auto parameter = protocol::parseParameterStatus(body);
+            connection.noteParameter(parameter.name, parameter.value);
             break;
           }
           case be::kReadyForQuery:
