@@ -63,21 +63,38 @@ std::ostream& operator<<(std::ostream& out, const Outcome& o) {
              << o.cancels << ", records " << o.records.size();
 }
 
+// What a shell's relay is configured with beyond the defaults.
+struct Limits {
+  std::uint64_t maxRows = 0;
+  bool fullProtocol = false;  // COPY relayed both ways
+  std::uint64_t maxCopyInBytes = 0;
+};
+
+constexpr std::uint32_t kMaxClientMessage = 1 << 24;
+
 // A minimal shell around the relay, as the session is: client bytes are framed and offered while the
-// relay takes them; upstream bytes are buffered and offered, the unconsumed rest kept.
+// relay takes them (a COPY FROM STDIN's CopyData as runs first); upstream bytes are buffered and
+// offered, the unconsumed rest kept.
 class Shell {
  public:
   explicit Shell(std::uint64_t maxRows = 0, bool extended = true, std::vector<std::string> deny = {})
-      : config_(makeConfig(maxRows, std::move(deny))),
+      : Shell(Limits{.maxRows = maxRows}, extended, std::move(deny)) {}
+  explicit Shell(const Limits& limits, bool extended = true, std::vector<std::string> deny = {})
+      : config_(makeConfig(limits.maxRows, std::move(deny))),
         rails_(std::make_shared<const guardrails::GuardrailSet>(config_)),
-        relay_(session::RelayContext{1, observer_, rails_, nullptr, extended, config::Milliseconds(0), "u", "d", "a"},
+        relay_(session::RelayContext{1, observer_, rails_, nullptr, extended, config::Milliseconds(0), "u", "d", "a",
+                                     limits.fullProtocol, limits.maxCopyInBytes},
                recorder_) {}
 
   void fromClient(std::string_view bytes) {
     clientIn_.append(bytes);
     for (;;) {
       if (!relay_.acceptingClient()) return;
-      const auto frame = protocol::decodeFrame(std::span<const char>(clientIn_), 1 << 24);
+      if (const std::size_t run = relay_.admitCopyInRun(std::span<const char>(clientIn_), kMaxClientMessage)) {
+        clientIn_.erase(0, run);
+        continue;
+      }
+      const auto frame = protocol::decodeFrame(std::span<const char>(clientIn_), kMaxClientMessage);
       if (!frame) return;
       if (!relay_.onClientFrame(*frame)) return;
       clientIn_.erase(0, frame->bytes.size());
@@ -115,8 +132,8 @@ class Shell {
 
 // Feeds the exchanges, each side cut by `cut` into pieces (a piece list of sizes, repeated).
 Outcome run(const std::vector<Exchange>& exchanges, const std::function<std::vector<std::size_t>(std::size_t)>& cut,
-            std::uint64_t maxRows = 0) {
-  Shell shell(maxRows);
+            const Limits& limits = {}) {
+  Shell shell(limits);
   auto feed = [&cut](const std::string& bytes, const std::function<void(std::string_view)>& into) {
     std::size_t at = 0;
     for (const std::size_t piece : cut(bytes.size())) {
@@ -136,14 +153,14 @@ Outcome run(const std::vector<Exchange>& exchanges, const std::function<std::vec
 std::vector<std::size_t> whole(std::size_t size) { return {size}; }
 
 // Every split point of every exchange, one at a time, and random chunkings, all equal the whole run.
-void checkSplits(const std::vector<Exchange>& exchanges, std::uint64_t maxRows = 0) {
-  const Outcome expected = run(exchanges, whole, maxRows);
+void checkSplits(const std::vector<Exchange>& exchanges, const Limits& limits = {}) {
+  const Outcome expected = run(exchanges, whole, limits);
   std::size_t longest = 0;
   for (const auto& e : exchanges) longest = std::max({longest, e.client.size(), e.upstream.size()});
   for (std::size_t split = 1; split < longest; ++split) {
     const Outcome got = run(exchanges, [split](std::size_t size) {
       return split < size ? std::vector<std::size_t>{split} : std::vector<std::size_t>{size};
-    }, maxRows);
+    }, limits);
     BOOST_TEST_REQUIRE(got == expected, "split at byte " << split);
   }
   std::mt19937 random(20261202);
@@ -157,11 +174,11 @@ void checkSplits(const std::vector<Exchange>& exchanges, std::uint64_t maxRows =
         total += piece;
       }
       return pieces;
-    }, maxRows);
+    }, limits);
     BOOST_TEST_REQUIRE(got == expected, "random chunking, round " << round);
   }
   // Byte by byte.
-  BOOST_TEST(run(exchanges, [](std::size_t size) { return std::vector<std::size_t>(size, 1); }, maxRows) == expected);
+  BOOST_TEST(run(exchanges, [](std::size_t size) { return std::vector<std::size_t>(size, 1); }, limits) == expected);
 }
 
 // ---- messages ------------------------------------------------------------------------------------
@@ -295,7 +312,7 @@ BOOST_AUTO_TEST_CASE(a_row_limit_breach_stops_rows_cancels_and_reports_once_in_e
            ready()},
       {query("select 1"), rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()},
   };
-  const Outcome outcome = run(exchanges, whole, 2);
+  const Outcome outcome = run(exchanges, whole, {.maxRows = 2});
   BOOST_TEST(outcome.cancels == 2);  // one per breached statement
   // Two rows of each, the proxy's 54000 where the third was, and the upstream's ReadyForQuery.
   const std::string breach = "C54000";
@@ -307,7 +324,7 @@ BOOST_AUTO_TEST_CASE(a_row_limit_breach_stops_rows_cancels_and_reports_once_in_e
   BOOST_TEST(outcome.client.find("57014") == std::string::npos);  // the cancel's own error is the proxy's business
   BOOST_TEST(outcome.client.ends_with(rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()));
   BOOST_TEST(outcome.client.find(dataRow("row2")) == std::string::npos);
-  checkSplits(exchanges, 2);
+  checkSplits(exchanges, {.maxRows = 2});
 }
 
 BOOST_AUTO_TEST_CASE(each_parameter_status_is_relayed_and_reported_once_wherever_it_comes_in_every_split) {
@@ -325,7 +342,7 @@ BOOST_AUTO_TEST_CASE(each_parameter_status_is_relayed_and_reported_once_wherever
            rows(1, "later") +
            error("57014", "canceling statement due to user request") + ready()},
   };
-  const Outcome whole_run = run(exchanges, whole, 2);
+  const Outcome whole_run = run(exchanges, whole, {.maxRows = 2});
   BOOST_TEST(whole_run.parameters == "TimeZone=Asia/Tokyo;DateStyle=SQL, DMY;in_hot_standby=off;TimeZone=UTC;");
   for (const auto& status : {parameterStatus("TimeZone", "Asia/Tokyo"), parameterStatus("DateStyle", "SQL, DMY"),
                              parameterStatus("in_hot_standby", "off"), parameterStatus("TimeZone", "UTC"),
@@ -334,7 +351,7 @@ BOOST_AUTO_TEST_CASE(each_parameter_status_is_relayed_and_reported_once_wherever
   }
   BOOST_TEST(whole_run.client.find(dataRow("late0")) == std::string::npos);
   BOOST_TEST(whole_run.client.find(dataRow("later0")) == std::string::npos);
-  checkSplits(exchanges, 2);
+  checkSplits(exchanges, {.maxRows = 2});
 }
 
 BOOST_AUTO_TEST_CASE(a_parameter_status_of_megabytes_streams_on_unread) {
@@ -361,11 +378,11 @@ BOOST_AUTO_TEST_CASE(a_breach_inside_a_block_after_the_statement_ended_fails_the
        rowDescription("g") + rows(3) + commandComplete("SELECT 3") + ready('T') +
            error("54000", "pgwire-proxy failed the previous statement") + ready('E')},
   };
-  const Outcome outcome = run(exchanges, whole, 2);
+  const Outcome outcome = run(exchanges, whole, {.maxRows = 2});
   BOOST_TEST(outcome.client.ends_with(ready('E')));
   BOOST_TEST(outcome.client.find(ready('T') + rowDescription("g")) != std::string::npos);  // the BEGIN's
   BOOST_TEST(outcome.upstream.find("RAISE EXCEPTION") != std::string::npos);
-  checkSplits(exchanges, 2);
+  checkSplits(exchanges, {.maxRows = 2});
 }
 
 BOOST_AUTO_TEST_CASE(copy_is_refused_and_the_upstream_left_idle) {
@@ -379,6 +396,48 @@ BOOST_AUTO_TEST_CASE(copy_is_refused_and_the_upstream_left_idle) {
   BOOST_TEST(outcome.client.ends_with(ready()));
   BOOST_TEST(outcome.client.find("COPY from stdin failed") == std::string::npos);
   BOOST_TEST(!shell.relay().busy());
+}
+
+// psql's \copy: a CopyData per line, then CopyDone.
+std::vector<Exchange> copyFromStdin(int lines) {
+  std::string data;
+  for (int i = 0; i < lines; ++i) data += message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n");
+  return {
+      {query("copy t from stdin"), message('G', std::string(1, '\0') + int16(2) + int16(0) + int16(0))},
+      {data + message('c', ""), commandComplete("COPY " + std::to_string(lines)) + ready()},
+      {query("select 1"), rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()},
+  };
+}
+
+BOOST_AUTO_TEST_CASE(copy_from_stdin_goes_up_as_sent_in_every_split) {
+  const auto exchanges = copyFromStdin(40);
+  const Outcome outcome = run(exchanges, whole, {.fullProtocol = true});
+  BOOST_TEST(outcome.upstream == exchanges[0].client + exchanges[1].client + exchanges[2].client);
+  BOOST_TEST(outcome.client == exchanges[0].upstream + exchanges[1].upstream + exchanges[2].upstream);
+  BOOST_TEST(outcome.records.front() == "copy t from stdin|COPY 40||0");
+  checkSplits(exchanges, {.fullProtocol = true});
+}
+
+BOOST_AUTO_TEST_CASE(copy_from_stdin_over_max_copy_in_bytes_stops_at_the_frame_that_passes_it_in_every_split) {
+  auto exchanges = copyFromStdin(40);
+  // The limit falls inside the 21st CopyData: twenty go up, then the CopyFail, nothing after it.
+  std::size_t twenty = 0;
+  for (int i = 0; i < 20; ++i) twenty += message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n").size();
+  const std::string copyFail = message('f', cstring("COPY FROM STDIN exceeded the proxy's --max-copy-in-bytes"));
+  exchanges[1].upstream = error("57014", "COPY from stdin failed: the proxy's limit") + ready();
+  const Limits limits{.fullProtocol = true, .maxCopyInBytes = twenty + 3};
+  const Outcome outcome = run(exchanges, whole, limits);
+  BOOST_TEST(outcome.upstream == exchanges[0].client + exchanges[1].client.substr(0, twenty) + copyFail + exchanges[2].client);
+  BOOST_TEST(outcome.client.find("C54000") != std::string::npos);
+  BOOST_TEST(outcome.client.find("57014") == std::string::npos);
+  BOOST_TEST(outcome.client.ends_with(ready() + rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()));
+  checkSplits(exchanges, limits);
+  // Exactly at the limit: all forty go up.
+  std::size_t all = 0;
+  for (int i = 0; i < 40; ++i) all += message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n").size();
+  const auto fits = copyFromStdin(40);
+  BOOST_TEST(run(fits, whole, {.fullProtocol = true, .maxCopyInBytes = all}).upstream ==
+             fits[0].client + fits[1].client + fits[2].client);
 }
 
 BOOST_AUTO_TEST_CASE(random_upstream_bytes_never_crash_the_relay) {

@@ -1,6 +1,9 @@
-// libFuzzer target: the relay's decision core against a scripted upstream. The input is a script of
-// chunks, each a control byte (who sends: the client or the upstream; and the row limit in force)
-// then up to 255 bytes; the relay must never crash, hang or grow without bound whatever arrives.
+// libFuzzer target: the relay's decision core against a scripted upstream. The input is a mode byte
+// (bits 0-1 the row limit, 0x80 the extended protocol, 0x40 the full protocol, 0x20 a 64-byte
+// --max-copy-in-bytes), then a script of chunks, each a control byte (0x80: the upstream sends, else
+// the client; the low 7 bits a length) and that many bytes. Client bytes are offered as the session
+// offers them (a COPY FROM STDIN's CopyData as runs first); the relay must never crash, hang or grow
+// without bound whatever arrives.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -37,7 +40,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   config.maxBytes = 0;
   guardrails::GuardrailHolder rails(std::make_shared<const guardrails::GuardrailSet>(config));
   Sink sink;
-  session::Relay relay({1, observer, rails, nullptr, (data[0] & 0x80) != 0, config::Milliseconds(1000), "u", "d", "a"},
+  constexpr std::uint32_t kMaxClientMessage = 64 * 1024;
+  session::Relay relay({1, observer, rails, nullptr, (data[0] & 0x80) != 0, config::Milliseconds(1000), "u", "d", "a",
+                        (data[0] & 0x40) != 0, (data[0] & 0x20) != 0 ? 64U : 0U},
                        sink);
   std::string clientIn;
   std::string upstreamIn;
@@ -55,7 +60,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         upstreamIn.erase(0, relay.onUpstreamBytes(std::span<const char>(upstreamIn)));
       }
       while (relay.acceptingClient()) {
-        const auto frame = protocol::decodeFrame(std::span<const char>(clientIn), 64 * 1024);
+        if (const std::size_t run = relay.admitCopyInRun(std::span<const char>(clientIn), kMaxClientMessage)) {
+          clientIn.erase(0, run);
+          continue;
+        }
+        const auto frame = protocol::decodeFrame(std::span<const char>(clientIn), kMaxClientMessage);
         if (!frame || frame->type() == 'X' || !relay.onClientFrame(*frame)) break;
         clientIn.erase(0, frame->bytes.size());
       }

@@ -101,6 +101,11 @@ def main(out: Path) -> None:
     seeds["relay_extended"] = b"\x81" + chunk(False, msg(b"P", b"\0select 1\0\0\0") + msg(b"B", b"\0\0\0\0\0\0\0\0")
         + msg(b"E", b"\0\0\0\0\0") + msg(b"S", b"")) + chunk(True, msg(b"1", b"") + msg(b"2", b"") + row
         + msg(b"C", b"SELECT 1\0") + msg(b"Z", b"I"))
+    # --protocol=full with a 64-byte --max-copy-in-bytes: a COPY FROM STDIN of CopyData lines past it.
+    lines = b"".join(msg(b"d", b"%d\tline\n" % i) for i in range(12))
+    seeds["relay_copy_in"] = b"\x60" + chunk(False, msg(b"Q", b"copy t from stdin\0")) + chunk(
+        True, msg(b"G", b"\0" + struct.pack("!hh", 1, 0))) + chunk(False, lines + msg(b"c", b"")) + chunk(
+        True, msg(b"C", b"COPY 12\0") + msg(b"Z", b"I"))
     for name, data in seeds.items():
         if data:
             (out / name).write_bytes(data)

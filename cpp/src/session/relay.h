@@ -84,6 +84,15 @@ class Relay {
   // A client's CancelRequest matched this session while a query was in flight.
   void onClientCancel();
 
+  // A COPY FROM STDIN's CopyData at the start of `data` that need no decision of their own (no fault
+  // pending, nothing failed, within --max-copy-in-bytes) go upstream as one run; returns the bytes
+  // taken, 0 when the next frame is for onClientFrame (any other type, a partial or a bad length, one
+  // over `maxMessage`, the one that would pass the limit). psql's \copy sends a CopyData per line.
+  // Inline: the session asks before every client frame.
+  [[nodiscard]] std::size_t admitCopyInRun(std::span<const char> data, std::uint32_t maxMessage) {
+    return batch_.copyIn == Batch::CopyIn::kActive ? copyInRun(data, maxMessage) : 0;
+  }
+
   // Inline: the session asks before every client frame and read.
   [[nodiscard]] bool acceptingClient() const noexcept {
     if (!batch_.open) return true;
@@ -255,6 +264,7 @@ class Relay {
   void reportFailure(char transactionStatus);
   // COPY FROM STDIN: a client frame while the upstream is in COPY IN mode.
   [[nodiscard]] bool onCopyInFrame(const protocol::Frame& frame);
+  [[nodiscard]] std::size_t copyInRun(std::span<const char> data, std::uint32_t maxMessage);
   void startFunctionCall(const protocol::Frame& frame);
   void sendError(const ProxyError& error, bool withReadyForQuery);
   void cancel();

@@ -263,6 +263,10 @@ std::optional<Interest> Session::step(const Readiness& ready) {
     if (!upstreamBusy() && draining_) throw shuttingDown();  // the running query has finished
     // The client's next message waits until its previous answer is out (and, in a query, in the kernel).
     if (acceptingClient() && !clientOutPending()) {
+      if (const std::size_t run = relay_->admitCopyInRun(clientIn_.readable(), context_.config.maxMessageSize)) {
+        clientIn_.consume(run);
+        continue;
+      }
       if (const auto frame = protocol::decodeFrame(clientIn_.readable(), context_.config.maxMessageSize)) {
         if (frame->type() == fe::kTerminate) {
           closeReason_ = "client terminated";
