@@ -2,7 +2,7 @@
 """pgwire-proxy benchmark: direct PostgreSQL vs. PgBouncer (session mode) vs. the proxy, side by side.
 
     /usr/bin/python3 bench/run.py [--quick] [--rounds N] [--duration S] [--binary PATH] [--json out.json]
-                                  [--chart out.png|none] [--copy-rows N] [--silent-sockets N]
+                                  [--chart out.png|none] [--copy-rows N] [--copy-lines N] [--silent-sockets N]
 
 Starts a throwaway PostgreSQL (initdb in a temp dir), a PgBouncer in session mode and the proxy (a release
 build made into build-bench/ unless --binary is given), all on 127.0.0.1, then measures in interleaved
@@ -20,6 +20,9 @@ rounds (the three targets one after another, the starting target rotating each r
   * COPY (select g, repeat('x', 40) ... --copy-rows, default 1,000,000) TO STDOUT, read by the same
     raw-socket client, and the same rows COPY FROM STDIN into an unlogged table (truncated directly
     before every run) by psycopg in 64 kB writes: wall time, and the CPU of PgBouncer or the proxy;
+  * the first --copy-lines (default 200,000) of those rows COPY FROM STDIN again, one psycopg write and
+    so one CopyData message per line (as DBD::Pg's pg_putcopydata, ruby-pg's put_copy_data and
+    pg-copy-streams send a row each): the middle's cost per message, not per byte;
   * --silent-sockets (default 1000) TCP connections that never send a byte, on a freshly started
     PgBouncer and proxy each round: the RSS they add and the threads before and with them;
   * once, on freshly started processes: the RSS that N idle clients (default 200) add to the proxy and
@@ -56,7 +59,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
@@ -555,28 +558,34 @@ def copy_rows_text(rows: int) -> bytes:
     return "".join(f"{g}{tail}" for g in range(1, rows + 1)).encode()
 
 
-def copy_in_once(host: str, port: int, data: bytes, rows: int, watch: Dict[str, int],
-                 truncate: Callable[[], None]) -> Dict[str, float]:
-    """COPY ... FROM STDIN of `data` (`rows` rows) through one target with psycopg, written in
-    COPY_BLOCK pieces; the table is truncated first (directly, by `truncate`), so every target
-    inserts into an empty table. Wall time runs from sending the COPY to its CommandComplete."""
+def copy_blocks(data: bytes) -> List[memoryview]:
+    """`data` in COPY_BLOCK pieces, one CopyData each."""
+    view = memoryview(data)
+    return [view[offset:offset + COPY_BLOCK] for offset in range(0, len(view), COPY_BLOCK)]
+
+
+def copy_in_once(host: str, port: int, pieces: Sequence[Union[bytes, memoryview]], rows: int,
+                 watch: Dict[str, int], truncate: Callable[[], None]) -> Dict[str, float]:
+    """COPY ... FROM STDIN of `pieces` (`rows` rows) through one target with psycopg, one write and so
+    one CopyData per piece (psycopg's write() does not buffer); the table is truncated first (directly,
+    by `truncate`), so every target inserts into an empty table. Wall time runs from sending the COPY
+    to its CommandComplete."""
     import psycopg  # here, not at the top: bench/profile.py imports this module without needing it
 
     truncate()
-    view = memoryview(data)
+    nbytes = sum(len(piece) for piece in pieces)
     with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", autocommit=True,
                          application_name="pgwire-proxy-bench", connect_timeout=60) as conn:
         conn.execute("select 1")  # the session is up and warm
         with conn.cursor() as cur, MiddleWatch(watch) as middle:
             started = time.perf_counter()
             with cur.copy(COPY_IN_SQL) as copy:
-                for offset in range(0, len(view), COPY_BLOCK):
-                    copy.write(view[offset:offset + COPY_BLOCK])
+                for piece in pieces:
+                    copy.write(piece)
             seconds = time.perf_counter() - started
             if cur.rowcount not in (-1, rows):
                 raise RuntimeError(f"COPY FROM STDIN stored {cur.rowcount} rows, not {rows}")
-        return dict(bytes=len(data), seconds=seconds, mb_per_s=len(data) / seconds / 1e6,
-                    **middle.results(len(data)))
+        return dict(bytes=nbytes, seconds=seconds, mb_per_s=nbytes / seconds / 1e6, **middle.results(nbytes))
 
 
 def idle_clients_rss(host: str, port: int, pid: int, count: int) -> Dict[str, float]:
@@ -736,8 +745,10 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
     add("stream RSS growth (peak - before)", "MB", per_round("stream", lambda t: f"{t}_rss_growth_mb"),
         "proxy <= 8 MB", lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 8.0)
     copy_n = settings["copy_rows"]
-    for kind, name in (("copy_out", "COPY TO STDOUT"), ("copy_in", "COPY FROM STDIN")):
-        add(f"{name} {copy_n:,} rows, wall", "s", per_round(kind, lambda t: "seconds"), "<=1.05x direct",
+    lines_n = settings["copy_lines"]
+    for kind, name in (("copy_out", f"COPY TO STDOUT {copy_n:,} rows"), ("copy_in", f"COPY FROM STDIN {copy_n:,} rows"),
+                       ("copy_in_lines", f"COPY FROM STDIN {lines_n:,} lines, a CopyData each")):
+        add(f"{name}, wall", "s", per_round(kind, lambda t: "seconds"), "<=1.05x direct",
             lambda d, p, m: None if d is None else d <= 1.05)
         add("  CPU of the middle process", "s", per_round(kind, lambda t: f"{t}_cpu_s"))
     n = settings["idle_clients"]
@@ -904,6 +915,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--idle-clients", type=int, default=200, help="idle clients for the RSS test (default 200)")
     p.add_argument("--copy-rows", type=int,
                    help="rows in the COPY TO STDOUT and COPY FROM STDIN runs (default 1000000; quick 200000)")
+    p.add_argument("--copy-lines", type=int,
+                   help="rows in the COPY FROM STDIN run that writes a CopyData per line (default 200000; "
+                        "quick 50000; at most --copy-rows)")
     p.add_argument("--silent-sockets", type=int,
                    help="TCP connections that never send a byte, for the RSS and thread test (default 1000; "
                         "quick 300)")
@@ -918,6 +932,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.scale = args.scale or (1 if args.quick else 10)
     args.stream_rows = args.stream_rows or (500_000 if args.quick else 2_000_000)
     args.copy_rows = args.copy_rows or (200_000 if args.quick else 1_000_000)
+    args.copy_lines = min(args.copy_lines or (50_000 if args.quick else 200_000), args.copy_rows)
     args.silent_sockets = args.silent_sockets or (300 if args.quick else 1000)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
@@ -964,7 +979,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = {"quick": args.quick, "rounds": args.rounds, "duration": args.duration, "scale": args.scale,
                 "clients": args.clients, "write_clients": args.write_clients,
                 "extended_clients": args.extended_clients, "connect_clients": args.connect_clients,
-                "stream_rows": args.stream_rows, "copy_rows": args.copy_rows,
+                "stream_rows": args.stream_rows, "copy_rows": args.copy_rows, "copy_lines": args.copy_lines,
                 "silent_sockets": args.silent_sockets,
                 "idle_clients": args.idle_clients, "pgbench": "-M simple (and extended/prepared) -n, -j min(clients, nproc)",
                 "write_script": str(WRITE_SCRIPT.relative_to(REPO))}
@@ -990,8 +1005,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pg.execute("select pg_prewarm('pgbench_accounts'), pg_prewarm('pgbench_accounts_pkey')")
         pg.execute(f"create unlogged table {COPY_TABLE} (g int, x text)")
         copy_data = copy_rows_text(args.copy_rows)
+        copy_pieces = {"copy_in": copy_blocks(copy_data),
+                       "copy_in_lines": copy_data.splitlines(keepends=True)[:args.copy_lines]}
         warm_copy_rows = min(args.copy_rows, 100_000)
-        warm_copy_data = copy_rows_text(warm_copy_rows)
+        warm_copy_data = copy_blocks(copy_rows_text(warm_copy_rows))
 
         def truncate_copy_table() -> None:
             pg.execute(f"truncate {COPY_TABLE}")
@@ -1144,20 +1161,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{result[f'{target}_rss_before_mb']:.1f} -> {result[f'{target}_rss_peak_mb']:.1f} MB")
                 log(f"{label} {result['seconds']:.3f} s, {result['bytes'] / 1e6:.1f} MB{extra}   (others {noise['foreign_cpu_share']:.0%}, "
                     f"steal {noise['steal_share']:.0%})")
-            for kind in ("copy_out", "copy_in"):
+            for kind in ("copy_out", "copy_in", "copy_in_lines"):
+                rows = args.copy_lines if kind == "copy_in_lines" else args.copy_rows
                 for target in order:
                     host, port = endpoints[target]
                     watch = {name: pid for name, pid in middle_pids.items() if name == target}
-                    direction = "to  " if kind == "copy_out" else "from"
-                    label = f"[round {rnd + 1}/{args.rounds}] COPY {direction} {args.copy_rows:,} rows {target:9}"
+                    what = {"copy_out": "to   ", "copy_in": "from ", "copy_in_lines": "lines"}[kind]
+                    label = f"[round {rnd + 1}/{args.rounds}] COPY {what} {rows:,} rows {target:9}"
                     if kind == "copy_out":
-                        run = lambda: copy_out_once(host, port, args.copy_rows, watch)  # noqa: E731
+                        run = lambda: copy_out_once(host, port, rows, watch)  # noqa: E731
                     else:
-                        run = lambda: copy_in_once(host, port, copy_data, args.copy_rows, watch,  # noqa: E731
+                        run = lambda: copy_in_once(host, port, copy_pieces[kind], rows, watch,  # noqa: E731
                                                    truncate_copy_table)
                     result, noise = measured(label, run)
-                    runs.append(dict(kind=kind, round=rnd + 1, target=target, rows=args.copy_rows,
-                                     **noise, **result))
+                    runs.append(dict(kind=kind, round=rnd + 1, target=target, rows=rows, **noise, **result))
                     extra = f", {target} CPU {result[f'{target}_cpu_s']:.2f} s" if target in middle_pids else ""
                     log(f"{label} {result['seconds']:.3f} s, {result['bytes'] / 1e6:.1f} MB{extra}   "
                         f"(others {noise['foreign_cpu_share']:.0%}, steal {noise['steal_share']:.0%})")
