@@ -90,6 +90,25 @@ BOOST_AUTO_TEST_CASE(two_frames_back_to_back) {
   BOOST_TEST(parseQuery(second->body()) == "bb");
 }
 
+BOOST_AUTO_TEST_CASE(a_frame_run_ends_at_another_type_a_partial_or_bad_frame_and_where_take_says) {
+  const std::string q1 = queryFrame("a");
+  const std::string q2 = queryFrame("bb");
+  const auto takeAll = [](std::size_t) { return true; };
+  BOOST_TEST(frameRun(q1 + q2 + withLength('S', 4), 'Q', 1024, takeAll) == q1.size() + q2.size());
+  BOOST_TEST(frameRun(q1 + q2.substr(0, q2.size() - 1), 'Q', 1024, takeAll) == q1.size());  // partial
+  BOOST_TEST(frameRun(q1 + withLength('Q', 3), 'Q', 1024, takeAll) == q1.size());           // below 4
+  BOOST_TEST(frameRun(q1 + withLength('Q', 2000) + std::string(2000, 'x'), 'Q', 1024, takeAll) == q1.size());
+  BOOST_TEST(frameRun(withLength('S', 4) + q1, 'Q', 1024, takeAll) == 0U);
+  BOOST_TEST(frameRun(std::string(), 'Q', 1024, takeAll) == 0U);
+  std::vector<std::size_t> asked;
+  const auto takeOne = [&asked](std::size_t size) {
+    asked.push_back(size);
+    return asked.size() < 2;
+  };
+  BOOST_TEST(frameRun(q1 + q2 + q1, 'Q', 1024, takeOne) == q1.size());  // the second was refused
+  BOOST_TEST(asked == (std::vector<std::size_t>{q1.size(), q2.size()}));
+}
+
 BOOST_AUTO_TEST_CASE(every_malformed_length_is_a_protocol_violation) {
   for (std::uint32_t length : {0U, 1U, 2U, 3U}) {
     const std::string bytes = withLength('Q', length);

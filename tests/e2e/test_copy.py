@@ -1,7 +1,7 @@
 """COPY both ways and the function-call protocol under --protocol=full, compared with direct: psql's
-\\copy, pg_dump -Fc and pg_restore, psycopg's and asyncpg's copy, \\lo_import/\\lo_export; the
-guardrails over COPY (rows, bytes, COPY IN's own limit, faults); the refusals and their truthful texts
-in the default mode."""
+\\copy, pg_dump -Fc and pg_restore, psycopg's and asyncpg's copy, DBD::Pg and ruby-pg sending a
+CopyData per row, \\lo_import/\\lo_export; the guardrails over COPY (rows, bytes, COPY IN's own limit,
+faults); the refusals and their truthful texts in the default mode."""
 
 from __future__ import annotations
 
@@ -358,3 +358,87 @@ def test_the_fixture_is_transparent_for_driver_defaults_copy_and_big_results(pgw
             await conn.close()
 
     assert asyncio.run(session()) == 100
+
+
+# ---- a CopyData per row (the relay's run of CopyData) --------------------------------------------------
+
+# Clients that send a CopyData message per row as a program writes them (psql and psycopg batch lines
+# into larger messages): DBD::Pg's pg_putcopydata and ruby-pg's put_copy_data. Each copies ROWS-shaped
+# rows 1..N and prints `ok` or `error SQLSTATE`, then `usable yes` from a query on the same connection.
+PER_ROW_CLIENTS = {
+    "dbd-pg": ["perl", "-MDBI", "-e", r"""
+        my ($h, $p, $u, $d, $n) = @ARGV;
+        my $dbh = DBI->connect("dbi:Pg:host=$h;port=$p;dbname=$d", $u, '', {RaiseError => 1, PrintError => 0, AutoCommit => 1});
+        my $ok = eval {
+          $dbh->do('copy copy_items from stdin');
+          $dbh->pg_putcopydata("$_\tname $_\t" . ($_ % 7 ? $_ * 1.5 : '\N') . "\n") for 1 .. $n;
+          $dbh->pg_putcopyend();
+          1;
+        };
+        print $ok ? "ok\n" : "error " . $dbh->state . "\n";
+        print 'usable ', $dbh->selectrow_array(q{select 'yes'}), "\n";
+    """],
+    "ruby-pg": ["ruby", "-rpg", "-e", r"""
+        h, p, u, d, n = ARGV
+        c = PG.connect(host: h, port: p, user: u, dbname: d)
+        begin
+          c.copy_data('copy copy_items from stdin') do
+            (1..n.to_i).each { |i| c.put_copy_data("#{i}\tname #{i}\t#{i % 7 == 0 ? '\N' : i * 1.5}\n") }
+          end
+          puts 'ok'
+        rescue PG::Error => e
+          puts "error #{e.result && e.result.error_field(PG::PG_DIAG_SQLSTATE)}"
+        end
+        puts "usable #{c.exec("select 'yes'").getvalue(0, 0)}"
+    """],
+}
+
+
+def per_row_copy(client: str, host: str, port: int, user: str, dbname: str, rows: int) -> str:
+    command = PER_ROW_CLIENTS[client]
+    result = subprocess.run([*command, host, str(port), user, dbname, str(rows)], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def table_digest(pg_upstream) -> tuple:
+    return tuple(pg_upstream.execute(
+        f"select count(*), md5(coalesce(string_agg(id || ':' || name || ':' || coalesce(score::text, 'null'), ','"
+        f" order by id), '')) from {TABLE}")[0])
+
+
+def per_row_client_missing(client: str):
+    probe = {"dbd-pg": ["perl", "-MDBD::Pg", "-e", "1"], "ruby-pg": ["ruby", "-rpg", "-e", "1"]}[client]
+    try:
+        return subprocess.run(probe, capture_output=True).returncode != 0
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("client", list(PER_ROW_CLIENTS))
+def test_a_copydata_per_row_stores_what_it_stores_direct(client, full, pg_upstream, items):
+    if per_row_client_missing(client):
+        pytest.skip(f"{client} is not installed (scripts/install-deps.sh installs it)")
+    rows = 20000
+    assert per_row_copy(client, pg_upstream.host, pg_upstream.port, pg_upstream.user, pg_upstream.dbname,
+                        rows) == "ok\nusable yes\n"
+    direct = table_digest(pg_upstream)
+    assert direct[0] == rows
+    pg_upstream.execute(f"truncate {TABLE}")
+    assert per_row_copy(client, full.host, full.port, full.user, full.dbname, rows) == "ok\nusable yes\n"
+    assert table_digest(pg_upstream) == direct
+
+
+@pytest.mark.parametrize("client", list(PER_ROW_CLIENTS))
+def test_a_copydata_per_row_past_max_copy_in_bytes_copies_nothing(client, pgwire_proxy_factory, pg_upstream, items):
+    if per_row_client_missing(client):
+        pytest.skip(f"{client} is not installed (scripts/install-deps.sh installs it)")
+    proxy = pgwire_proxy_factory(protocol="full", max_copy_in_bytes="16kB")
+    # About 20 bytes a row: 600 rows fit in 16 kB and are copied; 20,000 are refused, and none stored.
+    assert per_row_copy(client, proxy.host, proxy.port, proxy.user, proxy.dbname, 600) == "ok\nusable yes\n"
+    assert count(pg_upstream) == 600
+    pg_upstream.execute(f"truncate {TABLE}")
+    assert per_row_copy(client, proxy.host, proxy.port, proxy.user, proxy.dbname, 20000) == \
+        "error 54000\nusable yes\n"
+    assert count(pg_upstream) == 0

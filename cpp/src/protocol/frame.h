@@ -54,6 +54,22 @@ struct Frame {
   return Frame{*header, data.first(header->frameSize())};
 }
 
+// The bytes of the run of whole `type` frames at the start of `data` that `take(frameSize)` accepts
+// (asked once per frame, in order; false ends the run before that frame). A frame of another type, a
+// partial one or one whose length is below 4 or above `maxLength` ends it too: decodeFrame then says
+// what that frame is. Inline: the relay walks a large result's rows and a COPY's data with it.
+template <typename Take>
+[[nodiscard]] std::size_t frameRun(std::span<const char> data, char type, std::uint32_t maxLength, Take&& take) {
+  std::size_t at = 0;
+  while (data.size() - at >= kTypedHeaderSize && data[at] == type) {
+    const std::uint32_t length = readUint32(data.data() + at + 1);
+    const std::size_t size = 1 + static_cast<std::size_t>(length);
+    if (length < kMinLength || length > maxLength || size > data.size() - at || !take(size)) break;
+    at += size;
+  }
+  return at;
+}
+
 // An untyped startup-phase packet (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest):
 // returns its body (after the length word) once complete, nullopt before that.
 // Throws ProtocolError for a length below 8 or above kMaxStartupPacketLength.

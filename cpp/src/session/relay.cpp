@@ -181,21 +181,18 @@ bool Relay::onCopyInFrame(const protocol::Frame& frame) {
 std::size_t Relay::copyInRun(std::span<const char> data, std::uint32_t maxMessage) {
   if (!batch_.open || statement_.dropAtCopyData || batch_.copyInFailedByProxy) return 0;
   // What onCopyInFrame does for each, added up.
-  const std::uint64_t limit = context_.maxCopyInBytes > 0 ? context_.maxCopyInBytes : std::numeric_limits<std::uint64_t>::max();
+  const std::uint64_t limit =
+      context_.maxCopyInBytes > 0 ? context_.maxCopyInBytes : std::numeric_limits<std::uint64_t>::max();
   std::uint64_t copied = statement_.copyInBytes;
-  std::size_t at = 0;
-  while (data.size() - at >= protocol::kTypedHeaderSize && data[at] == fe::kCopyData) {
-    const std::uint32_t length = protocol::readUint32(data.data() + at + 1);
-    const std::size_t size = 1 + static_cast<std::size_t>(length);
-    if (length < protocol::kMinLength || length > maxMessage || size > data.size() - at) break;
-    if (size > limit - copied) break;
+  const std::size_t run = protocol::frameRun(data, fe::kCopyData, maxMessage, [&](std::size_t size) {
+    if (size > limit - copied) return false;
     copied += size;
-    at += size;
-  }
-  if (at == 0) return 0;
+    return true;
+  });
+  if (run == 0) return 0;
   statement_.copyInBytes = copied;
-  host_.toUpstream(data.first(at));
-  return at;
+  host_.toUpstream(data.first(run));
+  return run;
 }
 
 // ---- a simple Query: a batch of one with an implicit Sync ------------------------------------------

@@ -87,7 +87,7 @@ class Relay {
   // A COPY FROM STDIN's CopyData at the start of `data` that need no decision of their own (no fault
   // pending, nothing failed, within --max-copy-in-bytes) go upstream as one run; returns the bytes
   // taken, 0 when the next frame is for onClientFrame (any other type, a partial or a bad length, one
-  // over `maxMessage`, the one that would pass the limit). psql's \copy sends a CopyData per line.
+  // over `maxMessage`, the one that would pass the limit). DBD::Pg and ruby-pg send a CopyData per row.
   // Inline: the session asks before every client frame.
   [[nodiscard]] std::size_t admitCopyInRun(std::span<const char> data, std::uint32_t maxMessage) {
     return batch_.copyIn == Batch::CopyIn::kActive ? copyInRun(data, maxMessage) : 0;

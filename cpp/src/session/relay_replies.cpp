@@ -238,21 +238,17 @@ std::size_t Relay::admitRowRun(std::span<const char> data) noexcept {
   const auto room = batch_.budget.room();
   std::uint64_t rows = 0;
   std::uint64_t bytes = 0;
-  std::size_t at = at_;
   const char rowType = statement_.copyOut ? be::kCopyData : be::kDataRow;
-  while (data.size() - at >= protocol::kTypedHeaderSize && data[at] == rowType) {
-    const std::uint32_t length = protocol::readUint32(data.data() + at + 1);
-    const std::size_t size = 1 + static_cast<std::size_t>(length);
-    if (length < protocol::kMinLength || length > kMaxUpstreamMessage || size > data.size() - at) break;
-    if (rows + 1 > room.rows || bytes + size > room.bytes) break;
+  const std::size_t run = protocol::frameRun(data.subspan(at_), rowType, kMaxUpstreamMessage, [&](std::size_t size) {
+    if (rows + 1 > room.rows || bytes + size > room.bytes) return false;
     ++rows;
     bytes += size;
-    at += size;
-  }
+    return true;
+  });
   batch_.budget.admitRows(rows, bytes);
   statement_.record.rows += rows;
   statement_.record.bytes += bytes;
-  return at;
+  return at_ + run;
 }
 
 bool Relay::onDataRow(const protocol::FrameHeader& header) {
