@@ -1,6 +1,6 @@
 """COPY both ways and the function-call protocol under --protocol=full, compared with direct: psql's
-\\copy, pg_dump -Fc and pg_restore, psycopg's and asyncpg's copy, DBD::Pg and ruby-pg sending a
-CopyData per row, \\lo_import/\\lo_export; the guardrails over COPY (rows, bytes, COPY IN's own limit,
+\\copy, pg_dump -Fc and pg_restore, psycopg's and asyncpg's copy, DBD::Pg, ruby-pg and pg-copy-streams
+sending a CopyData per row, \\lo_import/\\lo_export; the guardrails over COPY (rows, bytes, COPY IN's own limit,
 faults); the refusals and their truthful texts in the default mode."""
 
 from __future__ import annotations
@@ -363,8 +363,10 @@ def test_the_fixture_is_transparent_for_driver_defaults_copy_and_big_results(pgw
 # ---- a CopyData per row (the relay's run of CopyData) --------------------------------------------------
 
 # Clients that send a CopyData message per row as a program writes them (psql and psycopg batch lines
-# into larger messages): DBD::Pg's pg_putcopydata and ruby-pg's put_copy_data. Each copies ROWS-shaped
-# rows 1..N and prints `ok` or `error SQLSTATE`, then `usable yes` from a query on the same connection.
+# into larger messages): DBD::Pg's pg_putcopydata, ruby-pg's put_copy_data and node-postgres with
+# pg-copy-streams (a CopyData per write). Each copies ROWS-shaped rows 1..N and prints `ok` or
+# `error SQLSTATE`, then `usable yes` from a query on the same connection.
+DRIVERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drivers")  # node's node_modules
 PER_ROW_CLIENTS = {
     "dbd-pg": ["perl", "-MDBI", "-e", r"""
         my ($h, $p, $u, $d, $n) = @ARGV;
@@ -391,13 +393,36 @@ PER_ROW_CLIENTS = {
         end
         puts "usable #{c.exec("select 'yes'").getvalue(0, 0)}"
     """],
+    "pg-copy-streams": ["node", "-e", r"""
+        const { Client } = require('pg');
+        const { from } = require('pg-copy-streams');
+        const [h, p, u, d, n] = process.argv.slice(1);
+        (async () => {
+          const c = new Client({ host: h, port: Number(p), user: u, database: d });
+          await c.connect();
+          try {
+            await new Promise((resolve, reject) => {
+              const copy = c.query(from('copy copy_items from stdin'));
+              copy.on('error', reject);
+              copy.on('finish', resolve);
+              for (let i = 1; i <= Number(n); i++) copy.write(`${i}\tname ${i}\t${i % 7 ? i * 1.5 : '\\N'}\n`);
+              copy.end();
+            });
+            console.log('ok');
+          } catch (e) {
+            console.log(`error ${e.code}`);
+          }
+          console.log(`usable ${(await c.query("select 'yes' as v")).rows[0].v}`);
+          await c.end();
+        })();
+    """],
 }
 
 
 def per_row_copy(client: str, host: str, port: int, user: str, dbname: str, rows: int) -> str:
     command = PER_ROW_CLIENTS[client]
     result = subprocess.run([*command, host, str(port), user, dbname, str(rows)], capture_output=True, text=True,
-                            timeout=60, stdin=subprocess.DEVNULL)
+                            timeout=60, stdin=subprocess.DEVNULL, cwd=DRIVERS_DIR)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -409,9 +434,10 @@ def table_digest(pg_upstream) -> tuple:
 
 
 def per_row_client_missing(client: str):
-    probe = {"dbd-pg": ["perl", "-MDBD::Pg", "-e", "1"], "ruby-pg": ["ruby", "-rpg", "-e", "1"]}[client]
+    probe = {"dbd-pg": ["perl", "-MDBD::Pg", "-e", "1"], "ruby-pg": ["ruby", "-rpg", "-e", "1"],
+             "pg-copy-streams": ["node", "-e", "require('pg'); require('pg-copy-streams')"]}[client]
     try:
-        return subprocess.run(probe, capture_output=True).returncode != 0
+        return subprocess.run(probe, capture_output=True, cwd=DRIVERS_DIR).returncode != 0
     except FileNotFoundError:
         return True
 
