@@ -398,10 +398,13 @@ BOOST_AUTO_TEST_CASE(copy_is_refused_and_the_upstream_left_idle) {
   BOOST_TEST(!shell.relay().busy());
 }
 
-// psql's \copy: a CopyData per line, then CopyDone.
+// The CopyData of line `i`, one per row as DBD::Pg, ruby-pg and pg-copy-streams send them.
+std::string copyLine(int i) { return message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n"); }
+
+// A COPY FROM STDIN of `lines` CopyData, then CopyDone, then a query.
 std::vector<Exchange> copyFromStdin(int lines) {
   std::string data;
-  for (int i = 0; i < lines; ++i) data += message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n");
+  for (int i = 0; i < lines; ++i) data += copyLine(i);
   return {
       {query("copy t from stdin"), message('G', std::string(1, '\0') + int16(2) + int16(0) + int16(0))},
       {data + message('c', ""), commandComplete("COPY " + std::to_string(lines)) + ready()},
@@ -422,7 +425,7 @@ BOOST_AUTO_TEST_CASE(copy_from_stdin_over_max_copy_in_bytes_stops_at_the_frame_t
   auto exchanges = copyFromStdin(40);
   // The limit falls inside the 21st CopyData: twenty go up, then the CopyFail, nothing after it.
   std::size_t twenty = 0;
-  for (int i = 0; i < 20; ++i) twenty += message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n").size();
+  for (int i = 0; i < 20; ++i) twenty += copyLine(i).size();
   const std::string copyFail = message('f', cstring("COPY FROM STDIN exceeded the proxy's --max-copy-in-bytes"));
   exchanges[1].upstream = error("57014", "COPY from stdin failed: the proxy's limit") + ready();
   const Limits limits{.fullProtocol = true, .maxCopyInBytes = twenty + 3};
@@ -433,9 +436,8 @@ BOOST_AUTO_TEST_CASE(copy_from_stdin_over_max_copy_in_bytes_stops_at_the_frame_t
   BOOST_TEST(outcome.client.ends_with(ready() + rowDescription("?column?") + dataRow("1") + commandComplete("SELECT 1") + ready()));
   checkSplits(exchanges, limits);
   // Exactly at the limit: all forty go up.
-  std::size_t all = 0;
-  for (int i = 0; i < 40; ++i) all += message('d', std::to_string(i) + "\tline " + std::to_string(i) + "\n").size();
   const auto fits = copyFromStdin(40);
+  const std::size_t all = fits[1].client.size() - message('c', "").size();
   BOOST_TEST(run(fits, whole, {.fullProtocol = true, .maxCopyInBytes = all}).upstream ==
              fits[0].client + fits[1].client + fits[2].client);
 }

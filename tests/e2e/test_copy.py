@@ -365,8 +365,11 @@ def test_the_fixture_is_transparent_for_driver_defaults_copy_and_big_results(pgw
 # Clients that send a CopyData message per row as a program writes them (psql and psycopg batch lines
 # into larger messages): DBD::Pg's pg_putcopydata, ruby-pg's put_copy_data and node-postgres with
 # pg-copy-streams (a CopyData per write). Each copies ROWS-shaped rows 1..N and prints `ok` or
-# `error SQLSTATE`, then `usable yes` from a query on the same connection.
+# `error SQLSTATE`, then `usable yes` from a query on the same connection. Beside each, the command
+# that tells whether it is installed.
 DRIVERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "drivers")  # node's node_modules
+PER_ROW_PROBES = {"dbd-pg": ["perl", "-MDBD::Pg", "-e", "1"], "ruby-pg": ["ruby", "-rpg", "-e", "1"],
+                  "pg-copy-streams": ["node", "-e", "require('pg'); require('pg-copy-streams')"]}
 PER_ROW_CLIENTS = {
     "dbd-pg": ["perl", "-MDBI", "-e", r"""
         my ($h, $p, $u, $d, $n) = @ARGV;
@@ -419,6 +422,18 @@ PER_ROW_CLIENTS = {
 }
 
 
+@pytest.fixture(params=list(PER_ROW_CLIENTS))
+def per_row_client(request) -> str:
+    """Each per-row client in turn; skipped where its runtime is not installed."""
+    try:
+        missing = subprocess.run(PER_ROW_PROBES[request.param], capture_output=True, cwd=DRIVERS_DIR).returncode != 0
+    except FileNotFoundError:
+        missing = True
+    if missing:
+        pytest.skip(f"{request.param} is not installed (scripts/install-deps.sh installs it)")
+    return request.param
+
+
 def per_row_copy(client: str, host: str, port: int, user: str, dbname: str, rows: int) -> str:
     command = PER_ROW_CLIENTS[client]
     result = subprocess.run([*command, host, str(port), user, dbname, str(rows)], capture_output=True, text=True,
@@ -433,19 +448,8 @@ def table_digest(pg_upstream) -> tuple:
         f" order by id), '')) from {TABLE}")[0])
 
 
-def per_row_client_missing(client: str):
-    probe = {"dbd-pg": ["perl", "-MDBD::Pg", "-e", "1"], "ruby-pg": ["ruby", "-rpg", "-e", "1"],
-             "pg-copy-streams": ["node", "-e", "require('pg'); require('pg-copy-streams')"]}[client]
-    try:
-        return subprocess.run(probe, capture_output=True, cwd=DRIVERS_DIR).returncode != 0
-    except FileNotFoundError:
-        return True
-
-
-@pytest.mark.parametrize("client", list(PER_ROW_CLIENTS))
-def test_a_copydata_per_row_stores_what_it_stores_direct(client, full, pg_upstream, items):
-    if per_row_client_missing(client):
-        pytest.skip(f"{client} is not installed (scripts/install-deps.sh installs it)")
+def test_a_copydata_per_row_stores_what_it_stores_direct(per_row_client, full, pg_upstream, items):
+    client = per_row_client
     rows = 20000
     assert per_row_copy(client, pg_upstream.host, pg_upstream.port, pg_upstream.user, pg_upstream.dbname,
                         rows) == "ok\nusable yes\n"
@@ -456,12 +460,11 @@ def test_a_copydata_per_row_stores_what_it_stores_direct(client, full, pg_upstre
     assert table_digest(pg_upstream) == direct
 
 
-@pytest.mark.parametrize("client", list(PER_ROW_CLIENTS))
-def test_a_copydata_per_row_past_max_copy_in_bytes_copies_nothing(client, pgwire_proxy_factory, pg_upstream, items):
-    if per_row_client_missing(client):
-        pytest.skip(f"{client} is not installed (scripts/install-deps.sh installs it)")
+def test_a_copydata_per_row_past_max_copy_in_bytes_copies_nothing(per_row_client, pgwire_proxy_factory, pg_upstream,
+                                                                  items):
+    client = per_row_client
     proxy = pgwire_proxy_factory(protocol="full", max_copy_in_bytes="16kB")
-    # About 20 bytes a row: 600 rows fit in 16 kB and are copied; 20,000 are refused, and none stored.
+    # About 24 bytes a message: 600 rows fit in 16 kB and are copied; 20,000 are refused, and none stored.
     assert per_row_copy(client, proxy.host, proxy.port, proxy.user, proxy.dbname, 600) == "ok\nusable yes\n"
     assert count(pg_upstream) == 600
     pg_upstream.execute(f"truncate {TABLE}")

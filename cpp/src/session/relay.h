@@ -283,7 +283,10 @@ class Relay {
   // admitted at once.
   [[nodiscard]] bool rowRunOpen() const noexcept;
   // The oldest unanswered message is an Execute or a Query: its rows and completion are a statement's.
-  [[nodiscard]] bool executingFront() const noexcept;
+  [[nodiscard]] bool executingFront() const noexcept { return !pending_.empty() && executes(pending_.front().type); }
+  [[nodiscard]] static bool executes(char front) noexcept {
+    return front == protocol::frontend::kExecute || front == protocol::frontend::kQuery;
+  }
   // Admits the whole rows from at_ on that fit the statement's budget; returns where they end.
   [[nodiscard]] std::size_t admitRowRun(std::span<const char> data) noexcept;
   // A failure queued at the client's position goes out once it is at the front (checked per frame).

@@ -149,7 +149,7 @@ bool Relay::onReply(const protocol::Frame& frame) {
     return type == be::kNotificationResponse || type == be::kParameterStatus;
   }
   const char front = pending_.empty() ? 0 : pending_.front().type;
-  const bool executing = executingFront();
+  const bool executing = executes(front);
   switch (type) {
     case be::kDataRow:
       return !executing || onDataRow(frame.header);
@@ -224,12 +224,6 @@ bool Relay::onReply(const protocol::Frame& frame) {
 bool Relay::rowRunOpen() const noexcept {
   return batch_.open && !batch_.swallowing && statement_.open && !statement_.dropAfterRows &&
          !statement_.dropMidMessage && executingFront();
-}
-
-bool Relay::executingFront() const noexcept {
-  if (pending_.empty()) return false;
-  const char front = pending_.front().type;
-  return front == fe::kExecute || front == fe::kQuery;
 }
 
 std::size_t Relay::admitRowRun(std::span<const char> data) noexcept {
