@@ -10,6 +10,8 @@ rounds (the three targets one after another, the starting target rotating each r
 
   * `pgbench -M simple -S` at 1, 16 and 64 clients, and bench/write.sql (short write transactions);
   * `pgbench -M extended -S` and `-M prepared -S` at 16 clients (the proxy runs --protocol=full);
+    when the binary's --help lists --pin-loops, these and the select-only runs of more than one
+    client also run against a second proxy with that option (rows "the same, proxy --pin-loops");
     for every pgbench run also the CPU per transaction of PgBouncer or the proxy (utime+stime of the
     process over the run, /proc/PID/stat) and of all the benchmark's processes together;
   * a connection storm, `pgbench -C -S` (a new connection per transaction) at 16 clients, as connections
@@ -70,6 +72,8 @@ from pgwire_proxy.process import ProxyProcess  # noqa: E402
 TARGETS = ("direct", "pgbouncer", "proxy")
 REUSE_FLAG = "--reuse-upstream"  # issue 20's opt-in upstream reuse; run only when the binary has it
 REUSE_TARGET = "proxy-reuse"
+PIN_FLAG = "--pin-loops"  # each event-loop thread on a CPU of its own; run only when the binary has it
+PIN_TARGET = "proxy-pinned"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE_USER = "postgres"  # PostgreSQL and PgBouncer refuse to run as root
 WRITE_SCRIPT = REPO / "bench" / "write.sql"
@@ -700,6 +704,20 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
 
     tps = lambda target: "tps"  # noqa: E731
     cpu = lambda target: "middle_cpu_us_per_txn"  # noqa: E731
+
+    def variant(table: Dict[int, Dict[str, float]], name: str) -> Dict[int, Dict[str, float]]:
+        """A proxy variant's runs in the "proxy" column, against the same rounds' direct and PgBouncer."""
+        return {rnd: {**{t: v for t, v in row.items() if t != "proxy"}, "proxy": row[name]}
+                for rnd, row in table.items() if name in row}
+
+    def pinned_rows(table: Dict[int, Dict[str, float]], cpu_table: Dict[int, Dict[str, float]], cpu_target: str) -> None:
+        # SLOT: the proxy with --pin-loops, under the default proxy's rows (same targets)
+        if not settings.get("pin_loops"):
+            return
+        add(f"  the same, proxy {PIN_FLAG}", "TPS", variant(table, PIN_TARGET), ">=1.10x pgb",
+            lambda d, p, m: at_least(p, 1.10))
+        add("    CPU per txn of the middle process", "us", variant(cpu_table, PIN_TARGET), cpu_target,
+            (lambda d, p, m: at_most(p, 0.6)) if cpu_target else None)
     for clients in settings["clients"]:
         table = per_round("pgbench", tps, script="select", clients=clients, mode="simple")
         cpu_table = per_round("pgbench", cpu, script="select", clients=clients, mode="simple")
@@ -712,13 +730,15 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
                 lambda d, p, m: at_least(p, 1.10))
             add("  CPU per txn of the middle process", "us", cpu_table, "<=0.6x pgb",
                 lambda d, p, m: at_most(p, 0.6))
+            pinned_rows(table, cpu_table, "<=0.6x pgb")
     for mode in ("extended", "prepared"):
         ec = settings["extended_clients"]
-        add(f"select-only -M {mode}, {ec} clients", "TPS",
-            per_round("pgbench", tps, script="select", clients=ec, mode=mode), ">=1.10x pgb",
+        table = per_round("pgbench", tps, script="select", clients=ec, mode=mode)
+        cpu_table = per_round("pgbench", cpu, script="select", clients=ec, mode=mode)
+        add(f"select-only -M {mode}, {ec} clients", "TPS", table, ">=1.10x pgb",
             lambda d, p, m: at_least(p, 1.10))
-        add("  CPU per txn of the middle process", "us",
-            per_round("pgbench", cpu, script="select", clients=ec, mode=mode))
+        add("  CPU per txn of the middle process", "us", cpu_table)
+        pinned_rows(table, cpu_table, "")
     wc = settings["write_clients"]
     add(f"write txn, {wc} clients", "TPS", per_round("pgbench", tps, script="write", clients=wc))
     add("  CPU per txn of the middle process", "us", per_round("pgbench", cpu, script="write", clients=wc))
@@ -726,15 +746,10 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
     add(f"connection storm -C -S, {cc} clients", "conn/s", per_round("connect", tps), ">=0.9x direct",
         lambda d, p, m: at_least(d, 0.9))
     add("  CPU per connection of the middle process", "us", per_round("connect", cpu))
-    # SLOT: the proxy with --reuse-upstream, in the "proxy" column against the same rounds' direct and
-    # PgBouncer runs; a row of dashes when the binary has no such option.
-    def reuse_column(table: Dict[int, Dict[str, float]]) -> Dict[int, Dict[str, float]]:
-        return {rnd: {**{t: v for t, v in row.items() if t != "proxy"}, "proxy": row[REUSE_TARGET]}
-                for rnd, row in table.items() if REUSE_TARGET in row}
-
+    # SLOT: the proxy with --reuse-upstream; a row of dashes when the binary has no such option.
     add(f"  the same, proxy {REUSE_FLAG}" + ("" if settings.get("reuse_upstream") else " (not in this binary)"),
-        "conn/s", reuse_column(per_round("connect", tps)), ">=1.0x pgb", lambda d, p, m: at_least(p, 1.0))
-    add("  CPU per connection of the middle process", "us", reuse_column(per_round("connect", cpu)))
+        "conn/s", variant(per_round("connect", tps), REUSE_TARGET), ">=1.0x pgb", lambda d, p, m: at_least(p, 1.0))
+    add("  CPU per connection of the middle process", "us", variant(per_round("connect", cpu), REUSE_TARGET))
 
     rows_n = settings["stream_rows"]
     add(f"stream {rows_n:,} rows, wall", "s", per_round("stream", lambda t: "seconds"), "<=1.0x direct",
@@ -1051,6 +1066,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log(f"proxy {REUSE_FLAG} on {proxy_reuse.host}:{proxy_reuse.port} (pid {middle_pids[REUSE_TARGET]})")
         else:
             log(f"this binary has no {REUSE_FLAG}: the connection storm runs without the reuse variant")
+        # -- SLOT: the proxy with --pin-loops, for the select-only runs of more than one client -----------
+        pin_targets: Tuple[str, ...] = TARGETS
+        settings["pin_loops"] = supports_option(binary, PIN_FLAG)
+        if settings["pin_loops"]:
+            proxy_pinned = ProxyProcess(pg.dsn, binary=binary, extra_args=[PIN_FLAG], **proxy_options)
+            stack.callback(proxy_pinned.stop)
+            proxy_pinned.start()
+            endpoints[PIN_TARGET] = (proxy_pinned.host, proxy_pinned.port)
+            middle_pids[PIN_TARGET] = proxy_pinned.process.pid  # type: ignore[union-attr]
+            pin_targets = TARGETS + (PIN_TARGET,)
+            log(f"proxy {PIN_FLAG} on {proxy_pinned.host}:{proxy_pinned.port} (pid {middle_pids[PIN_TARGET]})")
 
         # -- idle clients, on fresh processes ------------------------------------------------------
         idle: Dict[str, dict] = {}
@@ -1071,6 +1097,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if REUSE_TARGET in endpoints:
             pgbench(bindir, *endpoints[REUSE_TARGET], clients=args.connect_clients, duration=1, scale=args.scale,
                     script=None)
+        if PIN_TARGET in endpoints:
+            pgbench(bindir, *endpoints[PIN_TARGET], clients=max_clients, duration=1, scale=args.scale, script=None)
 
         # -- interleaved rounds ------------------------------------------------------------------
         postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])  # type: ignore[operator]
@@ -1127,7 +1155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for rnd in range(args.rounds):
             order = TARGETS[rnd % 3:] + TARGETS[:rnd % 3]
             for script, clients, mode in workloads:
-                targets = connect_targets if script == "connect" else TARGETS
+                targets = (connect_targets if script == "connect" else
+                           pin_targets if script == "select" and clients > 1 else TARGETS)
                 for target in targets[rnd % len(targets):] + targets[:rnd % len(targets)]:
                     host, port = endpoints[target]
                     label = f"[round {rnd + 1}/{args.rounds}] {script:7} -M {mode:8} c={clients:<3} {target:11}"

@@ -218,6 +218,8 @@ class Proxy:
     is the older name of protocol='extended'). reuse_upstream=True gives a finished session's upstream
     connection, reset with DISCARD ALL, to the next client of the same database, user and startup
     parameters (reuse_pool_size idle ones kept, closed after reuse_idle_timeout; docs/configuration.md).
+    pin_loops=True pins each event-loop thread (one per CPU the process may use) to its CPU; in-process
+    that means threads of the Python process.
     deny and allow (and the lines of deny_file
     and allow_file) are POSIX extended regular expressions (glibc's regcomp: [[:space:]], and also
     \\s \\w \\b; no (?i), use patterns_ignore_case=True; no \\d, use [0-9]) searched anywhere in the
@@ -243,7 +245,7 @@ class Proxy:
                  max_message_size: Optional[Size] = None, extended_protocol: Optional[str] = None,
                  protocol: Optional[str] = None, max_copy_in_bytes: Optional[Size] = None,
                  reuse_upstream: bool = False, reuse_pool_size: Optional[int] = None,
-                 reuse_idle_timeout: Optional[Duration] = None,
+                 reuse_idle_timeout: Optional[Duration] = None, pin_loops: bool = False,
                  max_rows: Optional[int] = None, max_bytes: Optional[Size] = None, deny: Patterns = (), allow: Patterns = (),
                  deny_file: Patterns = (), allow_file: Patterns = (), patterns_ignore_case: bool = False,
                  enable_tls: bool = False, tls_cert: Optional[PathLike] = None,
@@ -301,7 +303,7 @@ class Proxy:
                 options[name] = items
         for name, value in (("patterns-ignore-case", patterns_ignore_case), ("enable-tls", enable_tls),
                             ("tls-required", tls_required), ("log-queries", log_queries),
-                            ("reuse-upstream", reuse_upstream)):
+                            ("reuse-upstream", reuse_upstream), ("pin-loops", pin_loops)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name.replace('-', '_')}: expected a bool, got {value!r}")
             if value:

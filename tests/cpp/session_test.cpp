@@ -1,6 +1,7 @@
 // The session against scripted byte streams: a real Server on port 0, a raw client socket, and a
 // scripted upstream that speaks just enough of the backend protocol.
 #include <boost/test/unit_test.hpp>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -559,6 +560,25 @@ BOOST_AUTO_TEST_CASE(adopt_near_keeps_tasks_on_the_calling_loop_while_the_loops_
   BOOST_TEST(local == kTasks / 2);
   BOOST_TEST(placements.startedInPlace == kTasks / 2);
   BOOST_TEST(events.tasks() == kTasks + 1);
+}
+
+// The loops are sized by the CPUs the process may run on (taskset, a cpuset), not by the machine's.
+BOOST_AUTO_TEST_CASE(allowed_cpus_are_the_affinity_mask_of_the_calling_thread) {
+  cpu_set_t before;
+  BOOST_REQUIRE(::sched_getaffinity(0, sizeof before, &before) == 0);
+  std::vector<int> expected;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &before)) expected.push_back(cpu);
+  }
+  BOOST_TEST(pgwire_proxy::session::allowedCpus() == expected, boost::test_tools::per_element());
+  // Restricted to its last CPU (a thread's mask is its own; restored before the check can fail).
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(expected.back(), &one);
+  BOOST_REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);
+  const std::vector<int> restricted = pgwire_proxy::session::allowedCpus();
+  BOOST_REQUIRE(::sched_setaffinity(0, sizeof before, &before) == 0);
+  BOOST_TEST(restricted == std::vector<int>{expected.back()}, boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

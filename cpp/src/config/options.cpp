@@ -57,6 +57,11 @@ const std::vector<OptionSpec>& optionSpecs() {
       {"reuse-pool-size", "n", "Most idle upstream connections --reuse-upstream keeps, over all databases. Default: 20."},
       {"reuse-idle-timeout", "duration", "An idle upstream connection kept by --reuse-upstream is closed after this. "
        "Default: 60s."},
+      {"pin-loops", nullptr,
+       "Pin each event-loop thread to one CPU (the proxy runs a loop per CPU it may use: all of the "
+       "machine's, or those taskset or a container's cpuset allow). For a machine that runs the proxy and "
+       "its database and little else; a pinned loop waits for its CPU rather than move. Default: off (the "
+       "kernel places the loops)."},
       {"max-rows", "n",
        "Most rows per statement sent to a client; past it the statement is cancelled with 54000 (0 = off). "
        "Default: 10000."},
@@ -183,6 +188,7 @@ ServerConfig configFromOptions(const OptionValues& values) {
   config.patternsIgnoreCase = flag("patterns-ignore-case");
   config.tlsEnabled = flag("enable-tls");
   config.reuseUpstream = flag("reuse-upstream");
+  config.pinLoops = flag("pin-loops");
   config.tlsRequired = flag("tls-required");
   if (auto* v = value("tls-cert")) config.tlsCertFile = *v;
   if (auto* v = value("tls-key")) config.tlsKeyFile = *v;

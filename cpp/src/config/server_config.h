@@ -47,6 +47,8 @@ struct ServerConfig {
   bool reuseUpstream = false;
   int reusePoolSize = 20;                   // idle upstream connections kept, over all routes
   Milliseconds reuseIdleTimeout{60'000};    // an idle one is closed after this
+  // --pin-loops: each event-loop thread (one per CPU the process may run on) runs only on its CPU.
+  bool pinLoops = false;
 
   // Guardrails (0 turns a limit off).
   std::uint64_t maxRows = 10'000;                 // rows per statement sent to the client

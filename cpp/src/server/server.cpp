@@ -213,8 +213,10 @@ void Server::start() {
     faults_.replace(faults::readFaultFile(config_.faultsFile));
   }
   peers_.replace(config_.peers);
-  eventLoop_ = std::make_unique<session::EventLoop>(std::max(1U, std::thread::hardware_concurrency()), wakeFd_,
-                                                   forceFd_);
+  // A loop per CPU the proxy may run on (taskset, a container's cpuset), not per CPU of the machine.
+  const std::vector<int> cpus = session::allowedCpus();
+  eventLoop_ = std::make_unique<session::EventLoop>(static_cast<unsigned>(cpus.size()), wakeFd_, forceFd_,
+                                                   config_.pinLoops ? cpus : std::vector<int>{});
   if (pool_) eventLoop_->adopt(std::make_unique<session::PoolSweeper>(*pool_, config_.reuseIdleTimeout));
   {
     std::lock_guard lock(mutex_);  // /readyz reads it from the metrics thread
@@ -228,6 +230,7 @@ void Server::start() {
                            {"upstream", upstream}, {"max_connections", config_.maxConnections},
                            {"tls", config_.tlsEnabled},
                            {"auth", std::string(config::authModeName(config_.authMode))},
+                           {"loops", static_cast<std::int64_t>(cpus.size())}, {"pinned", config_.pinLoops},
                            {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
   if (!config_.upstreamDsn.empty()) logFixedNames("(fallback)", config_.upstreamDsn);
   for (const auto& [name, dsn] : config_.databases) logFixedNames(name, dsn);

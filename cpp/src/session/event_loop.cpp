@@ -2,6 +2,8 @@
 #include "session/event_loop.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
@@ -33,7 +36,7 @@ static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHU
 
 class EventLoop::Worker final : public LoopHandle {
  public:
-  Worker(int wakeFd, int forceFd, std::atomic<int>& tasks, std::atomic<std::uint64_t>& ids)
+  Worker(unsigned index, int wakeFd, int forceFd, std::atomic<int>& tasks, std::atomic<std::uint64_t>& ids, int cpu)
       : wakeFd_(wakeFd), forceFd_(forceFd), tasks_(tasks), ids_(ids) {
     epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
     inbox_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -42,6 +45,9 @@ class EventLoop::Worker final : public LoopHandle {
     if (wakeFd_ >= 0) control(wakeFd_, &wakeTag_);
     if (forceFd_ >= 0) control(forceFd_, &forceTag_);
     thread_ = std::thread([this] { run(); });
+    // ps -L, top -H and /proc/PID/task/*/comm show which threads are the loops.
+    (void)::pthread_setname_np(thread_.native_handle(), ("pgwire-loop-" + std::to_string(index)).c_str());
+    if (cpu >= 0) pin(cpu);
   }
 
   ~Worker() override {
@@ -136,6 +142,21 @@ class EventLoop::Worker final : public LoopHandle {
     event.data.ptr = tag;
     if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event) != 0) {
       throw std::system_error(errno, std::generic_category(), "epoll_ctl");
+    }
+  }
+
+  // Right after the thread starts, before the loop has a task: it moves at its next wake-up at most.
+  void pin(int cpu) {
+    cpu_set_t* set = CPU_ALLOC(cpu + 1);
+    if (set == nullptr) return;
+    const std::size_t size = CPU_ALLOC_SIZE(cpu + 1);
+    CPU_ZERO_S(size, set);
+    CPU_SET_S(static_cast<std::size_t>(cpu), size, set);
+    const int error = ::pthread_setaffinity_np(thread_.native_handle(), size, set);
+    CPU_FREE(set);
+    if (error != 0) {
+      observability::logEvent(observability::LogLevel::kWarning, "loop_not_pinned",
+                              {{"cpu", cpu}, {"error", std::strerror(error)}});
     }
   }
 
@@ -394,9 +415,34 @@ namespace {
 std::atomic<std::uint64_t> gTaskIds{0};
 }  // namespace
 
-EventLoop::EventLoop(unsigned threads, int wakeFd, int forceFd) {
+std::vector<int> allowedCpus() {
+  // A set big enough for the kernel's mask (EINVAL: too small; 1024 CPUs fit the first try).
+  for (int room = 1024; room <= (1 << 20); room *= 2) {
+    cpu_set_t* set = CPU_ALLOC(room);
+    if (set == nullptr) break;
+    const std::size_t size = CPU_ALLOC_SIZE(room);
+    CPU_ZERO_S(size, set);
+    if (::sched_getaffinity(0, size, set) == 0) {
+      std::vector<int> cpus;
+      for (int cpu = 0; cpu < room; ++cpu) {
+        if (CPU_ISSET_S(static_cast<std::size_t>(cpu), size, set)) cpus.push_back(cpu);
+      }
+      CPU_FREE(set);
+      if (!cpus.empty()) return cpus;
+      break;
+    }
+    CPU_FREE(set);
+    if (errno != EINVAL) break;
+  }
+  std::vector<int> cpus(std::max(1U, std::thread::hardware_concurrency()));
+  for (std::size_t i = 0; i < cpus.size(); ++i) cpus[i] = static_cast<int>(i);
+  return cpus;
+}
+
+EventLoop::EventLoop(unsigned threads, int wakeFd, int forceFd, const std::vector<int>& pinTo) {
   for (unsigned i = 0; i < std::max(threads, 1U); ++i) {
-    workers_.push_back(std::make_unique<Worker>(wakeFd, forceFd, tasks_, gTaskIds));
+    const int cpu = pinTo.empty() ? -1 : pinTo[i % pinTo.size()];
+    workers_.push_back(std::make_unique<Worker>(i, wakeFd, forceFd, tasks_, gTaskIds, cpu));
   }
 }
 

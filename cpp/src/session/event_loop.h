@@ -12,10 +12,16 @@
 
 namespace pgwire_proxy::session {
 
+// The CPUs the calling thread may run on (a process's affinity, which taskset or a container's cpuset
+// sets, is its threads'), ascending; the machine's online CPUs, numbered from 0, when the kernel will
+// not say.
+[[nodiscard]] std::vector<int> allowedCpus();
+
 class EventLoop {
  public:
   // `threads` loop threads (at least 1). wakeFd / forceFd: the server's shutdown eventfds (may be -1).
-  EventLoop(unsigned threads, int wakeFd, int forceFd);
+  // With `pinTo`, loop thread i runs only on CPU pinTo[i % size] (--pin-loops).
+  EventLoop(unsigned threads, int wakeFd, int forceFd, const std::vector<int>& pinTo = {});
   // Stops and joins the threads, destroying the tasks still running.
   ~EventLoop();
   EventLoop(const EventLoop&) = delete;
