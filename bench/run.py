@@ -1049,34 +1049,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "proxy": (proxy.host, proxy.port)}
         middle_pids = {"pgbouncer": bouncer.pid, "proxy": proxy_pid}
 
-        # -- SLOT: the proxy with --reuse-upstream (issue 20), for the connection storm only ----------
-        # The option does not exist yet; run this variant only when the binary's --help lists it. It is
-        # a second proxy process with the same settings plus the flag, started here and stopped on exit.
-        connect_targets: Tuple[str, ...] = TARGETS
-        reuse_supported = supports_option(binary, REUSE_FLAG)
-        settings["reuse_upstream"] = reuse_supported
-        if reuse_supported:
-            proxy_reuse = ProxyProcess(pg.dsn, binary=binary, extra_args=[REUSE_FLAG], **dict(
-                proxy_options, max_connections=max(300, 3 * args.connect_clients)))
-            stack.callback(proxy_reuse.stop)
-            proxy_reuse.start()
-            endpoints[REUSE_TARGET] = (proxy_reuse.host, proxy_reuse.port)
-            middle_pids[REUSE_TARGET] = proxy_reuse.process.pid  # type: ignore[union-attr]
-            connect_targets = TARGETS + (REUSE_TARGET,)
-            log(f"proxy {REUSE_FLAG} on {proxy_reuse.host}:{proxy_reuse.port} (pid {middle_pids[REUSE_TARGET]})")
-        else:
-            log(f"this binary has no {REUSE_FLAG}: the connection storm runs without the reuse variant")
-        # -- SLOT: the proxy with --pin-loops, for the select-only runs of more than one client -----------
-        pin_targets: Tuple[str, ...] = TARGETS
-        settings["pin_loops"] = supports_option(binary, PIN_FLAG)
-        if settings["pin_loops"]:
-            proxy_pinned = ProxyProcess(pg.dsn, binary=binary, extra_args=[PIN_FLAG], **proxy_options)
-            stack.callback(proxy_pinned.stop)
-            proxy_pinned.start()
-            endpoints[PIN_TARGET] = (proxy_pinned.host, proxy_pinned.port)
-            middle_pids[PIN_TARGET] = proxy_pinned.process.pid  # type: ignore[union-attr]
-            pin_targets = TARGETS + (PIN_TARGET,)
-            log(f"proxy {PIN_FLAG} on {proxy_pinned.host}:{proxy_pinned.port} (pid {middle_pids[PIN_TARGET]})")
+        def start_variant(flag: str, name: str, **options: object) -> Tuple[str, ...]:
+            """A second proxy process with the same settings plus `flag`, stopped on exit; the targets its
+            workloads run against (TARGETS alone when the binary's --help does not list the flag)."""
+            if not supports_option(binary, flag):
+                log(f"this binary has no {flag}: its variant does not run")
+                return TARGETS
+            variant = ProxyProcess(pg.dsn, binary=binary, extra_args=[flag], **{**proxy_options, **options})
+            stack.callback(variant.stop)
+            variant.start()
+            endpoints[name] = (variant.host, variant.port)
+            middle_pids[name] = variant.process.pid  # type: ignore[union-attr]
+            log(f"proxy {flag} on {variant.host}:{variant.port} (pid {middle_pids[name]})")
+            return TARGETS + (name,)
+
+        # SLOT: --reuse-upstream (issue 20) for the connection storm; --pin-loops for the select-only
+        # runs of more than one client.
+        connect_targets = start_variant(REUSE_FLAG, REUSE_TARGET, max_connections=max(300, 3 * args.connect_clients))
+        settings["reuse_upstream"] = REUSE_TARGET in endpoints
+        pin_targets = start_variant(PIN_FLAG, PIN_TARGET)
+        settings["pin_loops"] = PIN_TARGET in endpoints
 
         # -- idle clients, on fresh processes ------------------------------------------------------
         idle: Dict[str, dict] = {}

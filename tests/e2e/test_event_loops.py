@@ -81,3 +81,16 @@ def test_pin_loops_within_a_restricted_set(pgwire_proxy_process_factory):
         proxy = pgwire_proxy_process_factory(protocol="full", pin_loops=True)
     assert loop_threads(proxy.process.pid) == {"pgwire-loop-0": {ALLOWED[-1]}}
     assert answers(proxy) == EXPECTED
+
+
+def test_the_python_module_pins_its_loops_in_this_process(pg_upstream):
+    from pgwire_proxy import Proxy
+    ours = lambda: {tid: name for tid, name in  # noqa: E731
+                    ((tid, open(f"/proc/self/task/{tid}/comm").read().strip()) for tid in os.listdir("/proc/self/task"))
+                    if name.startswith("pgwire-loop-")}
+    before = ours()
+    with Proxy(pg_upstream.dsn, protocol="full", pin_loops=True) as proxy:
+        added = {name: set(os.sched_getaffinity(int(tid))) for tid, name in ours().items() if tid not in before}
+        assert [added[f"pgwire-loop-{i}"] for i in range(len(ALLOWED))] == [{cpu} for cpu in ALLOWED]
+        assert set(os.sched_getaffinity(0)) == set(ALLOWED)  # the caller's thread is left alone
+        assert answers(proxy) == EXPECTED
