@@ -11,15 +11,20 @@ import pytest
 ALLOWED = sorted(os.sched_getaffinity(0))
 
 
-def loop_threads(pid: int) -> dict:
-    """{name: the CPUs that thread may run on} for each loop thread of the process."""
+def loop_tids(pid: int) -> dict:
+    """{thread id: name} for each loop thread of the process."""
     loops = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/comm") as comm:
             name = comm.read().strip()
         if name.startswith("pgwire-loop-"):
-            loops[name] = set(os.sched_getaffinity(int(tid)))
+            loops[int(tid)] = name
     return loops
+
+
+def loop_threads(pid: int, skip=()) -> dict:
+    """{name: the CPUs that thread may run on} for each loop thread of the process not in `skip`."""
+    return {name: set(os.sched_getaffinity(tid)) for tid, name in loop_tids(pid).items() if tid not in skip}
 
 
 @contextlib.contextmanager
@@ -85,12 +90,9 @@ def test_pin_loops_within_a_restricted_set(pgwire_proxy_process_factory):
 
 def test_the_python_module_pins_its_loops_in_this_process(pg_upstream):
     from pgwire_proxy import Proxy
-    ours = lambda: {tid: name for tid, name in  # noqa: E731
-                    ((tid, open(f"/proc/self/task/{tid}/comm").read().strip()) for tid in os.listdir("/proc/self/task"))
-                    if name.startswith("pgwire-loop-")}
-    before = ours()
+    before = loop_tids(os.getpid())  # other in-process proxies' loops, if any
     with Proxy(pg_upstream.dsn, protocol="full", pin_loops=True) as proxy:
-        added = {name: set(os.sched_getaffinity(int(tid))) for tid, name in ours().items() if tid not in before}
+        added = loop_threads(os.getpid(), skip=before)
         assert [added[f"pgwire-loop-{i}"] for i in range(len(ALLOWED))] == [{cpu} for cpu in ALLOWED]
         assert set(os.sched_getaffinity(0)) == set(ALLOWED)  # the caller's thread is left alone
         assert answers(proxy) == EXPECTED
