@@ -1,13 +1,22 @@
 // The session against scripted byte streams: a real Server on port 0, a raw client socket, and a
 // scripted upstream that speaks just enough of the backend protocol.
 #include <boost/test/unit_test.hpp>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -79,6 +88,57 @@ std::string expectQuery(Socket& upstream) {
 void expectMessage(Socket& upstream, char type) {
   const auto m = upstream.receiveMessage();
   SCRIPT_CHECK(m && m->first == type);
+}
+
+// The events every epoll set of this process registers `fd` with, read from /proc (fdinfo's "tfd:"
+// lines): what the loops asked the kernel for, not what they think they asked.
+std::vector<unsigned> epollRegistrations(int fd) {
+  std::vector<unsigned> found;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    if (std::filesystem::read_symlink(entry.path(), error).string() != "anon_inode:[eventpoll]") continue;
+    std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
+    for (std::string line; std::getline(info, line);) {
+      std::istringstream words(line);
+      std::string tag, eventsTag;
+      int target = -1;
+      unsigned events = 0;
+      if (words >> tag >> target >> eventsTag >> std::hex >> events && tag == "tfd:" && target == fd) found.push_back(events);
+    }
+  }
+  return found;
+}
+
+// The first of this process's sockets `matches` accepts, or -1.
+template <typename Matches>
+int findOwnSocket(Matches matches) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    if (!std::filesystem::read_symlink(entry.path(), error).string().starts_with("socket:")) continue;
+    const int fd = std::stoi(entry.path().filename().string());
+    if (matches(fd)) return fd;
+  }
+  return -1;
+}
+
+std::uint16_t localPort(int fd) {
+  sockaddr_in address{};
+  socklen_t length = sizeof address;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 || address.sin_family != AF_INET) return 0;
+  return ntohs(address.sin_port);
+}
+
+std::uint16_t peerPort(int fd) {
+  sockaddr_in address{};
+  socklen_t length = sizeof address;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 || address.sin_family != AF_INET) return 0;
+  return ntohs(address.sin_port);
+}
+
+int intOption(int fd, int level, int name) {
+  int value = -1;
+  socklen_t length = sizeof value;
+  return ::getsockopt(fd, level, name, &value, &length) == 0 ? value : -1;
 }
 
 }  // namespace
@@ -396,6 +456,45 @@ BOOST_AUTO_TEST_CASE(denied_queries_never_reach_the_upstream) {
   BOOST_TEST(untilReady(client).size() == 2U);
   client.send(message('X', ""));
   upstream.join();
+}
+
+// Every loop watches the listening socket, with EPOLLEXCLUSIVE: a connection wakes one loop, not
+// each (the flag was once dropped at the first registration, and every connection woke both loops).
+BOOST_AUTO_TEST_CASE(every_loop_watches_the_listening_socket_exclusively) {
+  Server server(configFor("host=127.0.0.1 port=1 user=tester dbname=testdb"));
+  server.start();
+  const int listening = findOwnSocket([&](int fd) {
+    return localPort(fd) == server.port() && intOption(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1;
+  });
+  BOOST_TEST_REQUIRE(listening >= 0);
+  // The loops register it on their first step: wait for that, not for a time.
+  std::vector<unsigned> registrations;
+  const std::size_t loops = pgwire_proxy::session::allowedCpus().size();
+  for (int i = 0; i < 1000 && registrations.size() < loops; ++i) {
+    registrations = epollRegistrations(listening);
+    if (registrations.size() < loops) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  BOOST_TEST(registrations.size() == loops);
+  for (const unsigned events : registrations) {
+    BOOST_TEST((events & EPOLLEXCLUSIVE) != 0U, "events " << std::hex << events);
+    BOOST_TEST((events & EPOLLIN) != 0U);
+  }
+}
+
+// The accepted socket has TCP_NODELAY (the listener's, inherited, instead of a syscall per connection).
+BOOST_AUTO_TEST_CASE(accepted_connections_have_tcp_nodelay) {
+  Server server(configFor("host=127.0.0.1 port=1 user=tester dbname=testdb"));
+  server.start();
+  Socket client = Socket::connectTo(server.port());
+  const std::uint16_t clientPort = localPort(client.fd());
+  int accepted = -1;
+  for (int i = 0; i < 1000 && accepted < 0; ++i) {  // until a loop has accepted it
+    accepted = findOwnSocket([&](int fd) { return fd != client.fd() && peerPort(fd) == clientPort; });
+    if (accepted < 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  BOOST_TEST_REQUIRE(accepted >= 0);
+  BOOST_TEST(intOption(accepted, IPPROTO_TCP, TCP_NODELAY) == 1);
+  BOOST_TEST(intOption(client.fd(), IPPROTO_TCP, TCP_NODELAY) == 0);  // the option is per socket: the check can fail
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -186,6 +186,10 @@ void Server::start() {
     listening->bind(Poco::Net::SocketAddress(config_.listenAddress, config_.port), true, false);
     listening->listen(kListenBacklog);
     listening->setBlocking(false);  // a loop's accept returns EAGAIN when another took the connection
+    // Linux gives an accepted socket the listener's TCP_NODELAY: set once here, not a syscall per
+    // connection (acceptOne sets it on each only if this failed).
+    const int one = 1;
+    nodelayInherited_ = ::setsockopt(listening->impl()->sockfd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
   } catch (const Poco::Exception& error) {
     throw std::runtime_error("cannot listen on " + config_.listenAddress + ":" + std::to_string(config_.port) + ": " +
                              error.displayText());
@@ -462,8 +466,10 @@ AcceptOutcome Server::acceptOne(int listenFd, session::LoopHandle& here) noexcep
     }
   }
   acceptPaused_.store(false, std::memory_order_relaxed);
-  const int one = 1;
-  (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (!nodelayInherited_) {
+    const int one = 1;
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
   std::unique_ptr<session::Session> session;
   try {
     session = std::make_unique<session::Session>(context_, nextSessionId(), fd, peerHost(peer));

@@ -111,6 +111,7 @@ class Server final : public session::ConnectionTracker, public Acceptor {
   std::unique_ptr<MetricsEndpoint> metricsEndpoint_;
   int listenFd_ = -1;  // the listeners' socket (they own it), for beginShutdown; -1 before start()
   std::atomic<bool> acceptPaused_{false};  // the last accept ran out of descriptors (for the log)
+  bool nodelayInherited_ = false;          // the listening socket has TCP_NODELAY (set before the loops start)
   std::unique_ptr<session::EventLoop> eventLoop_;  // every session runs here, from accept to close
 };
 

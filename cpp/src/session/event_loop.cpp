@@ -330,7 +330,10 @@ class EventLoop::Worker final : public LoopHandle {
       if (registration.registered != 0 && registration.fd >= 0) {
         (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);  // may be closed already
       }
-      registration = Registration{fd, 0, 0};
+      Registration fresh;
+      fresh.fd = fd;
+      fresh.exclusive = registration.exclusive;  // set by advance() for this interest
+      registration = fresh;
       if (fd < 0) return;
     }
     registration.wanted = events;
