@@ -661,6 +661,127 @@ BOOST_AUTO_TEST_CASE(adopt_near_keeps_tasks_on_the_calling_loop_while_the_loops_
   BOOST_TEST(events.tasks() == kTasks + 1);
 }
 
+// What a socket's watcher saw, for the test's thread.
+struct Seen {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::string bytes;        // read by the task that took the descriptor over
+  bool firstEnded = false;  // the first task's destructor ran
+};
+
+// Watches `fd` for input and, when there is some, takes it (leaving it readable for the next).
+class Reader final : public LoopTask {
+ public:
+  Reader(int fd, Seen& seen) : fd_(fd), seen_(seen) {}
+  std::optional<Interest> advance(const Readiness& ready) noexcept override {
+    if ((ready.client & POLLIN) != 0) {
+      char buffer[64];
+      const ssize_t got = ::read(fd_, buffer, sizeof buffer);
+      std::lock_guard lock(seen_.mutex);
+      if (got > 0) seen_.bytes.append(buffer, static_cast<std::size_t>(got));
+      seen_.changed.notify_all();
+    }
+    Interest interest;
+    interest.clientFd = fd_;
+    interest.client = POLLIN;
+    return interest;
+  }
+
+ private:
+  int fd_;
+  Seen& seen_;
+};
+
+// Watches `fd` and ends when it is readable, without reading; its destructor may spawn a Reader of
+// the same descriptor (as a session's hands its upstream to the reset), or close it.
+class EndsWhenReadable final : public LoopTask {
+ public:
+  enum class Then { kHandOn, kLeaveOpen, kClose };
+  EndsWhenReadable(int fd, Seen& seen, Then then) : fd_(fd), seen_(seen), then_(then) {}
+  ~EndsWhenReadable() override {
+    if (then_ == Then::kHandOn) loop().spawn(std::make_unique<Reader>(fd_, seen_));
+    if (then_ == Then::kClose) ::close(fd_);
+    std::lock_guard lock(seen_.mutex);
+    seen_.firstEnded = true;
+    seen_.changed.notify_all();
+  }
+  std::optional<Interest> advance(const Readiness& ready) noexcept override {
+    if ((ready.client & POLLIN) != 0) return std::nullopt;
+    Interest interest;
+    interest.clientFd = fd_;
+    interest.client = POLLIN;
+    return interest;
+  }
+  bool closesOnEnd(int fd) const noexcept override { return then_ == Then::kClose && fd == fd_; }
+
+ private:
+  int fd_;
+  Seen& seen_;
+  Then then_;
+};
+
+struct SocketPair {
+  SocketPair() { BOOST_REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0); }
+  ~SocketPair() {
+    for (const int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  int fds[2] = {-1, -1};
+};
+
+// A descriptor an ending task hands to a task it spawns keeps one registration, now the new task's:
+// its events reach the new task (an event naming the ended one would be a use after free).
+BOOST_AUTO_TEST_CASE(a_descriptor_handed_to_a_spawned_task_brings_its_events_to_it) {
+  SocketPair pair;
+  Seen seen;
+  EventLoop events(1, -1, -1);
+  events.adopt(std::make_unique<EndsWhenReadable>(pair.fds[0], seen, EndsWhenReadable::Then::kHandOn));
+  BOOST_REQUIRE(::write(pair.fds[1], "a", 1) == 1);  // ends the first task; the Reader reads it
+  std::unique_lock lock(seen.mutex);
+  BOOST_TEST_REQUIRE(seen.changed.wait_for(lock, std::chrono::seconds(10), [&] { return seen.bytes == "a"; }));
+  lock.unlock();
+  BOOST_REQUIRE(::write(pair.fds[1], "b", 1) == 1);
+  lock.lock();
+  BOOST_TEST_REQUIRE(seen.changed.wait_for(lock, std::chrono::seconds(10), [&] { return seen.bytes == "ab"; }));
+  const auto registrations = epollRegistrations(pair.fds[0]);
+  BOOST_TEST(registrations.size() == 1U);
+  BOOST_TEST(events.tasks() == 1);
+}
+
+// A descriptor that outlives its ended task (open elsewhere) leaves the loop's set; one the task
+// closes leaves it too (the kernel's doing: the loop asks nothing).
+BOOST_AUTO_TEST_CASE(an_ended_tasks_descriptors_leave_the_set_whether_closed_or_not) {
+  for (const auto then : {EndsWhenReadable::Then::kLeaveOpen, EndsWhenReadable::Then::kClose}) {
+    SocketPair pair;
+    Seen seen;
+    EventLoop events(1, -1, -1);
+    const int watched = pair.fds[0];
+    events.adopt(std::make_unique<EndsWhenReadable>(watched, seen, then));
+    for (int i = 0; i < 1000 && epollRegistrations(watched).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    BOOST_TEST_REQUIRE(epollRegistrations(watched).size() == 1U);  // watched before it ends: the check can fail
+    BOOST_REQUIRE(::write(pair.fds[1], "x", 1) == 1);
+    {
+      std::unique_lock lock(seen.mutex);
+      BOOST_TEST_REQUIRE(seen.changed.wait_for(lock, std::chrono::seconds(10), [&] { return seen.firstEnded; }));
+    }
+    // The loop counts the task out after its destructor and the removal of what it left.
+    for (int i = 0; i < 1000 && events.tasks() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (then == EndsWhenReadable::Then::kClose) {
+      pair.fds[0] = -1;  // closed by the task
+      // Its number, reopened, is in no set: the kernel dropped the closed socket's registration.
+      SocketPair again;
+      const int reopened = again.fds[0] == watched ? again.fds[0] : again.fds[1] == watched ? again.fds[1] : -1;
+      BOOST_TEST_REQUIRE(reopened == watched);
+      BOOST_TEST(epollRegistrations(reopened).empty());
+    } else {
+      BOOST_TEST(epollRegistrations(watched).empty());
+      BOOST_REQUIRE(::write(pair.fds[1], "y", 1) == 1);  // an event now would name the ended task
+    }
+    BOOST_TEST(events.tasks() == 0);
+  }
+}
+
 // The loops are sized by the CPUs the process may run on (taskset, a cpuset), not by the machine's.
 BOOST_AUTO_TEST_CASE(allowed_cpus_are_the_affinity_mask_of_the_calling_thread) {
   cpu_set_t before;

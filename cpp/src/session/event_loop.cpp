@@ -335,6 +335,7 @@ class EventLoop::Worker final : public LoopHandle {
       fresh.exclusive = registration.exclusive;  // set by advance() for this interest
       registration = fresh;
       if (fd < 0) return;
+      takeLeftOver(registration);
     }
     registration.wanted = events;
     if (registration.stale || (events == 0 ? registration.registered != 0 : (events & ~registration.registered) != 0)) {
@@ -373,17 +374,52 @@ class EventLoop::Worker final : public LoopHandle {
   void unwatch(Slot& slot) {
     watch(slot.client, &slot.clientTag, -1, 0);  // out of the set before the task closes them
     watch(slot.upstream, &slot.upstreamTag, -1, 0);
+    forgetDeadline(slot);
+  }
+
+  void forgetDeadline(Slot& slot) {
     if (slot.registeredDeadline) deadlines_.erase(*slot.registeredDeadline);
     slot.registeredDeadline.reset();
     slot.deadline.reset();
+  }
+
+  // An ended task's registrations, before it is destroyed. A descriptor its destructor closes is
+  // left to the kernel, which drops a closed descriptor from the set: no epoll_ctl. Any other is left
+  // over until the destructor has run: a task it spawns here may watch the same descriptor (a
+  // session's upstream goes on to be reset) and takes the registration over with one MOD instead of
+  // a DEL and an ADD; finish() removes what nobody took. No epoll_wait runs meanwhile, so no event
+  // can name the ended slot.
+  void leaveOver(const LoopTask& task, Registration& registration) {
+    if (registration.fd >= 0 && registration.registered != 0 && !task.closesOnEnd(registration.fd)) {
+      leftOver_.push_back(registration);
+    }
+    forget(registration);
+  }
+
+  // A descriptor newly watched that an ended task left registered: the set has it (with the ended
+  // slot's tag), so the first exact() is a MOD. An exclusive registration (the listener's) is not
+  // handed over: exact() changes those by DEL and ADD.
+  void takeLeftOver(Registration& registration) {
+    const auto it = std::find_if(leftOver_.begin(), leftOver_.end(),
+                                 [&](const Registration& r) { return r.fd == registration.fd && !r.exclusive; });
+    if (it == leftOver_.end()) return;
+    registration.registered = it->registered;
+    registration.stale = true;  // the kernel is told this slot's tag even if the events are the same
+    leftOver_.erase(it);
   }
 
   void finish(std::uint64_t id) {
     const auto found = slots_.find(id);
     std::unique_ptr<Slot> slot = std::move(found->second);
     slots_.erase(found);
-    unwatch(*slot);
-    slot->task.reset();  // may spawn (a cancel on the way out): slots_ is consistent again
+    leaveOver(*slot->task, slot->client);
+    leaveOver(*slot->task, slot->upstream);
+    forgetDeadline(*slot);
+    slot->task.reset();  // may spawn (a cancel on the way out, an upstream's reset): slots_ is consistent again
+    // Still open, or closed by a destructor that said otherwise (a DEL that finds nothing is
+    // harmless): a number reused meanwhile on this loop was taken over above, not removed here.
+    for (const Registration& registration : leftOver_) (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
+    leftOver_.clear();
     tasks_.fetch_sub(1, std::memory_order_relaxed);
     load_.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -411,6 +447,7 @@ class EventLoop::Worker final : public LoopHandle {
   std::unordered_map<std::uint64_t, std::unique_ptr<Slot>> slots_;
   std::multimap<Clock::time_point, std::uint64_t> deadlines_;  // a lower bound of each slot's deadline
   std::vector<std::uint64_t> expired_;                         // expire()'s, kept for its storage
+  std::vector<Registration> leftOver_;                         // finish()'s, see leaveOver()
   std::thread thread_;
 };
 

@@ -61,6 +61,14 @@ class LoopTask {
   // Does everything possible without blocking; nullopt once the task has ended (the loop then stops
   // watching its descriptors and destroys it). Never throws.
   [[nodiscard]] virtual std::optional<Interest> advance(const Readiness& ready) noexcept = 0;
+  // Asked once the task has ended, before it is destroyed: true if its destructor closes `fd` (and
+  // nothing else holds it open), so the kernel drops it from the loop's set and the loop need not.
+  // False (the default) for a descriptor that lives on: the loop removes it, or hands its
+  // registration to a task the destructor spawns on this loop that watches it (a reset upstream).
+  [[nodiscard]] virtual bool closesOnEnd(int fd) const noexcept {
+    (void)fd;
+    return false;
+  }
 
  protected:
   [[nodiscard]] LoopHandle& loop() const noexcept { return *loop_; }

@@ -90,6 +90,14 @@ std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
   }
 }
 
+bool Session::closesOnEnd(int fd) const noexcept {
+  if (fd == clientFd_) return true;
+  if (!upstream_ || fd != upstream_->socket()) return false;
+  // The destructor spawns the reset iff reusable_, decided by releaseUpstream: already, or in the
+  // destructor from the same state (the loop asks right before it destroys the session).
+  return !(upstreamReleased_ ? reusable_ : upstreamReusable());
+}
+
 void Session::fail(std::exception_ptr failure) noexcept {
   ending_ = true;
   endDeadline_ = Clock::now() + kBestEffortWriteTimeout;
