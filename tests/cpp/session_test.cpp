@@ -483,7 +483,9 @@ BOOST_AUTO_TEST_CASE(every_loop_watches_the_listening_socket_exclusively) {
 
 // The accepted socket has TCP_NODELAY (the listener's, inherited, instead of a syscall per connection).
 BOOST_AUTO_TEST_CASE(accepted_connections_have_tcp_nodelay) {
-  Server server(configFor("host=127.0.0.1 port=1 user=tester dbname=testdb"));
+  auto config = configFor("host=127.0.0.1 port=1 user=tester dbname=testdb");
+  config.startupTimeout = std::chrono::seconds(30);  // the silent client's socket stays open meanwhile
+  Server server(config);
   server.start();
   Socket client = Socket::connectTo(server.port());
   const std::uint16_t clientPort = localPort(client.fd());
