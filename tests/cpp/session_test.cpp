@@ -28,6 +28,7 @@
 #include "session/byte_buffer.h"
 #include "session/event_loop.h"
 #include "session/query_canceller.h"
+#include "session/registry.h"
 #include "test_support.h"
 
 using namespace test_support;
@@ -497,6 +498,36 @@ BOOST_AUTO_TEST_CASE(accepted_connections_have_tcp_nodelay) {
   BOOST_TEST_REQUIRE(accepted >= 0);
   BOOST_TEST(intOption(accepted, IPPROTO_TCP, TCP_NODELAY) == 1);
   BOOST_TEST(intOption(client.fd(), IPPROTO_TCP, TCP_NODELAY) == 0);  // the option is per socket: the check can fail
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(session_registry)
+
+struct NoQuery final : pgwire_proxy::session::CancelTarget {
+  bool cancelRunningQuery() override { return false; }
+};
+
+// The secrets are random (OpenSSL's CSPRNG): 64 keys from two threads, no two alike. A repeat among
+// 64 random 32-bit values has odds of about 5e-7; a constant, or a generator that threads share
+// unsafely, repeats at once.
+BOOST_AUTO_TEST_CASE(cancel_secrets_are_random_and_distinct_across_threads) {
+  pgwire_proxy::session::SessionRegistry registry(100);
+  std::vector<std::int32_t> secrets;
+  std::mutex mutex;
+  auto issue = [&] {
+    for (int i = 0; i < 32; ++i) {
+      const auto key = registry.add(std::make_shared<NoQuery>());
+      std::lock_guard lock(mutex);
+      secrets.push_back(key.secretKey);
+    }
+  };
+  std::thread other(issue);
+  issue();
+  other.join();
+  std::sort(secrets.begin(), secrets.end());
+  BOOST_TEST(secrets.size() == 64U);
+  BOOST_TEST((std::adjacent_find(secrets.begin(), secrets.end()) == secrets.end()));
 }
 
 BOOST_AUTO_TEST_SUITE_END()
