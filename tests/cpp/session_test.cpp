@@ -26,6 +26,7 @@
 #include "observability/log.h"
 #include "server/server.h"
 #include "session/byte_buffer.h"
+#include "session/cpu_quota.h"
 #include "session/event_loop.h"
 #include "session/query_canceller.h"
 #include "session/registry.h"
@@ -528,6 +529,95 @@ BOOST_AUTO_TEST_CASE(cancel_secrets_are_random_and_distinct_across_threads) {
   std::sort(secrets.begin(), secrets.end());
   BOOST_TEST(secrets.size() == 64U);
   BOOST_TEST((std::adjacent_find(secrets.begin(), secrets.end()) == secrets.end()));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(cpu_quota)
+
+using pgwire_proxy::session::cpuQuota;
+using pgwire_proxy::session::loopsFor;
+
+// A directory tree standing for / : /proc/self/{cgroup,mountinfo} and the cgroup files under it.
+struct FakeRoot {
+  FakeRoot() {
+    path = std::filesystem::temp_directory_path() / ("pgwire-cpu-quota-" + std::to_string(::getpid()) + "-" + std::to_string(++count));
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~FakeRoot() { std::filesystem::remove_all(path); }
+  void write(const std::string& file, const std::string& text) const {
+    const auto target = path / std::filesystem::path(file).relative_path();
+    std::filesystem::create_directories(target.parent_path());
+    std::ofstream(target) << text;
+  }
+  std::filesystem::path path;
+  static inline int count = 0;
+};
+
+constexpr const char* kV1Mounts =
+    "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+    "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n"
+    "33 31 0:30 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n";
+
+BOOST_AUTO_TEST_CASE(cgroup_v1_quota_is_the_smallest_from_the_process_cgroup_up) {
+  FakeRoot root;
+  root.write("/proc/self/mountinfo", kV1Mounts);
+  root.write("/proc/self/cgroup", "4:cpuset:/\n3:cpu,cpuacct:/ci/job\n0::/\n");
+  root.write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+  root.write("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/cpu.cfs_quota_us", "150000\n");
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/cpu.cfs_period_us", "100000\n");
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/job/cpu.cfs_quota_us", "-1\n");  // none of its own
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/job/cpu.cfs_period_us", "100000\n");
+  BOOST_TEST(cpuQuota(root.path).value_or(-1) == 1.5);
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/job/cpu.cfs_quota_us", "50000\n");
+  BOOST_TEST(cpuQuota(root.path).value_or(-1) == 0.5);
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/job/cpu.cfs_quota_us", "-1\n");
+  root.write("/sys/fs/cgroup/cpu,cpuacct/ci/cpu.cfs_quota_us", "-1\n");
+  BOOST_TEST(!cpuQuota(root.path).has_value());
+}
+
+BOOST_AUTO_TEST_CASE(cgroup_v2_quota_and_a_namespaced_mount) {
+  FakeRoot root;
+  root.write("/proc/self/mountinfo", "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+  root.write("/proc/self/cgroup", "0::/system.slice/proxy.service\n");
+  root.write("/sys/fs/cgroup/cpu.max", "max 100000\n");
+  root.write("/sys/fs/cgroup/system.slice/cpu.max", "max 100000\n");
+  root.write("/sys/fs/cgroup/system.slice/proxy.service/cpu.max", "200000 100000\n");
+  BOOST_TEST(cpuQuota(root.path).value_or(-1) == 2.0);
+  root.write("/sys/fs/cgroup/system.slice/cpu.max", "100000 100000\n");  // the parent's is smaller
+  BOOST_TEST(cpuQuota(root.path).value_or(-1) == 1.0);
+  root.write("/sys/fs/cgroup/system.slice/cpu.max", "max 100000\n");
+  root.write("/sys/fs/cgroup/system.slice/proxy.service/cpu.max", "max 100000\n");
+  BOOST_TEST(!cpuQuota(root.path).has_value());
+  // A container's view (a cgroup namespace): the mount's root is the process's own cgroup.
+  FakeRoot container;
+  container.write("/proc/self/mountinfo", "30 23 0:26 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n");
+  container.write("/proc/self/cgroup", "0::/docker/abc\n");
+  container.write("/sys/fs/cgroup/cpu.max", "100000 100000\n");
+  BOOST_TEST(cpuQuota(container.path).value_or(-1) == 1.0);
+  container.write("/proc/self/cgroup", "0::/\n");  // namespaced: its cgroup is the mount's root
+  container.write("/proc/self/mountinfo", "30 23 0:26 / /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n");
+  BOOST_TEST(cpuQuota(container.path).value_or(-1) == 1.0);
+}
+
+BOOST_AUTO_TEST_CASE(nothing_to_read_is_no_quota) {
+  FakeRoot root;
+  BOOST_TEST(!cpuQuota(root.path).has_value());
+  root.write("/proc/self/mountinfo", kV1Mounts);
+  root.write("/proc/self/cgroup", "3:cpu,cpuacct:/gone\n");  // no files there
+  BOOST_TEST(!cpuQuota(root.path).has_value());
+}
+
+BOOST_AUTO_TEST_CASE(loops_follow_the_quota_rounded_up_within_the_allowed_cpus) {
+  BOOST_TEST(loopsFor(8, std::nullopt) == 8U);
+  BOOST_TEST(loopsFor(8, 1.0) == 1U);
+  BOOST_TEST(loopsFor(8, 1.5) == 2U);
+  BOOST_TEST(loopsFor(8, 0.25) == 1U);
+  BOOST_TEST(loopsFor(2, 4.0) == 2U);
+  BOOST_TEST(loopsFor(0, std::nullopt) == 1U);
+  BOOST_TEST(loopsFor(4, 200000.0 / 100000.0) == 2U);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

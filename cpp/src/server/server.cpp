@@ -19,6 +19,7 @@
 #include <optional>
 #include <regex>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 #include <thread>
@@ -26,6 +27,7 @@
 #include "observability/log.h"
 #include "protocol/errors.h"
 #include "protocol/sqlstate.h"
+#include "session/cpu_quota.h"
 #include "session/event_loop.h"
 #include "session/upstream_reuse.h"
 #include "session/session.h"
@@ -217,8 +219,14 @@ void Server::start() {
     faults_.replace(faults::readFaultFile(config_.faultsFile));
   }
   peers_.replace(config_.peers);
-  // A loop per CPU the proxy may run on (taskset, a container's cpuset), not per CPU of the machine.
-  const std::vector<int> cpus = session::allowedCpus();
+  // A loop per CPU the proxy may run on (taskset, a container's cpuset), not per CPU of the machine,
+  // and no more than a cgroup's CPU quota pays for (docker --cpus=1 on a larger machine: one loop,
+  // not loops that take turns on one CPU's worth of time and are throttled together).
+  std::vector<int> cpus = session::allowedCpus();
+  const std::optional<double> quota = session::cpuQuota();
+  cpus.resize(session::loopsFor(cpus.size(), quota));
+  char quotaText[32] = "none";
+  if (quota) (void)std::snprintf(quotaText, sizeof quotaText, "%g", *quota);
   eventLoop_ = std::make_unique<session::EventLoop>(static_cast<unsigned>(cpus.size()), wakeFd_, forceFd_,
                                                    config_.pinLoops ? cpus : std::vector<int>{});
   if (pool_) eventLoop_->adopt(std::make_unique<session::PoolSweeper>(*pool_, config_.reuseIdleTimeout));
@@ -235,6 +243,7 @@ void Server::start() {
                            {"tls", config_.tlsEnabled},
                            {"auth", std::string(config::authModeName(config_.authMode))},
                            {"loops", static_cast<std::int64_t>(cpus.size())}, {"pinned", config_.pinLoops},
+                           {"cpu_quota", std::string_view(quotaText)},
                            {"metrics_port", static_cast<std::int64_t>(metricsPort())}});
   if (!config_.upstreamDsn.empty()) logFixedNames("(fallback)", config_.upstreamDsn);
   for (const auto& [name, dsn] : config_.databases) logFixedNames(name, dsn);
