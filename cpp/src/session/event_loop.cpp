@@ -383,21 +383,34 @@ class EventLoop::Worker final : public LoopHandle {
     slot.deadline.reset();
   }
 
-  // An ended task's registrations, before it is destroyed. A descriptor its destructor closes is
-  // left to the kernel, which drops a closed descriptor from the set: no epoll_ctl. Any other is left
-  // over until the destructor has run: a task it spawns here may watch the same descriptor (a
-  // session's upstream goes on to be reset) and takes the registration over with one MOD instead of
-  // a DEL and an ADD; finish() removes what nobody took. No epoll_wait runs meanwhile, so no event
-  // can name the ended slot.
-  void leaveOver(const LoopTask& task, Registration& registration) {
-    if (registration.fd >= 0 && registration.registered != 0 && !task.closesOnEnd(registration.fd)) {
-      leftOver_.push_back(registration);
+  // An ended task's registrations, before it is destroyed (LoopTask::atEnd). A descriptor that
+  // lives on leaves the set now, while it is still this task's (another loop may take it from the
+  // pool the moment the destructor parks it). One the destructor closes is left to the kernel, which
+  // drops a closed descriptor from the set: no epoll_ctl. One it hands to a task it spawns here (a
+  // session's upstream going on to its reset) is left over: that task takes the registration over
+  // with one MOD instead of a DEL and an ADD, and finish() removes it if nobody did. No epoll_wait
+  // runs meanwhile, so no event can name the ended slot.
+  void settle(const LoopTask& task, Registration& registration) {
+    if (registration.fd >= 0 && registration.registered != 0) {
+      switch (task.atEnd(registration.fd)) {
+        case LoopTask::AtEnd::kClosed:
+          break;
+        case LoopTask::AtEnd::kHandedOn:
+          if (!registration.exclusive) {
+            leftOver_.push_back(registration);
+            break;
+          }
+          [[fallthrough]];
+        case LoopTask::AtEnd::kLivesOn:
+          (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
+          break;
+      }
     }
     forget(registration);
   }
 
-  // A descriptor newly watched that an ended task left registered: the set has it (with the ended
-  // slot's tag), so the first exact() is a MOD. An exclusive registration (the listener's) is not
+  // A descriptor newly watched that an ended task handed on: the set has it (with the ended slot's
+  // tag), so the first exact() is a MOD. An exclusive registration (the listener's) is not
   // handed over: exact() changes those by DEL and ADD.
   void takeLeftOver(Registration& registration) {
     const auto it = std::find_if(leftOver_.begin(), leftOver_.end(),
@@ -412,12 +425,12 @@ class EventLoop::Worker final : public LoopHandle {
     const auto found = slots_.find(id);
     std::unique_ptr<Slot> slot = std::move(found->second);
     slots_.erase(found);
-    leaveOver(*slot->task, slot->client);
-    leaveOver(*slot->task, slot->upstream);
+    settle(*slot->task, slot->client);
+    settle(*slot->task, slot->upstream);
     forgetDeadline(*slot);
     slot->task.reset();  // may spawn (a cancel on the way out, an upstream's reset): slots_ is consistent again
-    // Still open, or closed by a destructor that said otherwise (a DEL that finds nothing is
-    // harmless): a number reused meanwhile on this loop was taken over above, not removed here.
+    // Handed on but not taken (the spawned task did not watch it, or was dropped and closed it: a DEL
+    // that finds nothing is harmless). Still this loop's thread's: nothing else had it meanwhile.
     for (const Registration& registration : leftOver_) (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
     leftOver_.clear();
     tasks_.fetch_sub(1, std::memory_order_relaxed);
@@ -447,7 +460,7 @@ class EventLoop::Worker final : public LoopHandle {
   std::unordered_map<std::uint64_t, std::unique_ptr<Slot>> slots_;
   std::multimap<Clock::time_point, std::uint64_t> deadlines_;  // a lower bound of each slot's deadline
   std::vector<std::uint64_t> expired_;                         // expire()'s, kept for its storage
-  std::vector<Registration> leftOver_;                         // finish()'s, see leaveOver()
+  std::vector<Registration> leftOver_;                         // finish()'s, see settle()
   std::thread thread_;
 };
 

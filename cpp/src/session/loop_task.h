@@ -61,13 +61,16 @@ class LoopTask {
   // Does everything possible without blocking; nullopt once the task has ended (the loop then stops
   // watching its descriptors and destroys it). Never throws.
   [[nodiscard]] virtual std::optional<Interest> advance(const Readiness& ready) noexcept = 0;
-  // Asked once the task has ended, before it is destroyed: true if its destructor closes `fd` (and
-  // nothing else holds it open), so the kernel drops it from the loop's set and the loop need not.
-  // False (the default) for a descriptor that lives on: the loop removes it, or hands its
-  // registration to a task the destructor spawns on this loop that watches it (a reset upstream).
-  [[nodiscard]] virtual bool closesOnEnd(int fd) const noexcept {
+  // What the task's destructor does with one of its descriptors; asked once it has ended, before
+  // it is destroyed, so the loop touches the registration only while the descriptor is its own.
+  enum class AtEnd {
+    kLivesOn,   // kept open, maybe for another thread (the pool): removed from the set first (the default)
+    kClosed,    // closed, and nothing else holds it: the kernel drops it from the set, the loop need not
+    kHandedOn,  // given to a task the destructor spawns on this loop: that task takes the registration over
+  };
+  [[nodiscard]] virtual AtEnd atEnd(int fd) const noexcept {
     (void)fd;
-    return false;
+    return AtEnd::kLivesOn;
   }
 
  protected:

@@ -90,12 +90,12 @@ std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
   }
 }
 
-bool Session::closesOnEnd(int fd) const noexcept {
-  if (fd == clientFd_) return true;
-  if (!upstream_ || fd != upstream_->socket()) return false;
+LoopTask::AtEnd Session::atEnd(int fd) const noexcept {
+  if (fd == clientFd_) return AtEnd::kClosed;
+  if (!upstream_ || fd != upstream_->socket()) return AtEnd::kLivesOn;
   // The destructor spawns the reset iff reusable_, decided by releaseUpstream: already, or in the
   // destructor from the same state (the loop asks right before it destroys the session).
-  return !(upstreamReleased_ ? reusable_ : upstreamReusable());
+  return (upstreamReleased_ ? reusable_ : upstreamReusable()) ? AtEnd::kHandedOn : AtEnd::kClosed;
 }
 
 void Session::fail(std::exception_ptr failure) noexcept {

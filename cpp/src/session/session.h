@@ -77,8 +77,8 @@ class Session final : public LoopTask, private RelayHost {
   Session& operator=(const Session&) = delete;
 
   [[nodiscard]] std::optional<Interest> advance(const Readiness& ready) noexcept override;
-  // The client's descriptor, and the upstream's unless it goes on to be reset for the next client.
-  [[nodiscard]] bool closesOnEnd(int fd) const noexcept override;
+  // The client's descriptor closes; the upstream's closes too, or goes on to its reset on this loop.
+  [[nodiscard]] AtEnd atEnd(int fd) const noexcept override;
 
  private:
   enum class State {
