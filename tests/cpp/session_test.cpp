@@ -816,18 +816,38 @@ class Reader final : public LoopTask {
   Seen& seen_;
 };
 
+// Ends at its first step, without watching `fd`; its destructor notes which epoll sets still have
+// the descriptor, then closes it (as a reset whose first write fails closes its connection).
+class EndsAtOnceAndCloses final : public LoopTask {
+ public:
+  EndsAtOnceAndCloses(int fd, Seen& seen) : fd_(fd), seen_(seen) {}
+  ~EndsAtOnceAndCloses() override {
+    const std::size_t registered = epollRegistrations(fd_).size();
+    ::close(fd_);
+    std::lock_guard lock(seen_.mutex);
+    seen_.registeredInDestructor = registered;
+    seen_.changed.notify_all();
+  }
+  std::optional<Interest> advance(const Readiness&) noexcept override { return std::nullopt; }
+
+ private:
+  int fd_;
+  Seen& seen_;
+};
+
 // Watches `fd` and ends when it is readable, without reading; its destructor may spawn a Reader of
 // the same descriptor (as a session's hands its upstream to the reset), or close it.
 class EndsWhenReadable final : public LoopTask {
  public:
-  enum class Then { kHandOn, kLeaveOpen, kClose };
+  enum class Then { kHandOn, kHandOnToOneThatEndsAtOnce, kLeaveOpen, kClose };
   EndsWhenReadable(int fd, Seen& seen, Then then) : fd_(fd), seen_(seen), then_(then) {}
   ~EndsWhenReadable() override {
     if (then_ == Then::kHandOn) loop().spawn(std::make_unique<Reader>(fd_, seen_));
+    if (then_ == Then::kHandOnToOneThatEndsAtOnce) loop().spawn(std::make_unique<EndsAtOnceAndCloses>(fd_, seen_));
     if (then_ == Then::kClose) ::close(fd_);
     const std::size_t registered = then_ == Then::kLeaveOpen ? epollRegistrations(fd_).size() : 0;
     std::lock_guard lock(seen_.mutex);
-    seen_.registeredInDestructor = registered;
+    if (then_ == Then::kLeaveOpen) seen_.registeredInDestructor = registered;
     seen_.firstEnded = true;
     seen_.changed.notify_all();
   }
@@ -840,7 +860,8 @@ class EndsWhenReadable final : public LoopTask {
   }
   AtEnd atEnd(int fd) const noexcept override {
     if (fd != fd_) return AtEnd::kLivesOn;
-    return then_ == Then::kClose ? AtEnd::kClosed : then_ == Then::kHandOn ? AtEnd::kHandedOn : AtEnd::kLivesOn;
+    if (then_ == Then::kClose) return AtEnd::kClosed;
+    return then_ == Then::kLeaveOpen ? AtEnd::kLivesOn : AtEnd::kHandedOn;
   }
 
  private:
@@ -876,6 +897,24 @@ BOOST_AUTO_TEST_CASE(a_descriptor_handed_to_a_spawned_task_brings_its_events_to_
   const auto registrations = epollRegistrations(pair.fds[0]);
   BOOST_TEST(registrations.size() == 1U);
   BOOST_TEST(events.tasks() == 1);
+}
+
+// A descriptor handed to a task that ends at once, without watching it, and closes it: the loop
+// removes the registration before that task's destructor, not after the close (when another
+// thread may already have the number).
+BOOST_AUTO_TEST_CASE(a_descriptor_handed_to_a_task_that_ends_at_once_leaves_the_set_before_its_close) {
+  SocketPair pair;
+  Seen seen;
+  EventLoop events(1, -1, -1);
+  const int watched = pair.fds[0];
+  events.adopt(std::make_unique<EndsWhenReadable>(watched, seen, EndsWhenReadable::Then::kHandOnToOneThatEndsAtOnce));
+  for (int i = 0; i < 1000 && epollRegistrations(watched).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  BOOST_TEST_REQUIRE(epollRegistrations(watched).size() == 1U);
+  pair.fds[0] = -1;  // closed by the second task
+  BOOST_REQUIRE(::write(pair.fds[1], "x", 1) == 1);
+  std::unique_lock lock(seen.mutex);
+  BOOST_TEST_REQUIRE(seen.changed.wait_for(lock, std::chrono::seconds(10), [&] { return seen.registeredInDestructor != 99U && seen.firstEnded; }));
+  BOOST_TEST(seen.registeredInDestructor == 0U);
 }
 
 // A descriptor that outlives its ended task (open elsewhere) leaves the loop's set before the

@@ -421,7 +421,17 @@ class EventLoop::Worker final : public LoopHandle {
     leftOver_.erase(it);
   }
 
+  // Removes what ended tasks handed on and nobody took. Still this thread's: nothing else had it.
+  void dropLeftOver() {
+    for (const Registration& registration : leftOver_) (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
+    leftOver_.clear();
+  }
+
   void finish(std::uint64_t id) {
+    // Nested in another task's destructor (a task it spawned ended at its first step): what that one
+    // handed on leaves the set now, before the destructor below can close it and another thread
+    // reuse its number.
+    dropLeftOver();
     const auto found = slots_.find(id);
     std::unique_ptr<Slot> slot = std::move(found->second);
     slots_.erase(found);
@@ -429,10 +439,7 @@ class EventLoop::Worker final : public LoopHandle {
     settle(*slot->task, slot->upstream);
     forgetDeadline(*slot);
     slot->task.reset();  // may spawn (a cancel on the way out, an upstream's reset): slots_ is consistent again
-    // Handed on but not taken (the spawned task did not watch it, or was dropped and closed it: a DEL
-    // that finds nothing is harmless). Still this loop's thread's: nothing else had it meanwhile.
-    for (const Registration& registration : leftOver_) (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
-    leftOver_.clear();
+    dropLeftOver();  // handed on, but the spawned task did not watch it
     tasks_.fetch_sub(1, std::memory_order_relaxed);
     load_.fetch_sub(1, std::memory_order_relaxed);
   }
