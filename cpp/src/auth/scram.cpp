@@ -12,6 +12,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <limits>
 #include <stdexcept>
 
 namespace pgwire_proxy::auth {
@@ -109,11 +110,16 @@ bool printable(std::string_view text) {
 
 }  // namespace
 
-std::string randomBytes(std::size_t count) {
-  std::string bytes(count, '\0');
-  if (count > 0 && RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(count)) != 1) {
+void fillRandom(void* data, std::size_t size) {
+  if (size > static_cast<std::size_t>(std::numeric_limits<int>::max())) throw std::length_error("fillRandom: too many bytes");
+  if (size > 0 && RAND_bytes(static_cast<unsigned char*>(data), static_cast<int>(size)) != 1) {
     throw std::runtime_error("RAND_bytes failed");
   }
+}
+
+std::string randomBytes(std::size_t count) {
+  std::string bytes(count, '\0');
+  fillRandom(bytes.data(), count);
   return bytes;
 }
 

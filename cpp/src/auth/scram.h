@@ -44,7 +44,9 @@ struct ScramSecret {
 [[nodiscard]] std::string base64Encode(std::string_view bytes);
 // nullopt for anything but canonical padded base64.
 [[nodiscard]] std::optional<std::string> base64Decode(std::string_view text);
-// Cryptographically random bytes (RAND_bytes); throws std::runtime_error when OpenSSL cannot.
+// Cryptographically random bytes from OpenSSL's DRBG (RAND_bytes: per thread in OpenSSL 3, seeded
+// and reseeded from the kernel, so no syscall per call); throws std::runtime_error when it cannot.
+void fillRandom(void* data, std::size_t size);
 [[nodiscard]] std::string randomBytes(std::size_t count);
 
 // tls-server-end-point channel binding data (RFC 5929): the hash of the server's certificate, with

@@ -14,8 +14,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cerrno>
-#include <fstream>
-#include <sstream>
 #include <optional>
 #include <regex>
 #include <chrono>
@@ -24,6 +22,7 @@
 #include <system_error>
 #include <thread>
 
+#include "config/file_text.h"
 #include "observability/log.h"
 #include "protocol/errors.h"
 #include "protocol/sqlstate.h"
@@ -94,22 +93,12 @@ class ServerLoggingObserver final : public observability::LoggingObserver {
   const std::atomic<bool>& stopRequested_;
 };
 
-// The whole file, for comparing what SIGHUP finds with what is in force; nullopt when unreadable
-// (the reader that follows reports why).
-std::optional<std::string> fileText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::ostringstream text;
-  text << in.rdbuf();
-  return std::move(text).str();
-}
-
 // The TLS certificate, key and CA files (those reload() re-reads), to report "tls-files" only when
 // one of them changed.
 std::string tlsFilesText(const config::ServerConfig& config) {
   std::string text;
   for (const std::string* path : {&config.tlsCertFile, &config.tlsKeyFile, &config.tlsCaFile}) {
-    text += fileText(*path).value_or("(unreadable)");
+    text += config::fileText(*path).value_or("(unreadable)");
     text += '\0';
   }
   return text;
@@ -215,7 +204,7 @@ void Server::start() {
 
   if (tls_) tlsText_ = tlsFilesText(config_);
   if (!config_.faultsFile.empty()) {
-    faultsText_ = fileText(config_.faultsFile).value_or("");
+    faultsText_ = config::fileText(config_.faultsFile).value_or("");
     faults_.replace(faults::readFaultFile(config_.faultsFile));
   }
   peers_.replace(config_.peers);
@@ -346,7 +335,7 @@ void Server::reload(const config::ServerConfig& next) {
   std::optional<std::vector<faults::RuleSpec>> faultSpecs;
   std::optional<std::string> faultsText;
   if (!next.faultsFile.empty()) {
-    faultsText = fileText(next.faultsFile);
+    faultsText = config::fileText(next.faultsFile);
     if (!faultsText || next.faultsFile != applied.faultsFile || *faultsText != faultsText_) {
       faultSpecs = faults::readFaultFile(next.faultsFile);
     }

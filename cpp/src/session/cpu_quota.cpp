@@ -4,21 +4,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "config/file_text.h"
+
 namespace pgwire_proxy::session {
 namespace {
-
-std::optional<std::string> readText(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // `relative` (absolute inside the cgroup tree) under `base`, which may itself be "/".
 std::filesystem::path under(const std::filesystem::path& base, const std::string& relative) {
@@ -87,7 +80,7 @@ std::optional<double> limitIn(const std::filesystem::path& dir, bool v2) {
   std::optional<long long> quota;
   std::optional<long long> period;
   if (v2) {
-    const auto text = readText(dir / "cpu.max");  // "max 100000" or "150000 100000"
+    const auto text = config::fileText(dir / "cpu.max");  // "max 100000" or "150000 100000"
     if (!text) return std::nullopt;
     std::istringstream words(*text);
     std::string quotaText, periodText;
@@ -95,8 +88,8 @@ std::optional<double> limitIn(const std::filesystem::path& dir, bool v2) {
     quota = number(quotaText);
     period = number(periodText);
   } else {
-    const auto quotaText = readText(dir / "cpu.cfs_quota_us");  // -1: none
-    const auto periodText = readText(dir / "cpu.cfs_period_us");
+    const auto quotaText = config::fileText(dir / "cpu.cfs_quota_us");  // -1: none
+    const auto periodText = config::fileText(dir / "cpu.cfs_period_us");
     if (!quotaText || !periodText) return std::nullopt;
     quota = number(*quotaText);
     period = number(*periodText);
@@ -108,8 +101,8 @@ std::optional<double> limitIn(const std::filesystem::path& dir, bool v2) {
 }  // namespace
 
 std::optional<double> cpuQuota(const std::filesystem::path& root) {
-  const auto mountinfo = readText(under(root, "/proc/self/mountinfo"));
-  const auto cgroups = readText(under(root, "/proc/self/cgroup"));
+  const auto mountinfo = config::fileText(under(root, "/proc/self/mountinfo"));
+  const auto cgroups = config::fileText(under(root, "/proc/self/cgroup"));
   if (!mountinfo || !cgroups) return std::nullopt;
   std::optional<double> smallest;
   for (const Hierarchy& hierarchy : cpuHierarchies(*mountinfo)) {

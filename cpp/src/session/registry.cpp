@@ -2,25 +2,14 @@
 #include "session/registry.h"
 
 #include <netdb.h>
-#include <openssl/rand.h>
 
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
-namespace pgwire_proxy::session {
+#include "auth/scram.h"
 
-// OpenSSL's DRBG (a thread's own in OpenSSL 3, seeded and reseeded from the kernel) rather than a
-// getrandom(2) per session: the same quality of secret without a syscall per connection.
-void secureRandomBytes(void* data, std::size_t size) {
-  auto* p = static_cast<unsigned char*>(data);
-  while (size > 0) {
-    const int chunk = static_cast<int>(std::min<std::size_t>(size, 1 << 20));
-    if (RAND_bytes(p, chunk) != 1) throw std::runtime_error("RAND_bytes failed");
-    p += chunk;
-    size -= static_cast<std::size_t>(chunk);
-  }
-}
+namespace pgwire_proxy::session {
 
 bool SessionRegistry::tryAdmit() noexcept {
   int current = active_.load();
@@ -34,12 +23,12 @@ void SessionRegistry::release() noexcept { active_.fetch_sub(1); }
 
 CancelKey SessionRegistry::add(std::shared_ptr<CancelTarget> target) {
   CancelKey key;
-  secureRandomBytes(&key.secretKey, sizeof key.secretKey);
+  auth::fillRandom(&key.secretKey, sizeof key.secretKey);
   std::lock_guard lock(mutex_);
   if (nextProcessId_ == 0) {
     // Start somewhere random so ids from two proxy runs (or instances) rarely coincide.
     std::uint32_t seed = 0;
-    secureRandomBytes(&seed, sizeof seed);
+    auth::fillRandom(&seed, sizeof seed);
     nextProcessId_ = static_cast<std::int32_t>(seed % 0x3fffffffU) + 1;
   }
   do {

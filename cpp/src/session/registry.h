@@ -112,7 +112,4 @@ class PeerDirectory {
   std::thread resolver_;
 };
 
-// Fills `data` from OpenSSL's CSPRNG (RAND_bytes); throws std::runtime_error if it cannot.
-void secureRandomBytes(void* data, std::size_t size);
-
 }  // namespace pgwire_proxy::session
