@@ -12,6 +12,7 @@
 #include "protocol/messages.h"
 #include "protocol/writer.h"
 #include "upstream/reported_parameters.h"
+#include "upstream/tls_declines.h"
 
 using namespace pgwire_proxy::config;
 using std::chrono::milliseconds;
@@ -210,6 +211,38 @@ BOOST_AUTO_TEST_CASE(reuse_settings_are_checked) {
 BOOST_AUTO_TEST_CASE(quoted_literals) {
   BOOST_TEST(pgwire_proxy::upstream::quoteLiteral("plain") == "E'plain'");
   BOOST_TEST(pgwire_proxy::upstream::quoteLiteral("it's a \\ test") == "E'it''s a \\\\ test'");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// sslmode=prefer's declines, remembered per DSN for a minute.
+BOOST_AUTO_TEST_SUITE(upstream_tls_declines)
+
+BOOST_AUTO_TEST_CASE(a_decline_is_remembered_for_its_dsn_for_a_minute) {
+  using pgwire_proxy::upstream::TlsDeclines;
+  TlsDeclines declines;
+  const auto t0 = TlsDeclines::Clock::now();
+  BOOST_TEST(!declines.declinedRecently("host=a", t0));
+  declines.noteDeclined("host=a", t0);
+  BOOST_TEST(declines.declinedRecently("host=a", t0));
+  BOOST_TEST(declines.declinedRecently("host=a", t0 + std::chrono::seconds(59)));
+  BOOST_TEST(!declines.declinedRecently("host=a", t0 + TlsDeclines::kRemembered));
+  BOOST_TEST(!declines.declinedRecently("host=b", t0));
+  declines.noteDeclined("host=a", t0 + std::chrono::seconds(50));  // asked again: the minute starts again
+  BOOST_TEST(declines.declinedRecently("host=a", t0 + std::chrono::seconds(100)));
+}
+
+BOOST_AUTO_TEST_CASE(forget_and_clear_ask_again) {
+  using pgwire_proxy::upstream::TlsDeclines;
+  TlsDeclines declines;
+  const auto t0 = TlsDeclines::Clock::now();
+  declines.noteDeclined("host=a", t0);
+  declines.noteDeclined("host=b", t0);
+  declines.forget("host=a");
+  BOOST_TEST(!declines.declinedRecently("host=a", t0));
+  BOOST_TEST(declines.declinedRecently("host=b", t0));
+  declines.clear();
+  BOOST_TEST(!declines.declinedRecently("host=b", t0));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

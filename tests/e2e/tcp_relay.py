@@ -1,10 +1,14 @@
-"""A TCP relay between the proxy and PostgreSQL: counts upstream connections and can cut them."""
+"""A TCP relay between the proxy and PostgreSQL: counts upstream connections, notes how each began,
+and can cut them."""
 
 from __future__ import annotations
 
 import socket
 import threading
 from typing import List, Tuple
+
+
+SSL_REQUEST = bytes.fromhex("0000000804d2162f")  # length 8, code 80877103
 
 
 class TcpRelay:
@@ -16,6 +20,9 @@ class TcpRelay:
         self.listener = socket.create_server(("127.0.0.1", port))
         self.host, self.port = self.listener.getsockname()[:2]
         self.accepted = 0
+        # The first 8 bytes each connection sent the server, in the order connections were accepted:
+        # an SSLRequest (SSL_REQUEST) or the start of a StartupMessage.
+        self.openings: List[bytes] = []
         self._pairs: List[Tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -45,16 +52,20 @@ class TcpRelay:
                     return
                 self.accepted += 1
                 self._pairs.append((client, server))
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                self.openings.append(b"")
+                index = len(self.openings) - 1
+            for src, dst, opening in ((client, server, index), (server, client, None)):
+                threading.Thread(target=self._pipe, args=(src, dst, opening), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, opening=None) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if opening is not None and len(self.openings[opening]) < 8:
+                    with self._lock:
+                        self.openings[opening] = (self.openings[opening] + data)[:8]
                 dst.sendall(data)
         except OSError:
             pass

@@ -20,6 +20,7 @@ import pytest
 from pgwire_proxy.cluster import ThrowawayPostgres
 from psql import normalise, run_psql
 from support import wait_until
+from tcp_relay import SSL_REQUEST, TcpRelay
 
 SQL_DIR = Path(__file__).parent / "sql"
 
@@ -304,3 +305,84 @@ def test_transparency_scripts_over_a_tls_upstream(tls_upstream, pgwire_proxy_fac
     direct = run(tls_upstream.dsn_with(sslmode="require"))
     proxied = run(proxy.dsn)
     assert normalise(direct.stdout) == normalise(proxied.stdout)
+
+
+# ---- sslmode=prefer's answer, remembered ------------------------------------------------------------
+
+STARTUP_V3 = bytes.fromhex("00030000")  # a StartupMessage's protocol version, after its length
+
+
+def proxied_ssl(proxy) -> bool:
+    with psycopg.connect(proxy.dsn, autocommit=True) as conn:
+        return conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetchone()[0]
+
+
+@pytest.mark.parametrize("sslmode", [None, "prefer"])
+def test_a_server_that_declined_tls_is_not_asked_again_until_a_reload(pg_upstream, pgwire_proxy_process_factory,
+                                                                     sslmode):
+    """libpq's sslmode=prefer (its default) asks for TLS before every connection; a server that said no
+    is connected to in plaintext without asking for a minute, and asked again after a reload."""
+    if pg_upstream.execute("show ssl") != [("off",)]:
+        pytest.skip("the upstream offers TLS")
+    with TcpRelay(pg_upstream.host, pg_upstream.port) as relay:
+        extra = {} if sslmode is None else {"sslmode": sslmode}
+        dsn = pg_upstream.dsn_with(host=relay.host, port=relay.port, **extra)
+        for _ in range(2):  # libpq alone asks every time
+            psycopg.connect(dsn).close()
+        assert relay.openings == [SSL_REQUEST, SSL_REQUEST]
+        proxy = pgwire_proxy_process_factory(dsn)
+        assert [proxied_ssl(proxy) for _ in range(3)] == [False, False, False]
+        opened = wait_until(lambda: relay.openings[2:] if len(relay.openings) >= 5 else None, "three upstream connects")
+        assert opened[0] == SSL_REQUEST, opened
+        assert [o[4:8] for o in opened[1:]] == [STARTUP_V3, STARTUP_V3], opened
+        os.kill(proxy.process.pid, signal.SIGHUP)
+        wait_until(lambda: re.search(r"event=reloaded", proxy.stderr_text()), "the reloaded line")
+        assert proxied_ssl(proxy) is False
+        assert relay.openings[5] == SSL_REQUEST, relay.openings
+
+
+def test_a_plaintext_connect_that_fails_asks_for_tls_again(pg_upstream, pgwire_proxy_factory):
+    """A failed connect made without asking (the server might want TLS now, or be another server)
+    forgets the decline: the next one asks."""
+    if pg_upstream.execute("show ssl") != [("off",)]:
+        pytest.skip("the upstream offers TLS")
+    relay = TcpRelay(pg_upstream.host, pg_upstream.port)
+    relay_port = relay.port
+    proxy = pgwire_proxy_factory(relay.dsn(pg_upstream))
+    assert [proxied_ssl(proxy) for _ in range(2)] == [False, False]
+    assert relay.openings[0] == SSL_REQUEST and relay.openings[1][4:8] == STARTUP_V3, relay.openings
+    relay.close()  # connections to its port are refused now
+    with pytest.raises(psycopg.OperationalError, match="could not connect to the upstream server"):
+        psycopg.connect(proxy.dsn).close()
+    with TcpRelay(pg_upstream.host, pg_upstream.port, port=relay_port) as back:
+        assert [proxied_ssl(proxy) for _ in range(2)] == [False, False]
+        assert back.openings[0] == SSL_REQUEST and back.openings[1][4:8] == STARTUP_V3, back.openings
+
+
+def test_a_server_that_offers_tls_gets_it_on_every_connection_with_prefer(tls_upstream, pgwire_proxy_factory):
+    """Only a decline is remembered: a server that accepts is asked, and speaks TLS, every time."""
+    with TcpRelay(tls_upstream.host, tls_upstream.port) as relay:
+        proxy = pgwire_proxy_factory(tls_upstream.dsn_with(host=relay.host, port=relay.port, sslmode="prefer"))
+        assert [proxied_ssl(proxy) for _ in range(3)] == [True, True, True]
+        assert relay.openings == [SSL_REQUEST] * 3, relay.openings
+
+
+def test_tls_required_or_allowed_is_libpqs_own(pg_upstream, pgwire_proxy_factory):
+    """sslmode=allow tries plaintext first: nothing to remember; a list of hosts is asked every time;
+    require fails against a server without TLS on every connection, as libpq does."""
+    if pg_upstream.execute("show ssl") != [("off",)]:
+        pytest.skip("the upstream offers TLS")
+    with TcpRelay(pg_upstream.host, pg_upstream.port) as relay:
+        proxy = pgwire_proxy_factory(pg_upstream.dsn_with(host=relay.host, port=relay.port, sslmode="allow"))
+        assert [proxied_ssl(proxy) for _ in range(2)] == [False, False]
+        assert [o[4:8] for o in relay.openings] == [STARTUP_V3, STARTUP_V3], relay.openings
+    with TcpRelay(pg_upstream.host, pg_upstream.port) as relay:
+        # A list of hosts may hold servers that answer differently: each connect asks, as libpq's do.
+        hosts = f"{relay.host},{relay.host}"
+        proxy = pgwire_proxy_factory(pg_upstream.dsn_with(host=hosts, port=f"{relay.port},{relay.port}"))
+        assert [proxied_ssl(proxy) for _ in range(3)] == [False, False, False]
+        assert relay.openings == [SSL_REQUEST] * 3, relay.openings
+    proxy = pgwire_proxy_factory(pg_upstream.dsn_with(sslmode="require"))
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError, match="server does not support SSL"):
+            psycopg.connect(proxy.dsn).close()

@@ -160,7 +160,7 @@ Server::Server(config::ServerConfig config, std::shared_ptr<observability::Sessi
       wakeFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       forceFd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
       context_{config_, registry_, *observer_, guardrails_, tls_.get(), wakeFd_, forceFd_, &faults_, &peers_, this,
-               &routes_, credentials_.get(), pool_.get()} {
+               &routes_, credentials_.get(), pool_.get(), &tlsDeclines_} {
   if (wakeFd_ < 0 || forceFd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
@@ -386,6 +386,7 @@ void Server::reload(const config::ServerConfig& next) {
   if (next.logQueries != applied.logQueries) note(restart, "log-queries");
 
   guardrails_.store(std::move(rails));
+  tlsDeclines_.clear();  // a server that declined TLS may offer it now: the next connects ask again
   auto snapshot = std::make_shared<config::ServerConfig>(applied);
   if (credentials) {
     credentials_->store(std::move(credentials));

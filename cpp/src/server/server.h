@@ -23,6 +23,7 @@
 #include "session/registry.h"
 #include "session/session.h"
 #include "upstream/routes.h"
+#include "upstream/tls_declines.h"
 #include "upstream/upstream_pool.h"
 
 namespace pgwire_proxy::server {
@@ -95,6 +96,7 @@ class Server final : public session::ConnectionTracker, public Acceptor {
   upstream::RouteHolder routes_;
   std::unique_ptr<auth::CredentialsHolder> credentials_;  // --auth=scram-sha-256
   std::unique_ptr<session::TlsContextHolder> tls_;
+  upstream::TlsDeclines tlsDeclines_;  // forgotten on reload
   std::unique_ptr<upstream::UpstreamPool> pool_;  // --reuse-upstream; outlives the loop's tasks
   int wakeFd_ = -1;
   int forceFd_ = -1;

@@ -63,6 +63,7 @@ struct SessionContext {
   const upstream::RouteHolder* routes = nullptr;  // null: everything goes to config.upstreamDsn
   const auth::CredentialsHolder* credentials = nullptr;  // --auth=scram-sha-256: the auth file in force
   upstream::UpstreamPool* pool = nullptr;  // --reuse-upstream: reset connections of ended sessions; null: off
+  upstream::TlsDeclines* tlsDeclines = nullptr;  // sslmode=prefer's recent answers; null: libpq asks every time
 };
 
 // One client's life on the event loop, from its first byte to its last: SSL negotiation and the TLS

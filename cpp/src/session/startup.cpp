@@ -432,6 +432,7 @@ void Session::connectUpstream(std::string password) {
   connectStart_ = Clock::now();
   connectDeadline_ = connectStart_ + context_.config.connectTimeout;
   request.deadline = connectDeadline_;
+  request.tlsDeclines = context_.tlsDeclines;
   if (context_.pool != nullptr) poolKey_ = upstream::poolKey(request);  // empty for passthrough
   if (!poolKey_.empty()) {
     handover_ = std::make_shared<upstream::UpstreamPool::Handover>([&loop = loop(), id = taskId()] { loop.wake(id); });

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <memory>
@@ -205,8 +206,44 @@ std::string escapeOptionValue(std::string_view value) {
   return escaped;
 }
 
-UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request) {
-  const ConninfoPtr dsn = parseDsn(request.dsn.empty() ? config.upstreamDsn : request.dsn);
+namespace {
+
+const std::string* valueOf(const Parameters& params, std::string_view key) {
+  for (const auto& [k, v] : params) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
+// Whether libpq would send an SSLRequest first and carry on in plaintext when declined: sslmode
+// prefer (given, or libpq's default), one TCP host (a list may hold servers that answer differently;
+// a socket directory, or no host at all, is libpq's Unix socket, never asked).
+bool asksForTlsLikePrefer(const Parameters& params) {
+  const std::string* host = valueOf(params, "host");
+  const std::string* hostaddr = valueOf(params, "hostaddr");
+  const bool hasHost = host != nullptr && !host->empty();
+  const bool hasAddress = hostaddr != nullptr && !hostaddr->empty();
+  if (!hasHost && !hasAddress) return false;
+  if ((hasHost && host->find(',') != std::string::npos) || (hasAddress && hostaddr->find(',') != std::string::npos)) {
+    return false;
+  }
+  if (!hasAddress && (host->front() == '/' || host->front() == '@')) return false;
+  std::string_view mode = "prefer";
+  if (const std::string* sslmode = valueOf(params, "sslmode"); sslmode != nullptr && !sslmode->empty()) {
+    mode = *sslmode;
+  } else if (const std::string* requiressl = valueOf(params, "requiressl"); requiressl != nullptr && *requiressl == "1") {
+    mode = "require";
+  } else if (const char* env = std::getenv("PGSSLMODE"); env != nullptr && *env != '\0') {
+    mode = env;
+  }
+  return mode == "prefer";
+}
+
+}  // namespace
+
+UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request)
+    : tlsDeclines_(request.tlsDeclines), dsnKey_(request.dsn.empty() ? config.upstreamDsn : request.dsn) {
+  const ConninfoPtr dsn = parseDsn(dsnKey_);
 
   // Start from the DSN's own settings; then add what the client asked for and what the proxy enforces.
   Parameters params;
@@ -280,6 +317,13 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
   if (!options.empty()) set("options", options);
   // The relay speaks plaintext or TLS on libpq's socket; GSSAPI encryption it cannot.
   set("gssencmode", "disable");
+  if (tlsDeclines_ != nullptr && asksForTlsLikePrefer(params)) {
+    tlsProbe_ = TlsProbe::kAsking;
+    if (tlsDeclines_->declinedRecently(dsnKey_, TlsDeclines::Clock::now())) {
+      set("sslmode", "disable");
+      tlsProbe_ = TlsProbe::kSkipped;
+    }
+  }
   set("application_name", request.auditApplicationName);
 
   std::vector<const char*> keywords;
@@ -340,8 +384,10 @@ std::optional<ConnectWait> UpstreamConnection::continueConnect() {
   }
   switch (pollStatus_) {
     case PGRES_POLLING_OK:
+      noteTlsOutcome(true);
       break;
     case PGRES_POLLING_FAILED:
+      noteTlsOutcome(false);
       fail(connectionError(PQerrorMessage(conn_)));
       break;
     case PGRES_POLLING_READING:
@@ -368,6 +414,22 @@ std::optional<ConnectWait> UpstreamConnection::continueConnect() {
     }
   }
   return std::nullopt;
+}
+
+void UpstreamConnection::noteTlsOutcome(bool connected) noexcept {
+  try {
+    if (tlsProbe_ == TlsProbe::kAsking && connected) {
+      if (PQsslInUse(conn_) != 0) {
+        tlsDeclines_->forget(dsnKey_);
+      } else {
+        tlsDeclines_->noteDeclined(dsnKey_, TlsDeclines::Clock::now());
+      }
+    } else if (tlsProbe_ == TlsProbe::kSkipped && !connected) {
+      tlsDeclines_->forget(dsnKey_);  // perhaps the server wants TLS now: the next connect asks
+    }
+  } catch (...) {  // bad_alloc noting a decline: the next connect asks again, as libpq would
+  }
+  tlsProbe_ = TlsProbe::kNotApplicable;
 }
 
 ProxyError UpstreamConnection::timeoutError(const config::ServerConfig& config) {

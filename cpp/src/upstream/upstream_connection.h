@@ -15,6 +15,7 @@
 #include "config/server_config.h"
 #include "protocol/errors.h"
 #include "upstream/reported_parameters.h"
+#include "upstream/tls_declines.h"
 
 struct pg_conn;
 struct pg_cancel;
@@ -37,6 +38,8 @@ struct ConnectRequest {
   bool asClient = false;
   std::string password;
   std::chrono::steady_clock::time_point deadline;
+  // sslmode=prefer's answers per DSN (the server's); null: ask before every connection, as libpq does.
+  TlsDeclines* tlsDeclines = nullptr;
 };
 
 // The user and database a DSN names itself (empty when it names none); throws ProxyError for a DSN
@@ -128,6 +131,14 @@ class UpstreamConnection {
   // Overwrites libpq's copy of the password (PQpass): the connect is over, it is needed no more.
   void wipePassword() noexcept;
 
+  // Whether this connect asks for TLS the way sslmode=prefer does, so its outcome is worth noting in
+  // tlsDeclines_; or goes plaintext because that DSN's server declined recently.
+  enum class TlsProbe { kNotApplicable, kAsking, kSkipped };
+  void noteTlsOutcome(bool connected) noexcept;
+
+  TlsDeclines* tlsDeclines_ = nullptr;
+  TlsProbe tlsProbe_ = TlsProbe::kNotApplicable;
+  std::string dsnKey_;  // tlsDeclines_'s key: the DSN as configured
   std::chrono::milliseconds statementTimeout_{0};
   std::optional<CancelData> cancelData_;
   int pollStatus_ = 0;  // libpq's PostgresPollingStatusType of the last step
