@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Optional, TypeVar
@@ -74,3 +75,9 @@ def cancel_counts(proxy) -> dict:
         text = response.read().decode()
     return {result: int(float(count)) for result, count in
             re.findall(r'^pgwire_proxy_cancel_requests_total\{result="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used so far (/proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -26,6 +26,8 @@ class TcpRelay:
         self._pairs: List[Tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._flowing = threading.Event()  # cleared by hold(): accepted connections wait before piping
+        self._flowing.set()
         self._thread = threading.Thread(target=self._accept_loop, name="tcp-relay", daemon=True)
         self._thread.start()
 
@@ -57,7 +59,15 @@ class TcpRelay:
             for src, dst, opening in ((client, server, index), (server, client, None)):
                 threading.Thread(target=self._pipe, args=(src, dst, opening), daemon=True).start()
 
+    def hold(self) -> None:
+        """Accept the next connections (the TCP connect completes) but pass nothing until release()."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     def _pipe(self, src: socket.socket, dst: socket.socket, opening=None) -> None:
+        self._flowing.wait()
         try:
             while True:
                 data = src.recv(65536)
@@ -88,6 +98,7 @@ class TcpRelay:
                 sock.close()
 
     def close(self) -> None:
+        self._flowing.set()
         with self._lock:
             self._closed = True
         try:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from support import cancelled_while_running, connect, wait_until
+from support import cancelled_while_running, connect, cpu_seconds, wait_until
 
 
 def threads_of(pid: int) -> int:
@@ -126,11 +126,6 @@ def test_the_startup_timeout_closes_hundreds_of_silent_sockets(pgwire_proxy_proc
             assert conn.execute("select 4").fetchone() == (4,)
     finally:
         close_all(silent)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # UBSan's vptr check probes memory through a pipe it opens; with no descriptor free it reports a

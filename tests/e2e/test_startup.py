@@ -3,11 +3,15 @@ with the proxy's own BackendKeyData."""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
 import wire
 from psql import run_psql
+from support import cpu_seconds, wait_until
+from tcp_relay import TcpRelay
 
 PARAMS = {"user": "postgres", "database": "postgres", "application_name": "startup-probe",
           "client_encoding": "UTF8", "DateStyle": "ISO, DMY", "TimeZone": "Europe/Lisbon",
@@ -117,3 +121,27 @@ def test_port_already_in_use_is_an_error(pgwire_proxy, pgwire_proxy_factory, pgw
     with pytest.raises(RuntimeError, match="exited with code"):
         second = pgwire_proxy_process_factory(port=pgwire_proxy.port)
         pytest.fail(f"second proxy process started on the busy port {pgwire_proxy.port}: {second!r}")
+
+
+def test_a_client_that_sends_its_query_with_the_startup_packet_waits_without_spinning(pg_upstream,
+                                                                                    pgwire_proxy_process_factory):
+    """Bytes sent before AuthenticationOk wait in the kernel while the upstream connect is under way
+    (a level-triggered wake for them at every wait would spin a core), then are served in order."""
+    startup = wire.startup_packet({"user": pg_upstream.user, "database": pg_upstream.dbname})
+    with wire.RawConnection(pg_upstream.host, pg_upstream.port) as direct:
+        direct.send(startup + wire.query("select 7"))
+        expected = direct.read_until_ready() + direct.read_until_ready()
+    with TcpRelay(pg_upstream.host, pg_upstream.port) as relay:
+        proxy = pgwire_proxy_process_factory(relay.dsn(pg_upstream))
+        relay.hold()
+        with wire.RawConnection(proxy.host, proxy.port) as conn:
+            conn.send(startup)
+            wait_until(lambda: relay.accepted == 1, "the proxy's upstream connect")
+            conn.send(wire.query("select 7"))  # arrives while the connect waits: the socket stays readable
+            before = cpu_seconds(proxy.process.pid)
+            time.sleep(1.0)
+            assert cpu_seconds(proxy.process.pid) - before < 0.3
+            relay.release()
+            got = conn.read_until_ready() + conn.read_until_ready()
+    assert wire.kinds(got) == wire.kinds(expected) and wire.rows(got) == wire.rows(expected) == [["7"]], \
+        (wire.kinds(got), wire.kinds(expected))

@@ -73,9 +73,9 @@ std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
         case State::kTlsHandshake:
           return tlsStep(ready);
         case State::kConnecting:
-          return connectStep(ready);
         case State::kAdopting:
-          return adoptStep(ready);
+          if ((ready.client & POLLIN) != 0) clientSpokeEarly_ = true;
+          return state_ == State::kConnecting ? connectStep(ready) : adoptStep(ready);
         default:
           return step(ready);
       }

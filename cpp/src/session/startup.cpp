@@ -54,8 +54,12 @@ Interest Session::clientInterest(short events, Clock::time_point deadline) const
 }
 
 Interest Session::connectInterest(int upstreamFd, short upstreamEvents) const {
-  // A client that leaves ends the connect.
-  Interest interest = clientInterest(clientHalfClosed_ ? 0 : POLLRDHUP, connectDeadline_);
+  // A client that leaves ends the connect. Its messages wait in the kernel until the session is open;
+  // the registration keeps POLLIN (the relay's, so it need not change at the open) until a client
+  // that sends before it is told it may (clientSpokeEarly_) would wake every wait.
+  short client = POLLRDHUP;
+  if (!clientSpokeEarly_) client |= client_->readEvents();
+  Interest interest = clientInterest(clientHalfClosed_ ? 0 : client, connectDeadline_);
   interest.upstreamFd = upstreamFd;
   interest.upstream = upstreamEvents;
   // A fresh number each time the socket may have changed: the loop registers it anew.
@@ -96,7 +100,9 @@ std::optional<Interest> Session::startupStep(const Readiness& ready) {
         throw ProtocolError("timeout expired while waiting for the startup packet (startup-timeout " +
                             config::formatDuration(context_.config.startupTimeout) + ")");
       }
-      return clientInterest(client_->readEvents(), startupDeadline_);
+      // POLLRDHUP from the start: what the connect and the session watch too, so the registration
+      // stays as it is from here to the relay (no EPOLL_CTL_MOD at each change of state).
+      return clientInterest(client_->readEvents() | POLLRDHUP, startupDeadline_);
     }
     const std::size_t packetSize = protocol::kUntypedHeaderSize + body->size();
     protocol::StartupPacket packet = protocol::parseStartupPacket(*body);
@@ -313,7 +319,7 @@ std::optional<Interest> Session::authStep(const Readiness& ready) {
       clientIn_.commitWrite(*count);
       continue;
     }
-    return clientInterest(client_->readEvents(), startupDeadline_);
+    return clientInterest(client_->readEvents() | POLLRDHUP, startupDeadline_);
   }
 }
 
