@@ -517,8 +517,9 @@ BOOST_AUTO_TEST_CASE(cancel_secrets_are_random_and_distinct_across_threads) {
   std::vector<std::int32_t> secrets;
   std::mutex mutex;
   auto issue = [&] {
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < 200; ++i) {  // past a thread's batch of 64 secrets, three times
       const auto key = registry.add(std::make_shared<NoQuery>());
+      registry.remove(key.processId);
       std::lock_guard lock(mutex);
       secrets.push_back(key.secretKey);
     }
@@ -527,7 +528,7 @@ BOOST_AUTO_TEST_CASE(cancel_secrets_are_random_and_distinct_across_threads) {
   issue();
   other.join();
   std::sort(secrets.begin(), secrets.end());
-  BOOST_TEST(secrets.size() == 64U);
+  BOOST_TEST(secrets.size() == 400U);
   BOOST_TEST((std::adjacent_find(secrets.begin(), secrets.end()) == secrets.end()));
 }
 

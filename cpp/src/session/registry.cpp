@@ -4,12 +4,33 @@
 #include <netdb.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <stdexcept>
 
 #include "auth/scram.h"
 
 namespace pgwire_proxy::session {
+namespace {
+
+// A session's cancel secret, from a batch the thread draws at once: each RAND_bytes call costs a
+// getpid(2) (OpenSSL's check for a fork), which per session was a syscall per connection. Sessions
+// are opened on the loop threads, which never fork; a forked child has none of them, and its own
+// threads start with empty batches. A secret is erased from the batch when it is handed out.
+std::int32_t nextSecret() {
+  constexpr std::size_t kBatch = 64;
+  thread_local std::array<std::int32_t, kBatch> batch{};
+  thread_local std::size_t used = kBatch;
+  if (used == kBatch) {
+    auth::fillRandom(batch.data(), sizeof batch);
+    used = 0;
+  }
+  const std::int32_t secret = batch[used];
+  batch[used++] = 0;
+  return secret;
+}
+
+}  // namespace
 
 bool SessionRegistry::tryAdmit() noexcept {
   int current = active_.load();
@@ -23,7 +44,7 @@ void SessionRegistry::release() noexcept { active_.fetch_sub(1); }
 
 CancelKey SessionRegistry::add(std::shared_ptr<CancelTarget> target) {
   CancelKey key;
-  auth::fillRandom(&key.secretKey, sizeof key.secretKey);
+  key.secretKey = nextSecret();
   std::lock_guard lock(mutex_);
   if (nextProcessId_ == 0) {
     // Start somewhere random so ids from two proxy runs (or instances) rarely coincide.
