@@ -174,6 +174,7 @@ class Session final : public LoopTask, private RelayHost {
   bool shutdownSeen_ = false;
   bool forcedSeen_ = false;
   bool clientHalfClosed_ = false;  // POLLRDHUP seen: the client sends nothing more
+  bool connectWaitOver_ = false;  // the upstream connect's first wait needs no waiting: step at once
   bool clientSpokeEarly_ = false;  // readable during the upstream connect: watched for hanging up only
   protocol::StartupPacket startup_;
   std::string clientApplicationName_;

@@ -7,6 +7,8 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <utility>
+
 #include "observability/log.h"
 #include "protocol/constants.h"
 #include "protocol/reader.h"
@@ -487,6 +489,9 @@ void Session::startConnect(const upstream::ConnectRequest& request) {
   }
   connectWait_ = upstream_->firstWait();
   ++connectEpoch_;
+  // A local server: the first step runs now, not after registering for POLLOUT, an epoll_wait that
+  // returns at once and a change to POLLIN (a probe more, in vain, for a server further away).
+  connectWaitOver_ = upstream_->firstWaitOver();
 }
 
 std::optional<Interest> Session::adoptStep(const Readiness& ready) {
@@ -535,7 +540,8 @@ std::optional<Interest> Session::connectStep(const Readiness& ready) {
   if (state_ == State::kAdopting) return adoptStep(ready);
   if (ready.shutdown) throw refusedAtShutdown();
   try {
-    if ((ready.upstream & (connectWait_.events | POLLERR | POLLHUP)) != 0) {
+    const short upstreamReady = std::exchange(connectWaitOver_, false) ? connectWait_.events : ready.upstream;
+    if ((upstreamReady & (connectWait_.events | POLLERR | POLLHUP)) != 0) {
       const auto next = upstream_->continueConnect();
       if (!next) {
         openSession();

@@ -351,6 +351,11 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
 
 ConnectWait UpstreamConnection::firstWait() const { return ConnectWait{PQsocket(conn_), POLLOUT}; }
 
+bool UpstreamConnection::firstWaitOver() const {
+  pollfd probe{PQsocket(conn_), POLLOUT, 0};
+  return probe.fd >= 0 && ::poll(&probe, 1, 0) > 0;
+}
+
 namespace {
 
 // libpq 15's struct pg_cancel (libpq-int.h) begins so; the layout is checked against the connection

@@ -89,6 +89,9 @@ class UpstreamConnection {
   UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request);
   // What to wait for before the first step: the socket writable (libpq's rule after PQconnectStart).
   [[nodiscard]] ConnectWait firstWait() const;
+  // Whether what firstWait() asks is already so (a poll that does not wait): a server on this host has
+  // completed the TCP handshake by the time connect() returns, and refused it as fast.
+  [[nodiscard]] bool firstWaitOver() const;
   // One step of the connect and authentication (PQconnectPoll), called each time the socket is ready
   // for what the last wait asked. nullopt once connected. Throws ProxyError
   // (FATAL) carrying the upstream's own SQLSTATE when it sent one (28P01, 3D000 ...), else 08006.
