@@ -141,15 +141,3 @@ def test_upstream_backend_terminated(pg_upstream, pgwire_proxy):
     assert not wire.rows(msgs), msgs
     with psycopg.connect(pgwire_proxy.dsn, autocommit=True) as conn:
         assert conn.execute("SELECT 3").fetchone() == (3,)
-
-
-def test_a_host_list_goes_past_a_host_that_refuses_at_once(pg_upstream, pgwire_proxy_factory):
-    """A refused TCP connect (nothing listens: refused before connect() returns) sends libpq on to the
-    next host of the list, as it does for a direct connection."""
-    dsn = pg_upstream.dsn_with(host=f"127.0.0.1,{pg_upstream.host}", port=f"{free_port()},{pg_upstream.port}")
-    with psycopg.connect(dsn) as direct:
-        expected = direct.execute("select inet_server_port(), current_database()").fetchone()
-    proxy = pgwire_proxy_factory(dsn)
-    for _ in range(2):
-        with psycopg.connect(proxy.dsn) as conn:
-            assert conn.execute("select inet_server_port(), current_database()").fetchone() == expected
