@@ -1,7 +1,9 @@
 // Parsing and validation of the settings: durations, sizes, integers, the DSN.
 #include <boost/test/unit_test.hpp>
 
+#include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "config/options.h"
@@ -243,6 +245,35 @@ BOOST_AUTO_TEST_CASE(forget_and_clear_ask_again) {
   BOOST_TEST(declines.declinedRecently("host=b", t0));
   declines.clear();
   BOOST_TEST(!declines.declinedRecently("host=b", t0));
+}
+
+BOOST_AUTO_TEST_CASE(only_a_single_tcp_host_with_prefer_is_asked_like_prefer) {
+  using pgwire_proxy::upstream::asksForTlsLikePrefer;
+  using P = pgwire_proxy::upstream::Parameters;
+  const char* inherited = std::getenv("PGSSLMODE");
+  const std::optional<std::string> saved = inherited ? std::optional<std::string>(inherited) : std::nullopt;
+  ::unsetenv("PGSSLMODE");
+  BOOST_TEST(asksForTlsLikePrefer(P{{"host", "127.0.0.1"}}));  // libpq's default
+  BOOST_TEST(asksForTlsLikePrefer(P{{"host", "db.example"}, {"sslmode", "prefer"}}));
+  BOOST_TEST(asksForTlsLikePrefer(P{{"hostaddr", "10.0.0.1"}}));
+  BOOST_TEST(asksForTlsLikePrefer(P{{"host", "/var/run/postgresql"}, {"hostaddr", "10.0.0.1"}}));  // hostaddr connects
+  BOOST_TEST(!asksForTlsLikePrefer(P{}));                                   // libpq's Unix socket
+  BOOST_TEST(!asksForTlsLikePrefer(P{{"host", "/var/run/postgresql"}}));
+  BOOST_TEST(!asksForTlsLikePrefer(P{{"host", "@abstract"}}));
+  BOOST_TEST(!asksForTlsLikePrefer(P{{"host", "a,b"}}));
+  BOOST_TEST(!asksForTlsLikePrefer(P{{"hostaddr", "10.0.0.1,10.0.0.2"}}));
+  for (const char* mode : {"disable", "allow", "require", "verify-ca", "verify-full"}) {
+    BOOST_TEST(!asksForTlsLikePrefer(P{{"host", "127.0.0.1"}, {"sslmode", mode}}), mode);
+  }
+  BOOST_TEST(!asksForTlsLikePrefer(P{{"host", "127.0.0.1"}, {"requiressl", "1"}}));
+  ::setenv("PGSSLMODE", "require", 1);
+  BOOST_TEST(!asksForTlsLikePrefer(P{{"host", "127.0.0.1"}}));
+  BOOST_TEST(asksForTlsLikePrefer(P{{"host", "127.0.0.1"}, {"sslmode", "prefer"}}));  // the DSN's wins
+  if (saved) {
+    ::setenv("PGSSLMODE", saved->c_str(), 1);
+  } else {
+    ::unsetenv("PGSSLMODE");
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -208,16 +208,17 @@ std::string escapeOptionValue(std::string_view value) {
 
 namespace {
 
-const std::string* valueOf(const Parameters& params, std::string_view key) {
-  for (const auto& [k, v] : params) {
+// The value of `key` among the parameters; null when absent.
+template <typename Params>
+auto valueOf(Params& params, std::string_view key) -> decltype(&params.front().second) {
+  for (auto& [k, v] : params) {
     if (k == key) return &v;
   }
   return nullptr;
 }
 
-// Whether libpq would send an SSLRequest first and carry on in plaintext when declined: sslmode
-// prefer (given, or libpq's default), one TCP host (a list may hold servers that answer differently;
-// a socket directory, or no host at all, is libpq's Unix socket, never asked).
+}  // namespace
+
 bool asksForTlsLikePrefer(const Parameters& params) {
   const std::string* host = valueOf(params, "host");
   const std::string* hostaddr = valueOf(params, "hostaddr");
@@ -238,8 +239,6 @@ bool asksForTlsLikePrefer(const Parameters& params) {
   }
   return mode == "prefer";
 }
-
-}  // namespace
 
 UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const ConnectRequest& request)
     : tlsDeclines_(request.tlsDeclines), dsnKey_(request.dsn.empty() ? config.upstreamDsn : request.dsn) {
@@ -270,13 +269,11 @@ UpstreamConnection::UpstreamConnection(const config::ServerConfig& config, const
     }
   }
   auto set = [&params](const std::string& key, const std::string& value) {
-    for (auto& [k, v] : params) {
-      if (k == key) {
-        v = value;
-        return;
-      }
+    if (std::string* existing = valueOf(params, key)) {
+      *existing = value;
+    } else {
+      params.emplace_back(key, value);
     }
-    params.emplace_back(key, value);
   };
   // The DSN's names win; where it names none the client's are used (not libpq's PGUSER/PGDATABASE).
   // Passthrough connects as the client with the client's password, whatever the DSN names.

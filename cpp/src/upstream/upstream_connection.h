@@ -50,6 +50,12 @@ struct DsnNames {
 };
 [[nodiscard]] DsnNames dsnNames(const std::string& dsn);
 
+// Whether libpq, given these connection parameters, sends an SSLRequest first and carries on in
+// plaintext when the server declines: sslmode prefer (the parameters', else requiressl's, else
+// PGSSLMODE's, else libpq's default) and one TCP host (a list may hold servers that answer
+// differently; a socket directory, or no host at all, is libpq's Unix socket, never asked).
+[[nodiscard]] bool asksForTlsLikePrefer(const Parameters& params);
+
 // Overwrites a secret before its memory is released (OPENSSL_cleanse: not optimised away).
 void wipe(std::string& secret) noexcept;
 
