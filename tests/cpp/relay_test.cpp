@@ -516,6 +516,44 @@ BOOST_AUTO_TEST_CASE(a_long_pipeline_answered_while_it_is_sent_keeps_its_order) 
   BOOST_TEST(shell.outcome().records == expected, boost::test_tools::per_element());
 }
 
+BOOST_AUTO_TEST_CASE(a_pipeline_sent_faster_than_answered_is_read_only_while_its_backlog_is_bounded) {
+  // A client that pipelines tiny messages much faster than the upstream answers must not have each of
+  // them waiting in the relay: past kMaxPendingMessages the rest stays in the client's buffer (the
+  // kernel's, in the session) until replies come back, and nothing is lost or reordered.
+  constexpr std::size_t kCap = session::Relay::kMaxPendingMessages;
+  constexpr int kPairs = static_cast<int>(kCap);  // twice the cap in messages
+  Shell shell;
+  const std::string first = parse("s", "select 1");
+  const std::string pair = bind("", "s", {}) + execute("");
+  std::string pipeline = first;
+  for (int i = 0; i < kPairs; ++i) pipeline += pair;
+  shell.fromClient(pipeline + syncMessage());
+  BOOST_TEST(!shell.relay().acceptingClient());
+  // The Parse and the messages after it up to the bound went up; not one more.
+  BOOST_TEST(shell.outcome().upstream.size() == first.size() + (kCap - 1) / 2 * pair.size() + bind("", "s", {}).size());
+
+  std::vector<std::string> expected;
+  std::size_t answered = 0;  // pairs the upstream has answered
+  std::size_t mostUnanswered = 0;
+  shell.fromUpstream(parseComplete());
+  while (answered < static_cast<std::size_t>(kPairs)) {
+    const std::size_t forwarded = (shell.outcome().upstream.size() - first.size()) / pair.size();
+    BOOST_TEST_REQUIRE(forwarded > answered, "the relay stalled after " << answered << " pairs");
+    mostUnanswered = std::max(mostUnanswered, forwarded - answered);
+    std::string replies;
+    for (; answered < forwarded; ++answered) {
+      replies += bindComplete() + dataRow("1") + commandComplete("SELECT 1");
+      expected.push_back("select 1|SELECT 1||1");
+    }
+    shell.fromUpstream(replies);
+  }
+  BOOST_TEST(mostUnanswered <= kCap / 2);
+  BOOST_TEST(shell.outcome().upstream == pipeline + syncMessage());
+  shell.fromUpstream(ready());
+  BOOST_TEST(!shell.relay().busy());
+  BOOST_TEST(shell.outcome().records == expected, boost::test_tools::per_element());
+}
+
 BOOST_AUTO_TEST_CASE(a_denied_parse_behind_pending_messages_fails_the_batch_in_order_in_every_split) {
   // The refusal waits for the replies before it, then the rest of the batch is dropped to its Sync.
   const std::vector<Exchange> exchanges = {

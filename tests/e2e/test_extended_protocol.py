@@ -158,6 +158,48 @@ def test_pipelined_batches_with_an_error_match_direct_byte_for_byte(relay, pg_up
     assert kinds == "1tT2TDC" "12DDDC" "Z" "2DC" "1E" "Z" "2DC3" "3" "12TC" "12I" "Z"
 
 
+def memory_kb(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def pipeline_answers(conn: wire.RawConnection, pipeline: bytes, length: int) -> bytes:
+    """Sends `pipeline` from a thread as fast as the socket takes it while reading `length` bytes of replies."""
+    sender = threading.Thread(target=conn.sock.sendall, args=(pipeline,))
+    sender.start()
+    got = bytearray(conn.buffer)
+    while len(got) < length:
+        chunk = conn.sock.recv(1 << 20)
+        if not chunk:
+            break
+        got += chunk
+    sender.join()
+    return bytes(got)
+
+
+def test_a_pipeline_sent_faster_than_answered_is_relayed_whole_without_the_proxy_growing(
+        pgwire_proxy_process_factory, pg_upstream):
+    # Tiny messages written faster than PostgreSQL answers them pile up on their way upstream; each used
+    # to become a pending entry (~80 bytes for a 12-byte message): 300,000 pairs grew the proxy by 85-120
+    # MB. The relay now reads a pipeline while fewer than 16,384 of its messages await replies.
+    proxy = pgwire_proxy_process_factory(extended_protocol="relay")
+    pairs = 300_000
+    pipeline = wire.parse("select 1", "ext_flood") + (wire.bind("", "ext_flood") + wire.execute()) * pairs + wire.sync()
+    length = 5 + pairs * (5 + 12 + 14) + 6  # ParseComplete, (BindComplete DataRow CommandComplete) each, ReadyForQuery
+    with raw_direct(pg_upstream) as direct:
+        expected = pipeline_answers(direct, pipeline, length)
+    assert len(expected) == length and expected.endswith(b"Z\0\0\0\x05I")
+    pid = proxy.process.pid
+    with raw_proxy(proxy) as proxied:
+        before = memory_kb(pid, "VmRSS")
+        got = pipeline_answers(proxied, pipeline, length)
+    assert got == expected
+    if not os.environ.get("PGWIRE_PROXY_SANITIZER"):  # a sanitizer's allocator keeps what is freed
+        assert memory_kb(pid, "VmHWM") - before < 16 * 1024
+
+
 def test_portal_suspension_and_flush_match_direct(relay, pg_upstream):
     script = (wire.parse("select generate_series(1, 5)") + wire.bind("cur") + wire.execute("cur", 2) + wire.flush())
     rest = wire.execute("cur", 2) + wire.execute("cur", 0) + wire.sync()

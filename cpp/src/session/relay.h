@@ -93,10 +93,17 @@ class Relay {
     return batch_.copyIn == Batch::CopyIn::kActive ? copyInRun(data, maxMessage) : 0;
   }
 
+  // A pipeline is read while fewer than this many of its messages await their replies. An entry costs
+  // about 80 bytes and an Execute is 10: without a bound, the messages a kernel buffer holds on their way
+  // upstream (megabytes of them) would each become one. PostgreSQL holds back at most 8 kB of replies
+  // (1,638 of the smallest) until a Sync or Flush, so the bound is never what a batch waits on.
+  static constexpr std::size_t kMaxPendingMessages = 16384;
+
   // Inline: the session asks before every client frame and read.
   [[nodiscard]] bool acceptingClient() const noexcept {
     if (!batch_.open) return true;
     if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
+    if (pending_.size() >= kMaxPendingMessages) return false;  // the rest waits in the kernel
     return !batch_.ended;  // an extended batch still open takes its next members
   }
   // A batch is upstream (or held by a delay): the client is only watched for hanging up.
@@ -193,12 +200,18 @@ class Relay {
       if (++head_ == items_.size()) clear();
     }
     void clear() noexcept {
-      items_.clear();
+      // A long pipeline's storage is given back: an idle session keeps what a typical batch needs.
+      if (items_.capacity() > kKeptCapacity) {
+        std::vector<Pending>().swap(items_);
+      } else {
+        items_.clear();
+      }
       head_ = 0;
     }
 
    private:
     static constexpr std::size_t kCompactAfter = 64;
+    static constexpr std::size_t kKeptCapacity = 256;
     std::vector<Pending> items_;
     std::size_t head_ = 0;
   };
