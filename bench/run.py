@@ -3,6 +3,7 @@
 
     /usr/bin/python3 bench/run.py [--quick] [--rounds N] [--duration S] [--binary PATH] [--json out.json]
                                   [--chart out.png|none] [--copy-rows N] [--copy-lines N] [--silent-sockets N]
+                                  [--samples N]
 
 Starts a throwaway PostgreSQL (initdb in a temp dir), a PgBouncer in session mode and the proxy (a release
 build made into build-bench/ unless --binary is given), all on 127.0.0.1, then measures in interleaved
@@ -25,16 +26,19 @@ rounds (the three targets one after another, the starting target rotating each r
   * the first --copy-lines (default 200,000) of those rows COPY FROM STDIN again, one psycopg write and
     so one CopyData message per line (as DBD::Pg's pg_putcopydata, ruby-pg's put_copy_data and
     pg-copy-streams send a row each): the middle's cost per message, not per byte;
+  * the large result and each COPY take well under a second, so they run --samples times a round
+    (default 3; quick 1), each sample the three targets back to back (the first rotating with the
+    sample): a ratio is the median over every sample of every round, not over two or three single runs;
   * --silent-sockets (default 1000) TCP connections that never send a byte, on a freshly started
     PgBouncer and proxy each round: the RSS they add and the threads before and with them;
   * once, on freshly started processes: the RSS that N idle clients (default 200) add to the proxy and
     to PgBouncer.
 
 Prints a table of medians with the ratios proxy/direct and proxy/PgBouncer (medians of the per-round
-ratios) and the targets of issues 8 and 20 (COPY within 1.05x direct; silent sockets: proxy RSS growth
-<= 32 MB and no threads added), writes everything as JSON with --json, and a chart (TPS and
-CPU per transaction by client count; matplotlib) with --chart, by default in full runs only. Progress goes to stderr,
-the table to stdout. Each run also records how much CPU other processes on the machine took meanwhile
+ratios, per sample for the stream and COPY) and the targets of issues 8 and 20 (COPY within 1.05x
+direct; silent sockets: proxy RSS growth <= 32 MB and no threads added), writes everything as JSON
+with --json, and a chart (TPS and CPU per transaction by client count; matplotlib) with --chart, by
+default in full runs only. Progress goes to stderr, the table to stdout. Each run also records how much CPU other processes on the machine took meanwhile
 (and the hypervisor's steal time); a run disturbed by more than --max-foreign is repeated up to
 --retries times and the least disturbed attempt counts.
 Everything started here is stopped on exit, also on Ctrl+C, SIGTERM or an error.
@@ -657,6 +661,12 @@ def silent_sockets(host: str, port: int, pid: int, count: int, settle: float = 1
 
 # ---- the summary -----------------------------------------------------------------------------------
 
+def sampled(order: Sequence[str], samples: int) -> List[Tuple[int, str]]:
+    """(sample, target): the targets back to back `samples` times, the first rotating with the sample."""
+    turns = [list(order[s % len(order):]) + list(order[:s % len(order)]) for s in range(samples)]
+    return [(s + 1, target) for s, turn in enumerate(turns) for target in turn]
+
+
 def median(values: Sequence[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
@@ -670,11 +680,12 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
     the median of the per-round ratios (the three targets of a round ran back to back, so slow drift of
     the machine cancels out), with the ratio of the medians kept alongside in the JSON."""
 
-    def per_round(kind: str, key: Callable[[str], str], **match: object) -> Dict[int, Dict[str, float]]:
-        table: Dict[int, Dict[str, float]] = {}
+    def per_round(kind: str, key: Callable[[str], str], **match: object) -> Dict[Tuple[int, int], Dict[str, float]]:
+        table: Dict[Tuple[int, int], Dict[str, float]] = {}
         for r in runs:
             if r["kind"] == kind and all(r.get(k) == v for k, v in match.items()) and key(r["target"]) in r:
-                table.setdefault(r["round"], {})[r["target"]] = r[key(r["target"])]
+                # a sample (the stream, COPY) is its own interleaved triple: paired within it
+                table.setdefault((r["round"], r.get("sample", 1)), {})[r["target"]] = r[key(r["target"])]
         return table
 
     rows: List[dict] = []
@@ -694,7 +705,8 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
                          proxy_vs_direct=vs_direct, proxy_vs_pgbouncer=vs_pgb,
                          ratio_of_medians_vs_direct=ratio(m["proxy"], m["direct"]),
                          ratio_of_medians_vs_pgbouncer=ratio(m["proxy"], m["pgbouncer"]),
-                         rounds=len(table), target=target, met=met))
+                         rounds=len({k[0] if isinstance(k, tuple) else k for k in table}), samples=len(table),
+                         target=target, met=met))
 
     def at_least(value: Optional[float], bound: float) -> Optional[bool]:
         return None if value is None else value >= bound
@@ -939,6 +951,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-foreign", type=float, default=0.10,
                    help="repeat a run when other processes (plus hypervisor steal) took more than this share "
                         "of the CPUs (default 0.10)")
+    p.add_argument("--samples", type=int,
+                   help="runs of the large result and of each COPY per round, each the three targets back to "
+                        "back (default 3; quick 1)")
     p.add_argument("--retries", type=int, help="how often to repeat such a run (default 2; quick 0)")
     p.add_argument("--retry-wait", type=float, default=5.0, help="seconds to wait before repeating (default 5)")
     args = p.parse_args(argv)
@@ -950,6 +965,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.copy_lines = min(args.copy_lines or (50_000 if args.quick else 200_000), args.copy_rows)
     args.silent_sockets = args.silent_sockets or (300 if args.quick else 1000)
     args.retries = args.retries if args.retries is not None else (0 if args.quick else 2)
+    args.samples = args.samples or (1 if args.quick else 3)
     args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if args.chart is not None and str(args.chart).lower() in ("none", "off", "no"):
         args.chart = None
@@ -995,6 +1011,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "clients": args.clients, "write_clients": args.write_clients,
                 "extended_clients": args.extended_clients, "connect_clients": args.connect_clients,
                 "stream_rows": args.stream_rows, "copy_rows": args.copy_rows, "copy_lines": args.copy_lines,
+                "samples": args.samples,
                 "silent_sockets": args.silent_sockets,
                 "idle_clients": args.idle_clients, "pgbench": "-M simple (and extended/prepared) -n, -j min(clients, nproc)",
                 "write_script": str(WRITE_SCRIPT.relative_to(REPO))}
@@ -1168,12 +1185,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{'-' if cpu is None else f'{cpu:.1f}':>6} us {target if cpu is not None else '':11} "
                         f"{result['ours_cpu_us_per_txn']:6.0f} us all   "
                         f"(others {noise['foreign_cpu_share']:4.0%}, steal {noise['steal_share']:.0%})")
-            for target in order:
+            for sample, target in sampled(order, args.samples):
                 host, port = endpoints[target]
                 watch = {name: pid for name, pid in middle_pids.items() if name == target}
-                label = f"[round {rnd + 1}/{args.rounds}] stream {args.stream_rows:,} rows {target:9}"
+                label = f"[round {rnd + 1}/{args.rounds}.{sample}] stream {args.stream_rows:,} rows {target:9}"
                 result, noise = measured(label, lambda: stream_once(host, port, args.stream_rows, watch))
-                runs.append(dict(kind="stream", round=rnd + 1, target=target, rows=args.stream_rows,
+                runs.append(dict(kind="stream", round=rnd + 1, sample=sample, target=target, rows=args.stream_rows,
                                  **noise, **result))
                 extra = ""
                 if target in middle_pids:
@@ -1184,18 +1201,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     f"steal {noise['steal_share']:.0%})")
             for kind in ("copy_out", "copy_in", "copy_in_lines"):
                 rows = args.copy_lines if kind == "copy_in_lines" else args.copy_rows
-                for target in order:
+                for sample, target in sampled(order, args.samples):
                     host, port = endpoints[target]
                     watch = {name: pid for name, pid in middle_pids.items() if name == target}
                     what = {"copy_out": "to   ", "copy_in": "from ", "copy_in_lines": "lines"}[kind]
-                    label = f"[round {rnd + 1}/{args.rounds}] COPY {what} {rows:,} rows {target:9}"
+                    label = f"[round {rnd + 1}/{args.rounds}.{sample}] COPY {what} {rows:,} rows {target:9}"
                     if kind == "copy_out":
                         run = lambda: copy_out_once(host, port, rows, watch)  # noqa: E731
                     else:
                         run = lambda: copy_in_once(host, port, copy_pieces[kind], rows, watch,  # noqa: E731
                                                    truncate_copy_table)
                     result, noise = measured(label, run)
-                    runs.append(dict(kind=kind, round=rnd + 1, target=target, rows=rows, **noise, **result))
+                    runs.append(dict(kind=kind, round=rnd + 1, sample=sample, target=target, rows=rows, **noise,
+                                     **result))
                     extra = f", {target} CPU {result[f'{target}_cpu_s']:.2f} s" if target in middle_pids else ""
                     log(f"{label} {result['seconds']:.3f} s, {result['bytes'] / 1e6:.1f} MB{extra}   "
                         f"(others {noise['foreign_cpu_share']:.0%}, steal {noise['steal_share']:.0%})")

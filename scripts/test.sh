@@ -65,4 +65,5 @@ echo "== fuzzing"
 scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-60}"
 
 echo "== benchmark, quick mode (proves it runs; times are not asserted)"
-/usr/bin/python3 bench/run.py --quick --binary "$build/pgwire-proxy"
+# two samples of the stream and COPY a round, so the paired-sample path runs too
+/usr/bin/python3 bench/run.py --quick --samples 2 --binary "$build/pgwire-proxy"
