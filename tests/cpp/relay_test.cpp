@@ -516,10 +516,30 @@ BOOST_AUTO_TEST_CASE(a_long_pipeline_answered_while_it_is_sent_keeps_its_order) 
   BOOST_TEST(shell.outcome().records == expected, boost::test_tools::per_element());
 }
 
+// What went upstream without the relay's own Flushes, and how many of those there were.
+std::pair<std::string, int> withoutFlushes(const std::string& upstream) {
+  const std::string flushBytes = flush();
+  std::string out;
+  int flushes = 0;
+  for (std::size_t at = 0; at < upstream.size();) {
+    const auto frame = protocol::decodeFrame(std::span<const char>(upstream).subspan(at), kMaxClientMessage);
+    BOOST_TEST_REQUIRE(frame.has_value());
+    const std::string bytes(frame->bytes.data(), frame->bytes.size());
+    if (bytes == flushBytes) {
+      ++flushes;
+    } else {
+      out += bytes;
+    }
+    at += bytes.size();
+  }
+  return {out, flushes};
+}
+
 BOOST_AUTO_TEST_CASE(a_pipeline_sent_faster_than_answered_is_read_only_while_its_backlog_is_bounded) {
   // A client that pipelines tiny messages much faster than the upstream answers must not have each of
   // them waiting in the relay: past kMaxPendingMessages the rest stays in the client's buffer (the
-  // kernel's, in the session) until replies come back, and nothing is lost or reordered.
+  // kernel's, in the session) until replies come back, and nothing is lost or reordered. Each time the
+  // backlog fills, a Flush of the relay's own follows, so the upstream sends what it holds back.
   constexpr std::size_t kCap = session::Relay::kMaxPendingMessages;
   constexpr int kPairs = static_cast<int>(kCap);  // twice the cap in messages
   Shell shell;
@@ -529,15 +549,16 @@ BOOST_AUTO_TEST_CASE(a_pipeline_sent_faster_than_answered_is_read_only_while_its
   for (int i = 0; i < kPairs; ++i) pipeline += pair;
   shell.fromClient(pipeline + syncMessage());
   BOOST_TEST(!shell.relay().acceptingClient());
-  // The Parse and the messages after it up to the bound went up; not one more.
-  BOOST_TEST(shell.outcome().upstream.size() == first.size() + (kCap - 1) / 2 * pair.size() + bind("", "s", {}).size());
+  // The Parse and the messages after it up to the bound went up, then a Flush; not one more.
+  BOOST_TEST(shell.outcome().upstream ==
+             first + pipeline.substr(first.size(), (kCap - 1) / 2 * pair.size()) + bind("", "s", {}) + flush());
 
   std::vector<std::string> expected;
   std::size_t answered = 0;  // pairs the upstream has answered
   std::size_t mostUnanswered = 0;
   shell.fromUpstream(parseComplete());
   while (answered < static_cast<std::size_t>(kPairs)) {
-    const std::size_t forwarded = (shell.outcome().upstream.size() - first.size()) / pair.size();
+    const std::size_t forwarded = (withoutFlushes(shell.outcome().upstream).first.size() - first.size()) / pair.size();
     BOOST_TEST_REQUIRE(forwarded > answered, "the relay stalled after " << answered << " pairs");
     mostUnanswered = std::max(mostUnanswered, forwarded - answered);
     std::string replies;
@@ -548,10 +569,50 @@ BOOST_AUTO_TEST_CASE(a_pipeline_sent_faster_than_answered_is_read_only_while_its
     shell.fromUpstream(replies);
   }
   BOOST_TEST(mostUnanswered <= kCap / 2);
-  BOOST_TEST(shell.outcome().upstream == pipeline + syncMessage());
+  const auto [sent, flushes] = withoutFlushes(shell.outcome().upstream);
+  BOOST_TEST(sent == pipeline + syncMessage());
+  BOOST_TEST(flushes >= 2);  // the first fill and at least one after replies made room
   shell.fromUpstream(ready());
   BOOST_TEST(!shell.relay().busy());
   BOOST_TEST(shell.outcome().records == expected, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(parses_of_large_texts_are_read_only_while_the_texts_they_keep_are_bounded) {
+  // PostgreSQL is done with an unnamed statement's text once the next Parse replaces it; the relay
+  // keeps each until its ParseComplete (a record if it fails, the old meaning if it does). Large
+  // texts pipelined faster than answered stop at kMaxPendingText, and a Flush asks for the answers.
+  constexpr std::size_t kText = 1024 * 1024;
+  constexpr std::size_t kMostInFlight = session::Relay::kMaxPendingText / kText;
+  constexpr int kParses = static_cast<int>(3 * kMostInFlight);
+  Shell shell;
+  std::vector<std::string> parses;
+  std::string pipeline;
+  for (int i = 0; i < kParses; ++i) {
+    parses.push_back(parse("", "select " + std::to_string(i) + " -- " + std::string(kText, 'x')));
+    pipeline += parses.back();
+  }
+  shell.fromClient(pipeline + syncMessage());
+  BOOST_TEST(!shell.relay().acceptingClient());
+  std::size_t answered = 0;
+  std::size_t mostUnanswered = 0;
+  for (;;) {
+    const std::string sent = withoutFlushes(shell.outcome().upstream).first;
+    std::size_t forwarded = 0;
+    for (std::size_t at = 0; forwarded < parses.size() && at + parses[forwarded].size() <= sent.size(); ++forwarded) {
+      at += parses[forwarded].size();
+    }
+    if (forwarded == answered) break;
+    mostUnanswered = std::max(mostUnanswered, forwarded - answered);
+    std::string replies;
+    for (; answered < forwarded; ++answered) replies += parseComplete();
+    shell.fromUpstream(replies);
+  }
+  BOOST_TEST(answered == parses.size());
+  BOOST_TEST(mostUnanswered <= kMostInFlight);
+  BOOST_TEST(withoutFlushes(shell.outcome().upstream).first == pipeline + syncMessage());
+  BOOST_TEST(withoutFlushes(shell.outcome().upstream).second >= 3);
+  shell.fromUpstream(ready());
+  BOOST_TEST(!shell.relay().busy());
 }
 
 BOOST_AUTO_TEST_CASE(a_denied_parse_behind_pending_messages_fails_the_batch_in_order_in_every_split) {

@@ -200,6 +200,26 @@ def test_a_pipeline_sent_faster_than_answered_is_relayed_whole_without_the_proxy
         assert memory_kb(pid, "VmHWM") - before < 16 * 1024
 
 
+def test_large_parses_pipelined_without_a_sync_are_answered_as_direct_without_the_proxy_growing(
+        pgwire_proxy_process_factory, pg_upstream):
+    # PostgreSQL is done with an unnamed statement's text once the next Parse replaces it, and holds
+    # its ParseCompletes back until a Sync. The proxy kept every text until its ParseComplete: 64 texts
+    # of 1 MB grew it by 64 MB. It now stops reading at 8 MB of them and sends a Flush of its own so the
+    # answers come (without that Flush this pipeline would wait forever).
+    proxy = pgwire_proxy_process_factory(extended_protocol="relay")
+    pipeline = b"".join(wire.parse(f"select {i} -- " + "x" * 1_000_000) for i in range(64)) + wire.sync()
+    with raw_direct(pg_upstream) as direct:
+        expected = exchange(direct, pipeline)
+    assert [kind for kind, _ in expected] == ["1"] * 64 + ["Z"]
+    pid = proxy.process.pid
+    with raw_proxy(proxy) as proxied:
+        before = memory_kb(pid, "VmRSS")
+        got = exchange(proxied, pipeline)
+    assert got == expected
+    if not os.environ.get("PGWIRE_PROXY_SANITIZER"):  # a sanitizer's allocator keeps what is freed
+        assert memory_kb(pid, "VmHWM") - before < 32 * 1024
+
+
 def test_portal_suspension_and_flush_match_direct(relay, pg_upstream):
     script = (wire.parse("select generate_series(1, 5)") + wire.bind("cur") + wire.execute("cur", 2) + wire.flush())
     rest = wire.execute("cur", 2) + wire.execute("cur", 0) + wire.sync()

@@ -26,6 +26,10 @@ const char* frontendMessageName(char type) {
   }
 }
 
+// A Flush of the relay's own (see kMaxPendingMessages): it has no reply, so nothing awaits one.
+constexpr char kFlushBytes[] = {fe::kFlush, 0, 0, 0, 4};
+constexpr std::span<const char> kFlushMessage(kFlushBytes);
+
 bool isExtendedMessage(char type) {
   return type == fe::kParse || type == fe::kBind || type == fe::kDescribe || type == fe::kExecute ||
          type == fe::kClose || type == fe::kSync || type == fe::kFlush;
@@ -272,7 +276,10 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
       auto& slot = statements_.slot(parse.statement);
       reply.previous = slot;
       // A driver that re-parses its unnamed statement for every query mostly sends the same text.
-      if (!slot || *slot != parse.sql) slot = std::make_shared<const std::string>(parse.sql);
+      if (!slot || *slot != parse.sql) {
+        slot = std::make_shared<const std::string>(parse.sql);
+        reply.retained = parse.sql.size();
+      }
       reply.sql = slot;
       pushPending(std::move(reply));
       break;
@@ -330,6 +337,9 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
       throw ProtocolError("invalid frontend message type " + std::to_string(static_cast<int>(type)));
   }
   host_.toUpstream(frame.bytes);
+  // This message filled the backlog: no more are read until replies come, so PostgreSQL is asked for
+  // the ones it holds back (a client may always get them early: PostgreSQL sends when its buffer fills).
+  if (!batch_.ended && backlogFull()) host_.toUpstream(kFlushMessage);
   return true;
 }
 

@@ -93,17 +93,20 @@ class Relay {
     return batch_.copyIn == Batch::CopyIn::kActive ? copyInRun(data, maxMessage) : 0;
   }
 
-  // A pipeline is read while fewer than this many of its messages await their replies. An entry costs
-  // about 80 bytes and an Execute is 10: without a bound, the messages a kernel buffer holds on their way
-  // upstream (megabytes of them) would each become one. PostgreSQL holds back at most 8 kB of replies
-  // (1,638 of the smallest) until a Sync or Flush, so the bound is never what a batch waits on.
+  // A pipeline is read while fewer than this many of its messages await their replies, and while the
+  // statement texts only they keep (Parses not yet answered) are under kMaxPendingText. An entry costs
+  // about 80 bytes and an Execute is 10; a Parse's text may be megabytes that PostgreSQL, done with
+  // it, no longer holds. Without a bound, what the kernel buffers on its way upstream would each become
+  // an entry. At the bound the relay sends PostgreSQL a Flush of its own, so the replies it holds back
+  // until a Sync or Flush (up to 8 kB of them) come, and the pipeline goes on as they do.
   static constexpr std::size_t kMaxPendingMessages = 16384;
+  static constexpr std::size_t kMaxPendingText = 8U * 1024 * 1024;
 
   // Inline: the session asks before every client frame and read.
   [[nodiscard]] bool acceptingClient() const noexcept {
     if (!batch_.open) return true;
     if (batch_.copyIn != Batch::CopyIn::kNone) return true;  // COPY FROM STDIN: its data flows up
-    if (pending_.size() >= kMaxPendingMessages) return false;  // the rest waits in the kernel
+    if (backlogFull()) return false;  // the rest waits in the kernel
     return !batch_.ended;  // an extended batch still open takes its next members
   }
   // A batch is upstream (or held by a delay): the client is only watched for hanging up.
@@ -140,6 +143,7 @@ class Relay {
     std::shared_ptr<const std::string> sql;  // Parse, Query: its text; Bind, Execute: the statement's text
     std::string statement;                   // Parse: the name it defines
     std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
+    std::size_t retained = 0;  // Parse: the bytes of a text only this entry made (counted in the queue)
   };
   // What the client's prepared statements or portals are, by name: the statement's text (null: not
   // known). The unnamed one, which drivers use for nearly every statement, is kept out of the map, and
@@ -185,6 +189,8 @@ class Relay {
    public:
     [[nodiscard]] bool empty() const noexcept { return head_ == items_.size(); }
     [[nodiscard]] std::size_t size() const noexcept { return items_.size() - head_; }
+    // The statement text the entries keep alive that nothing else would (their `retained`).
+    [[nodiscard]] std::size_t retainedText() const noexcept { return retained_; }
     [[nodiscard]] Pending& front() noexcept { return items_[head_]; }
     [[nodiscard]] const Pending& front() const noexcept { return items_[head_]; }
     [[nodiscard]] const Pending& back() const noexcept { return items_.back(); }
@@ -194,9 +200,11 @@ class Relay {
         items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
         head_ = 0;
       }
+      retained_ += pending.retained;
       items_.push_back(std::move(pending));
     }
     void pop() noexcept {
+      retained_ -= items_[head_].retained;
       if (++head_ == items_.size()) clear();
     }
     void clear() noexcept {
@@ -207,6 +215,7 @@ class Relay {
         items_.clear();
       }
       head_ = 0;
+      retained_ = 0;
     }
 
    private:
@@ -214,6 +223,7 @@ class Relay {
     static constexpr std::size_t kKeptCapacity = 256;
     std::vector<Pending> items_;
     std::size_t head_ = 0;
+    std::size_t retained_ = 0;
   };
   // The batch upstream, reset by assigning a fresh one.
   struct Batch {
@@ -258,6 +268,10 @@ class Relay {
     bool copyOut = false;                        // a COPY TO STDOUT: its CopyData count as rows
     std::uint64_t copyInBytes = 0;
   };
+
+  [[nodiscard]] bool backlogFull() const noexcept {
+    return pending_.size() >= kMaxPendingMessages || pending_.retainedText() >= kMaxPendingText;
+  }
 
   // ---- client messages (relay.cpp) ----
   void startQuery(const protocol::Frame& frame);
