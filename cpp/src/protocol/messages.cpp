@@ -260,6 +260,11 @@ void writeSync(MessageWriter& writer) {
   writer.endMessage();
 }
 
+void writeFlush(MessageWriter& writer) {
+  writer.beginMessage(frontend::kFlush);
+  writer.endMessage();
+}
+
 void writeTerminate(MessageWriter& writer) {
   writer.beginMessage(frontend::kTerminate);
   writer.endMessage();

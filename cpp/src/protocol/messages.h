@@ -104,6 +104,7 @@ void writeCopyFail(MessageWriter& writer, std::string_view reason);
 // Parse, Bind and Execute of `sql` as the unnamed statement and portal, no parameters, text results.
 void writeUnnamedExecution(MessageWriter& writer, std::string_view sql);
 void writeSync(MessageWriter& writer);
+void writeFlush(MessageWriter& writer);
 void writeTerminate(MessageWriter& writer);
 
 }  // namespace pgwire_proxy::protocol

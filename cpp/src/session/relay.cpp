@@ -26,10 +26,6 @@ const char* frontendMessageName(char type) {
   }
 }
 
-// A Flush of the relay's own (see kMaxPendingMessages): it has no reply, so nothing awaits one.
-constexpr char kFlushBytes[] = {fe::kFlush, 0, 0, 0, 4};
-constexpr std::span<const char> kFlushMessage(kFlushBytes);
-
 bool isExtendedMessage(char type) {
   return type == fe::kParse || type == fe::kBind || type == fe::kDescribe || type == fe::kExecute ||
          type == fe::kClose || type == fe::kSync || type == fe::kFlush;
@@ -278,7 +274,7 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
       // A driver that re-parses its unnamed statement for every query mostly sends the same text.
       if (!slot || *slot != parse.sql) {
         slot = std::make_shared<const std::string>(parse.sql);
-        reply.retained = parse.sql.size();
+        reply.retained = static_cast<std::uint32_t>(parse.sql.size());  // within --max-message-size
       }
       reply.sql = slot;
       pushPending(std::move(reply));
@@ -339,7 +335,13 @@ bool Relay::relayExtended(const protocol::Frame& frame) {
   host_.toUpstream(frame.bytes);
   // This message filled the backlog: no more are read until replies come, so PostgreSQL is asked for
   // the ones it holds back (a client may always get them early: PostgreSQL sends when its buffer fills).
-  if (!batch_.ended && backlogFull()) host_.toUpstream(kFlushMessage);
+  // The Flush has no reply: nothing awaits one.
+  if (!batch_.ended && backlogFull()) {
+    std::string out;
+    protocol::MessageWriter writer(out);
+    protocol::writeFlush(writer);
+    host_.toUpstream(out);
+  }
   return true;
 }
 

@@ -139,11 +139,11 @@ class Relay {
     explicit Pending(char replyTo = 0) : type(replyTo) {}
     char type = 0;                           // Parse, Bind, Describe, Execute, Close, Sync, Query; 0: failure
     bool ownSync = false;  // Sync: the proxy's (a Query arrived inside the batch); its ReadyForQuery is not relayed
+    std::uint32_t retained = 0;  // Parse: the bytes of a text only this entry made (counted in the queue)
     Clock::time_point sent{};
     std::shared_ptr<const std::string> sql;  // Parse, Query: its text; Bind, Execute: the statement's text
     std::string statement;                   // Parse: the name it defines
     std::shared_ptr<const std::string> previous;  // Parse: what that name meant before (restored on error)
-    std::size_t retained = 0;  // Parse: the bytes of a text only this entry made (counted in the queue)
   };
   // What the client's prepared statements or portals are, by name: the statement's text (null: not
   // known). The unnamed one, which drivers use for nearly every statement, is kept out of the map, and
