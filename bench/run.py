@@ -680,8 +680,11 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
     the median of the per-round ratios (the three targets of a round ran back to back, so slow drift of
     the machine cancels out), with the ratio of the medians kept alongside in the JSON."""
 
-    def per_round(kind: str, key: Callable[[str], str], **match: object) -> Dict[Tuple[int, int], Dict[str, float]]:
-        table: Dict[Tuple[int, int], Dict[str, float]] = {}
+    # A table's keys: (round, sample); every workload but the stream and COPY has one sample a round.
+    Table = Dict[Tuple[int, int], Dict[str, float]]
+
+    def per_round(kind: str, key: Callable[[str], str], **match: object) -> Table:
+        table: Table = {}
         for r in runs:
             if r["kind"] == kind and all(r.get(k) == v for k, v in match.items()) and key(r["target"]) in r:
                 # a sample (the stream, COPY) is its own interleaved triple: paired within it
@@ -690,7 +693,7 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
 
     rows: List[dict] = []
 
-    def add(metric: str, unit: str, table: Dict[int, Dict[str, float]], target: str = "",
+    def add(metric: str, unit: str, table: Table, target: str = "",
             check: Optional[Callable[[Optional[float], Optional[float], Dict[str, Optional[float]]],
                                      Optional[bool]]] = None) -> None:
         m = {t: median([v[t] for v in table.values() if t in v]) for t in TARGETS}
@@ -705,7 +708,7 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
                          proxy_vs_direct=vs_direct, proxy_vs_pgbouncer=vs_pgb,
                          ratio_of_medians_vs_direct=ratio(m["proxy"], m["direct"]),
                          ratio_of_medians_vs_pgbouncer=ratio(m["proxy"], m["pgbouncer"]),
-                         rounds=len({k[0] if isinstance(k, tuple) else k for k in table}), samples=len(table),
+                         rounds=len({rnd for rnd, _ in table}), samples=len(table),
                          target=target, met=met))
 
     def at_least(value: Optional[float], bound: float) -> Optional[bool]:
@@ -717,12 +720,12 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
     tps = lambda target: "tps"  # noqa: E731
     cpu = lambda target: "middle_cpu_us_per_txn"  # noqa: E731
 
-    def variant(table: Dict[int, Dict[str, float]], name: str) -> Dict[int, Dict[str, float]]:
+    def variant(table: Table, name: str) -> Table:
         """A proxy variant's runs in the "proxy" column, against the same rounds' direct and PgBouncer."""
         return {rnd: {**{t: v for t, v in row.items() if t != "proxy"}, "proxy": row[name]}
                 for rnd, row in table.items() if name in row}
 
-    def pinned_rows(table: Dict[int, Dict[str, float]], cpu_table: Dict[int, Dict[str, float]], cpu_target: str) -> None:
+    def pinned_rows(table: Table, cpu_table: Table, cpu_target: str) -> None:
         # SLOT: the proxy with --pin-loops, under the default proxy's rows (same targets)
         if not settings.get("pin_loops"):
             return
@@ -780,15 +783,15 @@ def summarize(runs: List[dict], idle: Dict[str, dict], silent: List[dict], setti
         add("  CPU of the middle process", "s", per_round(kind, lambda t: f"{t}_cpu_s"))
     n = settings["idle_clients"]
     add(f"RSS added by {n} idle clients", "MB",
-        {1: {t: v["growth_mb"] for t, v in idle.items()}}, "proxy <= 64 MB",
+        {(1, 1): {t: v["growth_mb"] for t, v in idle.items()}}, "proxy <= 64 MB",
         lambda d, p, m: None if m["proxy"] is None else m["proxy"] <= 64.0)
-    add("RSS at start, no clients", "MB", {1: {t: v["rss_before_mb"] for t, v in idle.items()}})
+    add("RSS at start, no clients", "MB", {(1, 1): {t: v["rss_before_mb"] for t, v in idle.items()}})
     n = settings["silent_sockets"]
 
-    def silent_table(key: str) -> Dict[int, Dict[str, float]]:
-        table: Dict[int, Dict[str, float]] = {}
+    def silent_table(key: str) -> Table:
+        table: Table = {}
         for r in silent:
-            table.setdefault(r["round"], {})[r["target"]] = r[key]
+            table.setdefault((r["round"], 1), {})[r["target"]] = r[key]
         return table
 
     add(f"RSS added by {n} silent sockets", "MB", silent_table("growth_mb"), "proxy <= 32 MB",
