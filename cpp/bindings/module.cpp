@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "config/options.h"
+#include "config/server_config.h"
 #include "faults/fault_rules.h"
 #include "observability/session_observer.h"
 #include "observability/stats.h"
@@ -72,8 +73,9 @@ py::list toList(const std::vector<observability::QueryRecord>& records) {
 // One proxy: its config, its server, and the observers that count and capture for Python.
 class Proxy {
  public:
-  Proxy(const config::OptionValues& options, std::size_t captureSize)
-      : stats_(std::make_shared<observability::StatsCollector>(captureSize)),
+  Proxy(const config::OptionValues& options, std::size_t captureSize, const std::string& captureBytes)
+      : stats_(std::make_shared<observability::StatsCollector>(
+            captureSize, static_cast<std::size_t>(config::parseSize(captureBytes, "capture_bytes")))),
         server_(std::make_unique<server::Server>(server::loadConfig(options), stats_)) {}
 
   void start() {
@@ -182,6 +184,7 @@ class Proxy {
   py::list queriesSince(std::uint64_t sequence) const { return toList(stats_->queriesSince(sequence)); }
   std::uint64_t captureSequence() const { return stats_->captureSequence(); }
   void clearQueries() { stats_->clearQueries(); }
+  std::size_t capturedBytes() const { return stats_->capturedBytes(); }
 
  private:
   std::shared_ptr<observability::StatsCollector> stats_;
@@ -213,7 +216,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "The pgwire-proxy core, in-process. Use pgwire_proxy.Proxy rather than this module.";
   m.def("option_specs", &optionSpecs, "Every option of the proxy: name (kebab-case), takes_value, repeatable, help.");
   py::class_<Proxy>(m, "Proxy")
-      .def(py::init<const config::OptionValues&, std::size_t>(), py::arg("options"), py::arg("capture_size"),
+      .def(py::init<const config::OptionValues&, std::size_t, const std::string&>(), py::arg("options"),
+           py::arg("capture_size"), py::arg("capture_bytes"),
            "Validates the options (kebab-case names to lists of strings); raises ValueError naming a bad one.")
       .def("start", &Proxy::start, "Binds and starts accepting; returns once the socket listens.")
       .def("stop", &Proxy::stop, py::arg("timeout"),
@@ -230,6 +234,7 @@ PYBIND11_MODULE(_core, m) {
       .def("queries_since", &Proxy::queriesSince, py::arg("sequence"))
       .def("capture_sequence", &Proxy::captureSequence)
       .def("clear_queries", &Proxy::clearQueries)
+      .def("captured_bytes", &Proxy::capturedBytes, "The bytes the kept records' texts hold (what capture_bytes bounds).")
       .def("add_fault", &Proxy::addFault, py::arg("settings"),
            "Adds a fault rule from --faults-file settings; returns its id. ValueError for a bad rule.")
       .def("remove_fault", &Proxy::removeFault, py::arg("id"))

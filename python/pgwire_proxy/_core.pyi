@@ -34,7 +34,7 @@ def option_specs() -> List[OptionSpec]:
     """Every option of the proxy: name (kebab-case), takes_value, repeatable, help."""
 
 class Proxy:
-    def __init__(self, options: Mapping[str, Sequence[str]], capture_size: int) -> None:
+    def __init__(self, options: Mapping[str, Sequence[str]], capture_size: int, capture_bytes: str) -> None:
         """Validates the options (kebab-case names to lists of strings); raises ValueError naming a bad one."""
     def start(self) -> None:
         """Binds and starts accepting; returns once the socket listens."""
@@ -60,6 +60,7 @@ class Proxy:
     def queries_since(self, sequence: int) -> List[QueryDict]: ...
     def capture_sequence(self) -> int: ...
     def clear_queries(self) -> None: ...
+    def captured_bytes(self) -> int: ...
     def add_fault(self, settings: Mapping[str, str]) -> int:
         """Adds a fault rule from --faults-file settings; returns its id. ValueError for a bad rule."""
     def remove_fault(self, id: int) -> bool: ...

@@ -200,8 +200,9 @@ class Proxy:
     docs/configuration.md); None keeps the binary's default, except that port=0 picks a free port and
     log_level is 'warning' (the binary's: 5433 and 'info'). Durations take seconds (int/float), a
     timedelta or the binary's strings ('500ms', '30s', '2min'); sizes take bytes (int) or strings
-    ('64kB', '100MB'). capture_size bounds the query capture (the newest records are kept; 0 keeps
-    none). Bad options raise ValueError (bad value) or TypeError (wrong type), naming the option.
+    ('64kB', '100MB'). capture_size bounds the query capture in records (the newest are kept; 0 keeps
+    none) and capture_bytes in the bytes their texts hold (the oldest go first, but the newest record
+    is always kept whole; 0: no bound in bytes). Bad options raise ValueError (bad value) or TypeError (wrong type), naming the option.
 
     The upstream comes from upstream_dsn (else the environment variable PGWIRE_PROXY_UPSTREAM_DSN):
     a user or dbname it names is used for every session, where it names none the client's are.
@@ -256,7 +257,8 @@ class Proxy:
                  peers: Union[None, str, Mapping[int, str]] = None,
                  log_level: str = "warning", log_format: Optional[str] = None,
                  log_file: Optional[PathLike] = None, log_queries: bool = False,
-                 config: Optional[PathLike] = None, capture_size: int = 10000) -> None:
+                 config: Optional[PathLike] = None, capture_size: int = 10000,
+                 capture_bytes: Size = "64MB") -> None:
         core = _load_core()
         if config is not None:
             # The binary's shell reads --config; the core module has no reader for it, and passing the
@@ -320,8 +322,9 @@ class Proxy:
             raise TypeError(f"capture_size: expected an int, got {capture_size!r}")
         if capture_size < 0:
             raise ValueError(f"capture_size: expected 0 or more records, got {capture_size!r}")
+        capture_bytes_text = _size("capture_bytes", capture_bytes)
         try:
-            self._core: "_core_types.Proxy" = core.Proxy(options, capture_size)
+            self._core: "_core_types.Proxy" = core.Proxy(options, capture_size, capture_bytes_text)
         except ValueError as exc:
             raise ValueError(_snake_case_message(str(exc), core.option_specs())) from None
         dsn_names = parse_dsn(upstream_dsn or os.environ.get(UPSTREAM_DSN_ENV, ""))
@@ -464,7 +467,8 @@ class Proxy:
                 for s in self._core.sessions()]
 
     def queries(self) -> List[QueryRecord]:
-        """The queries seen so far, oldest first (the newest capture_size of them)."""
+        """The queries seen so far, oldest first: the newest capture_size of them, fewer where their texts
+        pass capture_bytes (the newest is always kept)."""
         return [QueryRecord._from_core(d) for d in self._core.queries()]
 
     def clear_queries(self) -> None:

@@ -397,6 +397,46 @@ def test_capture_size_zero_and_clear_queries(pgwire_proxy_factory):
         assert captured.sql == ["select 3"] and [q.sql for q in on.queries()] == ["select 3"]
 
 
+def test_capture_bytes_bounds_the_texts_kept(pgwire_proxy_factory):
+    """40 queries of 1 MB each with capture_bytes='8MB': the capture keeps the newest that fit (the
+    binary's 16 MB messages times capture_size 10000 would otherwise hold up to 160 GB), whole and in
+    order, and stats() still counts every one."""
+    proxy = pgwire_proxy_factory(capture_bytes="8MB")
+    texts = [f"select length('{chr(ord('a') + i % 26) * 1_000_000}') as q{i}" for i in range(40)]
+    with connect(proxy) as conn:
+        for text in texts:
+            assert conn.execute(text).fetchone() == (1_000_000,)
+    kept = [q.sql for q in proxy.queries()]
+    assert 4 <= len(kept) <= 8, len(kept)
+    assert kept == texts[-len(kept):]  # the newest, oldest first, each whole
+    assert len(kept[0]) * len(kept) <= proxy._core.captured_bytes() <= 8 * 1024 * 1024
+    assert proxy.stats()["queries_total"] == 40
+
+
+def test_capture_bytes_keeps_the_newest_record_whole(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(capture_bytes="1kB")
+    big = "select '" + "x" * 10_000 + "'"
+    with connect(proxy) as conn:
+        conn.execute("select 1")
+        conn.execute(big)
+        assert [q.sql for q in proxy.queries()] == [big]  # larger than the bound, and kept
+        conn.execute("select 2")
+        conn.execute("select 3")
+    assert [q.sql for q in proxy.queries()] == ["select 2", "select 3"]  # short texts need no storage
+    proxy.clear_queries()
+    assert proxy.queries() == [] and proxy._core.captured_bytes() == 0
+
+
+def test_capture_bytes_zero_bounds_records_only(pgwire_proxy_factory):
+    proxy = pgwire_proxy_factory(capture_bytes=0, capture_size=15)
+    texts = [f"select '{'y' * 100_000}', {i}" for i in range(20)]
+    with connect(proxy) as conn:
+        for text in texts:
+            conn.execute(text)
+    assert [q.sql for q in proxy.queries()] == texts[5:]
+    assert proxy._core.captured_bytes() >= 15 * 100_000
+
+
 def test_assert_queries_passes(pgwire_proxy, assert_queries):
     with connect(pgwire_proxy) as conn:
         with assert_queries(pgwire_proxy, count=2) as queries:
@@ -604,12 +644,12 @@ def test_a_session_is_listed_as_soon_as_the_client_is_connected(pgwire_proxy):
 # ---- options ------------------------------------------------------------------------------------
 
 def test_proxy_keywords_are_the_binarys_options():
-    """Proxy.__init__ takes every option of the binary, under its snake_case name (capture_size is
-    the only Python-only one; the repeatable --database NAME=DSN is the mapping databases={...}), so
+    """Proxy.__init__ takes every option of the binary, under its snake_case name (capture_size and
+    capture_bytes are the only Python-only ones; the repeatable --database NAME=DSN is the mapping databases={...}), so
     the module and the binary cannot drift apart."""
     renamed = {"database": "databases"}
     params = inspect.signature(Proxy.__init__).parameters
-    keywords = {name for name in params if name not in ("self", "capture_size")}
+    keywords = {name for name in params if name not in ("self", "capture_size", "capture_bytes")}
     core = {renamed.get(spec["name"], spec["name"].replace("-", "_")) for spec in _core.option_specs()}
     assert (sorted(core - keywords), sorted(keywords - core)) == ([], []), \
         "(options Proxy lacks, Proxy keywords the core does not know)"
@@ -635,6 +675,9 @@ def test_proxy_keywords_are_the_binarys_options():
     ({"port": "5433"}, TypeError, "port: expected an int"),
     ({"capture_size": -1}, ValueError, "capture_size: expected 0 or more"),
     ({"capture_size": 1.5}, TypeError, "capture_size: expected an int"),
+    ({"capture_bytes": "lots"}, ValueError, 'capture_bytes: invalid value "lots"'),
+    ({"capture_bytes": -1}, ValueError, "capture_bytes: a size cannot be negative"),
+    ({"capture_bytes": 1.5}, TypeError, "capture_bytes: expected bytes"),
     ({"max_connections": 0}, ValueError, "max_connections: 0 is outside the valid range"),
     ({"max_bytes": "lots"}, ValueError, 'max_bytes: invalid value "lots"'),
     ({"max_message_size": "2GB"}, ValueError, "max_message_size: must be at most 1GB"),

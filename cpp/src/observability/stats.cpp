@@ -4,6 +4,32 @@
 #include <algorithm>
 
 namespace pgwire_proxy::observability {
+namespace {
+
+// A dropped record's strings keep up to this much storage for the record assigned over them (a
+// typical query's text); a longer one's is freed with the record.
+constexpr std::size_t kKeptStringCapacity = 256;
+const std::size_t kInlineCapacity = std::string().capacity();  // short strings need no storage of their own
+
+std::size_t heapBytes(const std::string& text) { return text.capacity() > kInlineCapacity ? text.capacity() : 0; }
+
+std::size_t heapBytes(const QueryRecord& record) {
+  return heapBytes(record.sql) + heapBytes(record.commandTag) + heapBytes(record.sqlstate) +
+         heapBytes(record.errorMessage) + heapBytes(record.injected);
+}
+
+void trim(std::string& text) {
+  text.clear();
+  if (text.capacity() > kKeptStringCapacity) std::string().swap(text);
+}
+
+void trim(QueryRecord& record) {
+  for (std::string* text : {&record.sql, &record.commandTag, &record.sqlstate, &record.errorMessage, &record.injected}) {
+    trim(*text);
+  }
+}
+
+}  // namespace
 
 void StatsCollector::sessionOpened(std::uint64_t sessionId, std::int32_t processId, std::string_view clientAddress,
                                    std::string_view applicationName) {
@@ -39,10 +65,38 @@ void StatsCollector::queryFinished(const QueryRecord& record) {
     it->second.state = "idle";
     ++it->second.queries;
   }
+  captureLocked(record);
+}
+
+void StatsCollector::captureLocked(const QueryRecord& record) {
   if (captureCapacity_ == 0) return;
-  if (captured_.size() == captureCapacity_) captured_.pop_front();
-  captured_.push_back(record);
+  if (kept_ == captureCapacity_) dropOldestLocked();
+  // Until the ring is full, first_ + kept_ never passes its end (records are dropped from the front).
+  const std::size_t at = (first_ + kept_) % captureCapacity_;
+  if (at == ring_.size()) {
+    ring_.push_back(record);
+  } else {
+    ring_[at] = record;  // a dropped record's: its strings' storage is reused
+  }
+  ++kept_;
+  keptBytes_ += heapBytes(ring_[at]);
   ++capturedTotal_;
+  while (captureBytes_ > 0 && keptBytes_ > captureBytes_ && kept_ > 1) dropOldestLocked();
+}
+
+void StatsCollector::dropOldestLocked() {
+  QueryRecord& oldest = ring_[first_];
+  keptBytes_ -= heapBytes(oldest);
+  trim(oldest);
+  first_ = (first_ + 1) % captureCapacity_;
+  --kept_;
+}
+
+std::vector<QueryRecord> StatsCollector::newestLocked(std::size_t count) const {
+  std::vector<QueryRecord> records;
+  records.reserve(count);
+  for (std::size_t i = kept_ - count; i < kept_; ++i) records.push_back(ring_[(first_ + i) % captureCapacity_]);
+  return records;
 }
 
 void StatsCollector::proxyError(std::uint64_t /*sessionId*/, const ProxyError& error) {
@@ -76,14 +130,13 @@ std::vector<SessionSnapshot> StatsCollector::sessions() const {
 
 std::vector<QueryRecord> StatsCollector::queries() const {
   std::lock_guard lock(mutex_);
-  return {captured_.begin(), captured_.end()};
+  return newestLocked(kept_);
 }
 
 std::vector<QueryRecord> StatsCollector::queriesSince(std::uint64_t sequence) const {
   std::lock_guard lock(mutex_);
   const std::uint64_t newer = capturedTotal_ > sequence ? capturedTotal_ - sequence : 0;
-  const std::size_t count = static_cast<std::size_t>(std::min<std::uint64_t>(newer, captured_.size()));
-  return {captured_.end() - static_cast<std::ptrdiff_t>(count), captured_.end()};
+  return newestLocked(static_cast<std::size_t>(std::min<std::uint64_t>(newer, kept_)));
 }
 
 std::uint64_t StatsCollector::captureSequence() const {
@@ -93,7 +146,12 @@ std::uint64_t StatsCollector::captureSequence() const {
 
 void StatsCollector::clearQueries() {
   std::lock_guard lock(mutex_);
-  captured_.clear();
+  while (kept_ > 0) dropOldestLocked();
+}
+
+std::size_t StatsCollector::capturedBytes() const {
+  std::lock_guard lock(mutex_);
+  return keptBytes_;
 }
 
 }  // namespace pgwire_proxy::observability
