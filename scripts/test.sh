@@ -8,7 +8,8 @@
 #   4. the C++ suites and the e2e suite again against an ASan+UBSan build (scripts/sanitize.sh address),
 #   5. the C++ suites and the concurrency e2e tests against a TSan build (scripts/sanitize.sh thread),
 #   6. the libFuzzer targets for a bounded time (scripts/fuzz.sh),
-#   7. the benchmark's quick mode, only to prove it runs (bench/run.py --quick; no timing asserted).
+#   7. the benchmark's quick mode, only to prove it runs (bench/run.py --quick; no timing asserted), and one
+#      short round of bench/inprocess_cost.py (the in-process proxy beside the binary) with this build.
 # PGWIRE_PROXY_QUICK=1 stops after step 2. Extra arguments go to the step-2 pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,3 +68,6 @@ scripts/fuzz.sh "${PGWIRE_PROXY_FUZZ_SECONDS:-60}"
 echo "== benchmark, quick mode (proves it runs; times are not asserted)"
 # two samples of the stream and COPY a round, so the paired-sample path runs too
 /usr/bin/python3 bench/run.py --quick --samples 2 --binary "$build/pgwire-proxy"
+
+echo "== the in-process cost benchmark, one short round (proves it runs; figures are not asserted)"
+/usr/bin/python3 bench/inprocess_cost.py --no-build --build-dir "$build" --rounds 1 --duration 1 --big-queries 20
