@@ -44,13 +44,13 @@ constexpr int kListenBacklog = 1024;
 std::string peerHost(const sockaddr_storage& peer) {
   if (peer.ss_family == AF_INET) {  // the dotted quad without inet_ntop's sprintf, once per connection
     const auto* bytes = reinterpret_cast<const unsigned char*>(&reinterpret_cast<const sockaddr_in&>(peer).sin_addr);
-    char quad[16];
-    char* at = quad;
+    std::string quad;  // at most 15 characters: the string's own buffer, no allocation
     for (int i = 0; i < 4; ++i) {
-      if (i > 0) *at++ = '.';
-      at = std::to_chars(at, quad + sizeof quad, bytes[i]).ptr;
+      if (i > 0) quad += '.';
+      char digits[3];
+      quad.append(digits, std::to_chars(digits, digits + sizeof digits, bytes[i]).ptr);
     }
-    return std::string(quad, at);
+    return quad;
   }
   char text[INET6_ADDRSTRLEN] = {};
   if (peer.ss_family != AF_INET6 ||
