@@ -427,6 +427,63 @@ def test_capture_bytes_keeps_the_newest_record_whole(pgwire_proxy_factory):
     assert proxy.queries() == [] and proxy._core.captured_bytes() == 0
 
 
+def epoll_registrations() -> int:
+    """The descriptors in all of this process's epoll sets (the in-process proxies' loops), from
+    /proc/self/fdinfo: a registration the kernel keeps for a socket closed here but still open
+    elsewhere is listed too, by the number it was added with."""
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{entry}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/self/fdinfo/{entry}") as info:
+                count += sum(1 for line in info if line.startswith("tfd:"))
+        except OSError:  # closed meanwhile (listdir's own descriptor, another thread's)
+            continue
+    return count
+
+
+def test_sessions_ending_while_a_forked_child_holds_their_sockets(pgwire_proxy_factory):
+    # A test process forks (subprocess, multiprocessing), and until the child execs or exits it holds
+    # a copy of every descriptor, the in-process proxy's sockets too. A socket the proxy closes then
+    # stays open, and in the loop's epoll set unless the loop removed it first: the clients' hang-ups
+    # kept reporting events for sessions already destroyed (the in-process benchmark segfaulted on
+    # one every few runs; pgbench started while sessions ended).
+    proxy = pgwire_proxy_factory()
+    with connect(proxy) as conn:  # every loop has its listener registered by now
+        conn.execute("select 1")
+    wait_until(lambda: proxy.stats()["active_sessions"] == 0, what="the session to end")
+    idle = epoll_registrations()
+    clients = [connect(proxy) for _ in range(20)]
+    for conn in clients:
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert epoll_registrations() >= idle + 40  # each session's client and upstream socket
+    release_read, release_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # holds every descriptor until told to go; runs no Python beyond this
+        os.close(release_write)
+        os.read(release_read, 1)
+        os._exit(0)
+    os.close(release_read)
+    try:
+        for conn in clients:
+            conn.close()  # each session ends; its client socket, held by the child, turns readable
+        wait_until(lambda: proxy.stats()["active_sessions"] == 0, what="the sessions to end")
+        # Nothing of them is left in the loops' sets (before, all 40 were: they named freed slots).
+        assert epoll_registrations() == idle
+        for _ in range(20):  # the loops keep serving while the hung-up sockets stay open in the child
+            with connect(proxy) as conn:
+                assert conn.execute("select 42").fetchone() == (42,)
+        wait_until(lambda: proxy.stats()["active_sessions"] == 0, what="the sessions to end")
+        assert epoll_registrations() == idle
+        assert proxy.running
+    finally:
+        os.close(release_write)
+        os.waitpid(child, 0)
+    with connect(proxy) as conn:
+        assert conn.execute("select 7").fetchone() == (7,)
+
+
 def test_capture_bytes_zero_bounds_records_only(pgwire_proxy_factory):
     proxy = pgwire_proxy_factory(capture_bytes=0, capture_size=15)
     texts = [f"select '{'y' * 100_000}', {i}" for i in range(20)]

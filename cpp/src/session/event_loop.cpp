@@ -28,6 +28,13 @@ namespace {
 
 constexpr int kMaxEvents = 64;
 
+// What an epoll event carries: a task's id and which of its two sockets ((id << 1) | upstream), or
+// one of the loop's own descriptors. Task ids start at 1 and never come near these.
+constexpr std::uint64_t kInboxKey = ~std::uint64_t{0};
+constexpr std::uint64_t kWakeKey = kInboxKey - 1;
+constexpr std::uint64_t kForceKey = kInboxKey - 2;
+constexpr std::uint64_t socketKey(std::uint64_t taskId, bool upstream) { return (taskId << 1) | (upstream ? 1U : 0U); }
+
 // epoll's event bits are poll's on Linux; the tasks speak poll.
 static_assert(EPOLLIN == POLLIN && EPOLLOUT == POLLOUT && EPOLLRDHUP == POLLRDHUP && EPOLLHUP == POLLHUP &&
               EPOLLERR == POLLERR);
@@ -41,9 +48,9 @@ class EventLoop::Worker final : public LoopHandle {
     epoll_ = ::epoll_create1(EPOLL_CLOEXEC);
     inbox_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (epoll_ < 0 || inbox_ < 0) throw std::system_error(errno, std::generic_category(), "epoll/eventfd");
-    control(inbox_, &inboxTag_);
-    if (wakeFd_ >= 0) control(wakeFd_, &wakeTag_);
-    if (forceFd_ >= 0) control(forceFd_, &forceTag_);
+    control(inbox_, kInboxKey);
+    if (wakeFd_ >= 0) control(wakeFd_, kWakeKey);
+    if (forceFd_ >= 0) control(forceFd_, kForceKey);
     thread_ = std::thread([this] { run(); });
     // ps -L, top -H and /proc/PID/task/*/comm show which threads are the loops.
     (void)::pthread_setname_np(thread_.native_handle(), ("pgwire-loop-" + std::to_string(index)).c_str());
@@ -106,12 +113,6 @@ class EventLoop::Worker final : public LoopHandle {
   }
 
  private:
-  struct Slot;
-  // What an epoll event points at: one of a slot's two sockets, or a control descriptor (slot null).
-  struct Tag {
-    Slot* slot = nullptr;
-    bool upstream = false;
-  };
   struct Registration {
     int fd = -1;
     short wanted = 0;      // what the task waits for
@@ -123,11 +124,9 @@ class EventLoop::Worker final : public LoopHandle {
     bool exclusive = false;  // added with EPOLLEXCLUSIVE, which MOD refuses: changed by DEL and ADD
   };
   struct Slot {
-    Slot(std::unique_ptr<LoopTask> t, std::uint64_t i) : task(std::move(t)), id(i), clientTag{this, false}, upstreamTag{this, true} {}
+    Slot(std::unique_ptr<LoopTask> t, std::uint64_t i) : task(std::move(t)), id(i) {}
     std::unique_ptr<LoopTask> task;
     std::uint64_t id;
-    Tag clientTag;
-    Tag upstreamTag;
     Registration client;
     Registration upstream;
     std::uint32_t upstreamEpoch = 0;
@@ -136,10 +135,10 @@ class EventLoop::Worker final : public LoopHandle {
     std::optional<std::multimap<Clock::time_point, std::uint64_t>::iterator> registeredDeadline;
   };
 
-  void control(int fd, Tag* tag) {
+  void control(int fd, std::uint64_t key) {
     epoll_event event{};
     event.events = EPOLLIN;
-    event.data.ptr = tag;
+    event.data.u64 = key;
     if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &event) != 0) {
       throw std::system_error(errno, std::generic_category(), "epoll_ctl");
     }
@@ -185,23 +184,29 @@ class EventLoop::Worker final : public LoopHandle {
       bool shutdown = false;
       bool forced = false;
       for (int i = 0; i < count; ++i) {
-        auto* tag = static_cast<Tag*>(events[static_cast<std::size_t>(i)].data.ptr);
+        const std::uint64_t key = events[static_cast<std::size_t>(i)].data.u64;
         const auto revents = static_cast<short>(events[static_cast<std::size_t>(i)].events);
-        if (tag == &inboxTag_) {
+        if (key == kInboxKey) {
           inbox = true;
-        } else if (tag == &wakeTag_) {
+        } else if (key == kWakeKey) {
           shutdown = true;
-        } else if (tag == &forceTag_) {
+        } else if (key == kForceKey) {
           forced = true;
         } else {
-          Registration& registration = tag->upstream ? tag->slot->upstream : tag->slot->client;
+          // By id, not by pointer: a registration the loop could not remove (its descriptor closed
+          // while another process's copy kept the socket open, see settle) may name a task that has
+          // ended. Its events find no slot and are dropped.
+          const auto found = slots_.find(key >> 1);
+          if (found == slots_.end()) continue;
+          Slot* slot = found->second.get();
+          const bool upstream = (key & 1U) != 0;
+          Registration& registration = upstream ? slot->upstream : slot->client;
           const short wanted = static_cast<short>(registration.wanted | POLLHUP | POLLERR);
-          if ((revents & ~wanted) != 0) exact(registration, tag);  // an event kept on lazily fired
+          if ((revents & ~wanted) != 0) exact(registration, key);  // an event kept on lazily fired
           if ((revents & wanted) == 0) continue;
-          Slot* slot = tag->slot;
           auto it = std::find_if(ready.begin(), ready.end(), [slot](const auto& r) { return r.first == slot; });
           if (it == ready.end()) it = ready.insert(ready.end(), {slot, told()});
-          (tag->upstream ? it->second.upstream : it->second.client) |= static_cast<short>(revents & wanted);
+          (upstream ? it->second.upstream : it->second.client) |= static_cast<short>(revents & wanted);
         }
       }
       // A step ends only its own task (finish), so the other slots gathered here are still alive.
@@ -300,7 +305,7 @@ class EventLoop::Worker final : public LoopHandle {
       return;
     }
     slot.client.exclusive = interest->exclusive;
-    watch(slot.client, &slot.clientTag, interest->clientFd, interest->client);
+    watch(slot.client, socketKey(slot.id, false), interest->clientFd, interest->client);
     if (interest->upstreamEpoch != slot.upstreamEpoch) {
       slot.upstreamEpoch = interest->upstreamEpoch;
       if (interest->upstreamFd == slot.upstream.fd && slot.upstream.registered != 0) {
@@ -309,7 +314,7 @@ class EventLoop::Worker final : public LoopHandle {
         forget(slot.upstream);
       }
     }
-    watch(slot.upstream, &slot.upstreamTag, interest->upstreamFd, interest->upstream);
+    watch(slot.upstream, socketKey(slot.id, true), interest->upstreamFd, interest->upstream);
     // A session's deadline moves with every query (the backstop starts anew), and re-keying the
     // multimap each time costs a tree erase and insert per query. So an entry only moves earlier: a
     // later deadline, or none, leaves it where it is, and expire() moves or drops it when it comes.
@@ -325,7 +330,7 @@ class EventLoop::Worker final : public LoopHandle {
   // epoll_ctl calls a query. So events no longer wanted stay registered, and the registration is made
   // exact only if one of them fires (a client sending while its query runs). A new descriptor (libpq
   // connects again, or closed one and got the same number) is registered afresh.
-  void watch(Registration& registration, Tag* tag, int fd, short events) {
+  void watch(Registration& registration, std::uint64_t key, int fd, short events) {
     if (fd != registration.fd || fd < 0) {
       if (registration.registered != 0 && registration.fd >= 0) {
         (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);  // may be closed already
@@ -339,21 +344,23 @@ class EventLoop::Worker final : public LoopHandle {
     }
     registration.wanted = events;
     if (registration.stale || (events == 0 ? registration.registered != 0 : (events & ~registration.registered) != 0)) {
-      exact(registration, tag);
+      exact(registration, key);
     }
   }
 
-  // Forgets what was registered without touching the set: the old descriptor was closed (the
-  // kernel dropped it from the set) and its number may belong to another task by now.
+  // Forgets what was registered without touching the set: the old descriptor was closed (libpq
+  // replaced it) and its number may belong to another task by now. The kernel dropped it from the
+  // set, or keeps it while another process's copy holds the socket open: then its events still carry
+  // this slot's key, and make the registration exact, or find no slot once the task has ended.
   static void forget(Registration& registration) { registration = Registration{}; }
 
-  void exact(Registration& registration, Tag* tag) {
+  void exact(Registration& registration, std::uint64_t key) {
     const short events = registration.wanted;
     const bool stale = std::exchange(registration.stale, false);
     if (events == registration.registered && !stale) return;
     epoll_event event{};
     event.events = static_cast<std::uint32_t>(static_cast<unsigned short>(events));
-    event.data.ptr = tag;
+    event.data.u64 = key;
     if (registration.exclusive && events != 0) {
       if (registration.registered != 0) (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
       registration.registered = 0;
@@ -372,8 +379,8 @@ class EventLoop::Worker final : public LoopHandle {
   }
 
   void unwatch(Slot& slot) {
-    watch(slot.client, &slot.clientTag, -1, 0);  // out of the set before the task closes them
-    watch(slot.upstream, &slot.upstreamTag, -1, 0);
+    watch(slot.client, socketKey(slot.id, false), -1, 0);  // out of the set before the task closes them
+    watch(slot.upstream, socketKey(slot.id, true), -1, 0);
     forgetDeadline(slot);
   }
 
@@ -383,41 +390,35 @@ class EventLoop::Worker final : public LoopHandle {
     slot.deadline.reset();
   }
 
-  // An ended task's registrations, before it is destroyed (LoopTask::atEnd). A descriptor that
-  // lives on leaves the set now, while it is still this task's (another loop may take it from the
-  // pool the moment the destructor parks it). One the destructor closes is left to the kernel, which
-  // drops a closed descriptor from the set: no epoll_ctl. One it hands to a task it spawns here (a
-  // session's upstream going on to its reset) is left over: that task takes the registration over
-  // with one MOD instead of a DEL and an ADD, and finish() removes it if nobody did. No epoll_wait
-  // runs meanwhile, so no event can name the ended slot.
+  // An ended task's registrations, before it is destroyed (LoopTask::handsOn). A descriptor it
+  // hands to a task it spawns here (a session's upstream going on to its reset) is left over: that
+  // task takes the registration over with one MOD instead of a DEL and an ADD, and finish() removes
+  // it if nobody did; no epoll_wait runs meanwhile, so no event can name the ended slot. Any other
+  // leaves the set now, while it is still this task's: one that lives on may go to another thread
+  // the moment the destructor parks it (the pool), and one the destructor closes would stay in the
+  // set if anything else still refers to its socket, as a child forked at that moment does until it
+  // execs (the in-process proxy's test process starts psql and pgbench): the kernel drops a
+  // registration only with the socket's last descriptor, and reports its events meanwhile.
   void settle(const LoopTask& task, Registration& registration) {
     if (registration.fd >= 0 && registration.registered != 0) {
-      switch (task.atEnd(registration.fd)) {
-        case LoopTask::AtEnd::kClosed:
-          break;
-        case LoopTask::AtEnd::kHandedOn:
-          if (!registration.exclusive) {
-            leftOver_.push_back(registration);
-            break;
-          }
-          [[fallthrough]];
-        case LoopTask::AtEnd::kLivesOn:
-          (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
-          break;
+      if (!registration.exclusive && task.handsOn(registration.fd)) {
+        leftOver_.push_back(registration);
+      } else {
+        (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, registration.fd, nullptr);
       }
     }
     forget(registration);
   }
 
   // A descriptor newly watched that an ended task handed on: the set has it (with the ended slot's
-  // tag), so the first exact() is a MOD. An exclusive registration (the listener's) is not
+  // key), so the first exact() is a MOD. An exclusive registration (the listener's) is not
   // handed over: exact() changes those by DEL and ADD.
   void takeLeftOver(Registration& registration) {
     const auto it = std::find_if(leftOver_.begin(), leftOver_.end(),
                                  [&](const Registration& r) { return r.fd == registration.fd && !r.exclusive; });
     if (it == leftOver_.end()) return;
     registration.registered = it->registered;
-    registration.stale = true;  // the kernel is told this slot's tag even if the events are the same
+    registration.stale = true;  // the kernel is told this slot's key even if the events are the same
     leftOver_.erase(it);
   }
 
@@ -451,9 +452,6 @@ class EventLoop::Worker final : public LoopHandle {
   std::atomic<int>& tasks_;          // on all of the loop's threads
   std::atomic<std::uint64_t>& ids_;  // task ids, unique across the loop's threads
   std::atomic<int> load_{0};         // this loop's tasks (its share of tasks_)
-  Tag inboxTag_;
-  Tag wakeTag_;
-  Tag forceTag_;
   bool shutdownSeen_ = false;
   bool forcedSeen_ = false;
   bool closing_ = false;  // the destructor is ending the tasks left

@@ -61,16 +61,13 @@ class LoopTask {
   // Does everything possible without blocking; nullopt once the task has ended (the loop then stops
   // watching its descriptors and destroys it). Never throws.
   [[nodiscard]] virtual std::optional<Interest> advance(const Readiness& ready) noexcept = 0;
-  // What the task's destructor does with one of its descriptors; asked once it has ended, before
-  // it is destroyed, so the loop touches the registration only while the descriptor is its own.
-  enum class AtEnd {
-    kLivesOn,   // kept open, maybe for another thread (the pool): removed from the set first (the default)
-    kClosed,    // closed, and nothing else holds it: the kernel drops it from the set, the loop need not
-    kHandedOn,  // given to a task the destructor spawns on this loop: that task takes the registration over
-  };
-  [[nodiscard]] virtual AtEnd atEnd(int fd) const noexcept {
+  // Whether the task's destructor gives one of its descriptors to a task it spawns on this loop,
+  // which then takes the registration over; asked once it has ended, before it is destroyed. Any
+  // other descriptor (closed by the destructor, or kept open, maybe for another thread: the pool)
+  // leaves the loop's set first, while it is still the task's.
+  [[nodiscard]] virtual bool handsOn(int fd) const noexcept {
     (void)fd;
-    return AtEnd::kLivesOn;
+    return false;
   }
 
  protected:

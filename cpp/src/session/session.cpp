@@ -90,12 +90,11 @@ std::optional<Interest> Session::advance(const Readiness& ready) noexcept {
   }
 }
 
-LoopTask::AtEnd Session::atEnd(int fd) const noexcept {
-  if (fd == clientFd_) return AtEnd::kClosed;
-  if (!upstream_ || fd != upstream_->socket()) return AtEnd::kLivesOn;
+bool Session::handsOn(int fd) const noexcept {
+  if (fd == clientFd_ || !upstream_ || fd != upstream_->socket()) return false;
   // The destructor spawns the reset iff reusable_, decided by releaseUpstream: already, or in the
   // destructor from the same state (the loop asks right before it destroys the session).
-  return (upstreamReleased_ ? reusable_ : upstreamReusable()) ? AtEnd::kHandedOn : AtEnd::kClosed;
+  return upstreamReleased_ ? reusable_ : upstreamReusable();
 }
 
 void Session::fail(std::exception_ptr failure) noexcept {

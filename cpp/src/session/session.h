@@ -79,7 +79,7 @@ class Session final : public LoopTask, private RelayHost {
 
   [[nodiscard]] std::optional<Interest> advance(const Readiness& ready) noexcept override;
   // The client's descriptor closes; the upstream's closes too, or goes on to its reset on this loop.
-  [[nodiscard]] AtEnd atEnd(int fd) const noexcept override;
+  [[nodiscard]] bool handsOn(int fd) const noexcept override;
 
  private:
   enum class State {
