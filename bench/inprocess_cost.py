@@ -62,14 +62,6 @@ def build(build_dir: Path) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def spread(values: List[float]) -> Dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -87,7 +79,7 @@ def main() -> int:
     from pgwire_proxy import Proxy
     from pgwire_proxy.cluster import ThrowawayPostgres, find_pg_bindir
     from pgwire_proxy.process import ProxyProcess
-    from run import client_env, cpu_seconds, pgbench_run
+    from run import client_env, cpu_seconds, memory_kb, pgbench_run
 
     has_capture_bytes = "capture_bytes" in inspect.signature(Proxy).parameters
     options: Dict[str, object] = dict(max_connections=300, max_rows=1_000_000, max_bytes="1TB",
@@ -150,11 +142,11 @@ def main() -> int:
         for name, extra in variants.items():
             proxy = Proxy(pg.dsn, **options, **extra).start()
             try:
-                before = rss_kb()
+                before = memory_kb(os.getpid())["VmRSS"]
                 with psycopg.connect(proxy.dsn, autocommit=True) as conn:
                     for _ in range(args.big_queries):
                         conn.execute(f"select length('{text}')")
-                after = rss_kb()
+                after = memory_kb(os.getpid())["VmRSS"]
                 kept = proxy.queries()
                 results["memory"][name] = {"rss_growth_mb": (after - before) / 1024, "records_kept": len(kept),
                                            "text_kept_mb": sum(len(q.sql) for q in kept) / 2**20}

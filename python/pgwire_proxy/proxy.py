@@ -202,7 +202,8 @@ class Proxy:
     timedelta or the binary's strings ('500ms', '30s', '2min'); sizes take bytes (int) or strings
     ('64kB', '100MB'). capture_size bounds the query capture in records (the newest are kept; 0 keeps
     none) and capture_bytes in the bytes their texts hold (the oldest go first, but the newest record
-    is always kept whole; 0: no bound in bytes). Bad options raise ValueError (bad value) or TypeError (wrong type), naming the option.
+    is always kept whole; 0: no bound in bytes). Bad options raise ValueError (bad value) or TypeError
+    (wrong type), naming the option.
 
     The upstream comes from upstream_dsn (else the environment variable PGWIRE_PROXY_UPSTREAM_DSN):
     a user or dbname it names is used for every session, where it names none the client's are.
@@ -474,6 +475,10 @@ class Proxy:
     def clear_queries(self) -> None:
         """Forgets the captured queries (the counters of stats() are kept)."""
         self._core.clear_queries()
+
+    def captured_bytes(self) -> int:
+        """The bytes the kept records' texts hold now: what capture_bytes bounds."""
+        return self._core.captured_bytes()
 
     # ---- fault injection ----------------------------------------------------------------------------
 

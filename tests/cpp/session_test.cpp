@@ -924,8 +924,9 @@ BOOST_AUTO_TEST_CASE(a_descriptor_handed_to_a_task_that_ends_at_once_leaves_the_
 // only with the socket's last descriptor and reports its events meanwhile, which named the ended
 // task's freed slot (a segfault in the in-process benchmark).
 BOOST_AUTO_TEST_CASE(an_ended_tasks_descriptors_leave_the_set_whether_closed_or_not) {
-  for (const auto then : {EndsWhenReadable::Then::kLeaveOpen, EndsWhenReadable::Then::kClose}) {
-   for (const bool held : {false, true}) {
+  using Then = EndsWhenReadable::Then;
+  for (const auto& [then, held] : {std::pair{Then::kLeaveOpen, false}, std::pair{Then::kLeaveOpen, true},
+                                   std::pair{Then::kClose, false}, std::pair{Then::kClose, true}}) {
     SocketPair pair;
     Seen seen;
     EventLoop events(1, -1, -1);
@@ -942,7 +943,7 @@ BOOST_AUTO_TEST_CASE(an_ended_tasks_descriptors_leave_the_set_whether_closed_or_
     }
     // The loop counts the task out after its destructor and the removal of what it left.
     for (int i = 0; i < 1000 && events.tasks() != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    if (then == EndsWhenReadable::Then::kClose) {
+    if (then == Then::kClose) {
       pair.fds[0] = -1;  // closed by the task
       // No set lists the number any more (a registration kept alive by `copy` still would, as fdinfo
       // names it by the number it was added with); reopened, it is in no set either.
@@ -955,12 +956,11 @@ BOOST_AUTO_TEST_CASE(an_ended_tasks_descriptors_leave_the_set_whether_closed_or_
       BOOST_TEST(seen.registeredInDestructor == 0U);
       BOOST_TEST(epollRegistrations(watched).empty());
     }
-    if (then == EndsWhenReadable::Then::kLeaveOpen || held) {
+    if (then == Then::kLeaveOpen || held) {
       BOOST_REQUIRE(::write(pair.fds[1], "y", 1) == 1);  // an event now would name the ended task
     }
     BOOST_TEST(events.tasks() == 0);
     if (copy >= 0) ::close(copy);
-   }
   }
 }
 

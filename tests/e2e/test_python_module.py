@@ -409,7 +409,7 @@ def test_capture_bytes_bounds_the_texts_kept(pgwire_proxy_factory):
     kept = [q.sql for q in proxy.queries()]
     assert 4 <= len(kept) <= 8, len(kept)
     assert kept == texts[-len(kept):]  # the newest, oldest first, each whole
-    assert len(kept[0]) * len(kept) <= proxy._core.captured_bytes() <= 8 * 1024 * 1024
+    assert len(kept[0]) * len(kept) <= proxy.captured_bytes() <= 8 * 1024 * 1024
     assert proxy.stats()["queries_total"] == 40
 
 
@@ -424,7 +424,7 @@ def test_capture_bytes_keeps_the_newest_record_whole(pgwire_proxy_factory):
         conn.execute("select 3")
     assert [q.sql for q in proxy.queries()] == ["select 2", "select 3"]  # short texts need no storage
     proxy.clear_queries()
-    assert proxy.queries() == [] and proxy._core.captured_bytes() == 0
+    assert proxy.queries() == [] and proxy.captured_bytes() == 0
 
 
 def epoll_registrations() -> int:
@@ -491,7 +491,7 @@ def test_capture_bytes_zero_bounds_records_only(pgwire_proxy_factory):
         for text in texts:
             conn.execute(text)
     assert [q.sql for q in proxy.queries()] == texts[5:]
-    assert proxy._core.captured_bytes() >= 15 * 100_000
+    assert proxy.captured_bytes() >= 15 * 100_000
 
 
 def test_assert_queries_passes(pgwire_proxy, assert_queries):

@@ -2,6 +2,7 @@
 #include "observability/stats.h"
 
 #include <algorithm>
+#include <array>
 
 namespace pgwire_proxy::observability {
 namespace {
@@ -11,21 +12,22 @@ namespace {
 constexpr std::size_t kKeptStringCapacity = 256;
 const std::size_t kInlineCapacity = std::string().capacity();  // short strings need no storage of their own
 
-std::size_t heapBytes(const std::string& text) { return text.capacity() > kInlineCapacity ? text.capacity() : 0; }
-
-std::size_t heapBytes(const QueryRecord& record) {
-  return heapBytes(record.sql) + heapBytes(record.commandTag) + heapBytes(record.sqlstate) +
-         heapBytes(record.errorMessage) + heapBytes(record.injected);
+// A record's strings (const or not), for what counts and trims them all.
+template <typename Record>
+auto texts(Record& record) {
+  return std::array{&record.sql, &record.commandTag, &record.sqlstate, &record.errorMessage, &record.injected};
 }
 
-void trim(std::string& text) {
-  text.clear();
-  if (text.capacity() > kKeptStringCapacity) std::string().swap(text);
+std::size_t heapBytes(const QueryRecord& record) {
+  std::size_t bytes = 0;
+  for (const std::string* text : texts(record)) bytes += text->capacity() > kInlineCapacity ? text->capacity() : 0;
+  return bytes;
 }
 
 void trim(QueryRecord& record) {
-  for (std::string* text : {&record.sql, &record.commandTag, &record.sqlstate, &record.errorMessage, &record.injected}) {
-    trim(*text);
+  for (std::string* text : texts(record)) {
+    text->clear();
+    if (text->capacity() > kKeptStringCapacity) std::string().swap(*text);
   }
 }
 
